@@ -1,0 +1,358 @@
+"""The Balancer contract shared by every loss-weighting and gradient method."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import keras
+from keras import ops
+
+
+class BalanceResult(NamedTuple):
+    """What a balancer returns for one step.
+
+    Attributes:
+        direction: `(num_params,)` descent direction handed to the optimizer, or
+            `None` when the balancer was called without a Jacobian.
+        weights: `(num_tasks,)` effective weight of each task's loss.
+    """
+
+    direction: Any
+    weights: Any
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class Balancer(keras.layers.Layer):
+    """Base class of every balancing method.
+
+    A balancer turns per-task losses (and, for gradient methods, the Jacobian
+    of the task losses with respect to the shared parameters) into a descent
+    direction and the effective task weights. It is a Keras layer only to
+    reuse Keras's variable tracking, naming and serialisation: state lives in
+    Keras variables created in `build(num_tasks)`, so it is saved and
+    restored with the model.
+
+    Subclasses implement `compute(jacobian, losses, representation)` and may
+    override `auxiliary_loss(losses)` when they own trainable variables.
+
+    Class attributes read by the gradient engine:
+        requires_jacobian: whether `compute` needs per-task gradients. When
+            `False` the engine takes one backward pass of the weighted loss.
+        jacobian_scope: `"shared"` (Jacobian of all shared variables, the
+            direction is applied to them) or `"last_shared_layer"` (Jacobian
+            of the last shared layer only, used to compute weights; the update
+            is then the gradient of the weighted loss, as in GradNorm).
+        preferred_gradient_mode: `None`, or the gradient mode that
+            `gradient_mode="auto"` should pick for this method (for example
+            `"representation"` for MGDA-UB).
+        supports_jit: whether `compute` can run under XLA.
+
+    Args:
+        name: name of the balancer (and prefix of its variables).
+        **kwargs: other `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_mtl
+    >>> b = keras_mtl.balancers.get("ew")
+    >>> jacobian = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+    >>> result = b.aggregate(jacobian, np.array([1.0, 2.0]))
+    >>> np.asarray(result.direction).tolist()
+    [2.0, 2.0, 2.0]
+    >>> np.asarray(result.weights).tolist()
+    [1.0, 1.0]
+    """
+
+    requires_jacobian: bool = False
+    jacobian_scope: str = "shared"
+    preferred_gradient_mode: str | None = None
+    supports_jit: bool = True
+
+    def __init__(self, name: str | None = None, **kwargs):
+        # Balancing is always done in float32, also under mixed precision.
+        kwargs["dtype"] = "float32"
+        super().__init__(name=name, **kwargs)
+        self.num_tasks: int | None = None
+
+    def build(self, num_tasks: int) -> None:
+        """Creates the state for `num_tasks` tasks.
+
+        Subclasses that keep state override this, call `super().build` and
+        create their variables with `add_state` (non-trainable) or
+        `add_weight` (trainable, trained by the model's optimizer through
+        `auxiliary_loss`).
+
+        Args:
+            num_tasks: number of tasks, a positive integer.
+
+        Raises:
+            ValueError: if `num_tasks` is not a positive integer.
+        """
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(
+                "Received an invalid value for `num_tasks`, expected a positive "
+                f"integer. Received: num_tasks={num_tasks!r}"
+            )
+        self.num_tasks = num_tasks
+
+    def add_state(self, name: str, shape, initializer="zeros", dtype: str = "float32"):
+        """Adds a non-trainable state variable.
+
+        Every replica computes the same balancer state from all-reduced inputs,
+        so the variable takes the first replica's value under `tf.distribute`.
+
+        Args:
+            name: variable name.
+            shape: variable shape.
+            initializer: Keras initializer or its name.
+            dtype: variable dtype.
+
+        Returns:
+            The new `keras.Variable`.
+        """
+        return self.add_weight(
+            name=name,
+            shape=shape,
+            initializer=initializer,
+            dtype=dtype,
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+
+    def aggregate(self, jacobian, losses, representation=None) -> BalanceResult:
+        """Computes the descent direction and the effective task weights.
+
+        Works eagerly without a model, and inside `tf.function`. Stateful
+        balancers build their state on the first call and update it on each
+        call.
+
+        Args:
+            jacobian: `(num_tasks, num_params)` per-task gradients of the
+                (unscaled) task losses, or `None` for loss-only methods.
+            losses: `(num_tasks,)` task losses.
+            representation: optional value of the shared representation when
+                `jacobian` holds gradients with respect to it (representation
+                gradient mode); methods such as GradDrop read it.
+
+        Returns:
+            A `BalanceResult(direction, weights)`; `direction` is `None` when
+            `jacobian` is `None`.
+
+        Raises:
+            ValueError: if `losses` is not a vector, if the Jacobian is missing
+                for a method that needs it, or if the shapes disagree.
+        """
+        losses = ops.convert_to_tensor(losses, dtype="float32")
+        if len(losses.shape) != 1:
+            raise ValueError(
+                "Expected `losses` to be a vector of shape (num_tasks,). "
+                f"Received: losses with shape {tuple(losses.shape)}"
+            )
+        num_tasks = losses.shape[0]
+        if jacobian is None:
+            if self.requires_jacobian:
+                raise ValueError(
+                    f"`{type(self).__name__}` is a gradient method and needs the "
+                    "Jacobian of the task losses. Received: jacobian=None"
+                )
+        else:
+            jacobian = ops.convert_to_tensor(jacobian, dtype="float32")
+            if len(jacobian.shape) != 2 or jacobian.shape[0] != num_tasks:
+                raise ValueError(
+                    "Expected `jacobian` of shape (num_tasks, num_params) with "
+                    f"num_tasks={num_tasks} rows (one per loss). Received: jacobian "
+                    f"with shape {tuple(jacobian.shape)}"
+                )
+        if not self.built:
+            self.build(int(num_tasks))
+        elif num_tasks != self.num_tasks:
+            raise ValueError(
+                f"This balancer was built for {self.num_tasks} tasks. Received: "
+                f"losses with {num_tasks} entries"
+            )
+        return self.compute(jacobian, losses, representation)
+
+    def compute(self, jacobian, losses, representation=None) -> BalanceResult:
+        """The method itself; called by `aggregate` with validated inputs.
+
+        Args:
+            jacobian: `(num_tasks, num_params)` float32 tensor or `None`.
+            losses: `(num_tasks,)` float32 tensor.
+            representation: see `aggregate`.
+
+        Returns:
+            A `BalanceResult`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement `compute`.")
+
+    def auxiliary_loss(self, losses):
+        """Loss that trains the balancer's own trainable variables.
+
+        The engine passes the task losses with gradients stopped and adds the
+        result to the objective, so only the balancer's variables receive its
+        gradient (for example uncertainty weighting's log-variances).
+
+        Args:
+            losses: `(num_tasks,)` task losses (no gradient to the model).
+
+        Returns:
+            A scalar; `0.0` for balancers without trainable variables.
+        """
+        del losses
+        return ops.convert_to_tensor(0.0, dtype="float32")
+
+    def logs(self) -> dict:
+        """Extra scalars to report in the training logs (for example solver
+        failure counts). Keys are prefixed with the balancer name by nothing:
+        choose unique names.
+
+        Returns:
+            A dict of scalar tensors.
+        """
+        return {}
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        # Balancers always compute in float32; the dtype is not a user option.
+        config.pop("dtype", None)
+        config.pop("trainable", None)
+        return config
+
+    def call(self, *args, **kwargs):
+        raise NotImplementedError(
+            "Call `aggregate(jacobian, losses)` on a balancer, not the balancer itself."
+        )
+
+
+def weighted_direction(weights, jacobian):
+    """`weights^T jacobian`, or `None` without a Jacobian.
+
+    Args:
+        weights: `(num_tasks,)` tensor.
+        jacobian: `(num_tasks, num_params)` tensor or `None`.
+
+    Returns:
+        `(num_params,)` tensor or `None`.
+    """
+    if jacobian is None:
+        return None
+    return ops.matmul(weights[None, :], jacobian)[0]
+
+
+_ALIASES: dict[str, type] = {}
+
+
+def register_balancer(*aliases: str):
+    """Class decorator: registers a balancer for `get` under lowercase aliases
+    and for Keras serialisation under the `keras_mtl` package.
+
+    Args:
+        *aliases: lowercase names accepted by `keras_mtl.balancers.get`.
+
+    Returns:
+        The decorator.
+    """
+
+    def decorator(cls):
+        cls = keras.saving.register_keras_serializable(package="keras_mtl")(cls)
+        for alias in aliases:
+            if alias in _ALIASES and _ALIASES[alias] is not cls:
+                raise ValueError(f"Balancer alias {alias!r} is already taken by {_ALIASES[alias]}")
+            _ALIASES[alias] = cls
+        return cls
+
+    return decorator
+
+
+def available() -> list[str]:
+    """Returns the sorted list of balancer aliases accepted by `get`.
+
+    Example:
+
+    >>> import keras_mtl
+    >>> "ew" in keras_mtl.balancers.available()
+    True
+    """
+    return sorted(_ALIASES)
+
+
+def get(identifier) -> Balancer:
+    """Returns a balancer from a name, a config dict or an instance.
+
+    Args:
+        identifier: a lowercase alias such as `"ew"` or `"db_mtl"`, a dict
+            produced by `serialize`, a `Balancer` instance (returned as is), or
+            `None` (equal weighting).
+
+    Returns:
+        A `Balancer`.
+
+    Raises:
+        ValueError: for an unknown name or an unsupported identifier; the
+            message lists the valid names.
+
+    Example:
+
+    >>> import keras_mtl
+    >>> keras_mtl.balancers.get("fixed").__class__.__name__
+    'StaticWeighting'
+    """
+    if identifier is None:
+        identifier = "ew"
+    if isinstance(identifier, Balancer):
+        return identifier
+    if isinstance(identifier, str):
+        key = identifier.lower()
+        if key not in _ALIASES:
+            raise ValueError(
+                "Received an unknown value for `balancer`, expected one of "
+                f"{available()} or a keras_mtl.balancers.Balancer. "
+                f"Received: balancer={identifier!r}"
+            )
+        return _ALIASES[key]()
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    raise ValueError(
+        "Received an invalid value for `balancer`, expected a name from "
+        f"{available()}, a config dict or a keras_mtl.balancers.Balancer. "
+        f"Received: balancer={identifier!r} of type {type(identifier).__name__}"
+    )
+
+
+def serialize(balancer: Balancer) -> dict:
+    """Serialises a balancer to a JSON-compatible dict (Keras format).
+
+    Args:
+        balancer: the balancer.
+
+    Returns:
+        A dict accepted by `deserialize` and `get`.
+    """
+    return keras.saving.serialize_keras_object(balancer)
+
+
+def deserialize(config: dict) -> Balancer:
+    """Recreates a balancer from `serialize`'s output.
+
+    A dict of the short form `{"class_name": "pcgrad", "config": {...}}` with
+    an alias as class name is accepted as well.
+
+    Args:
+        config: the dict.
+
+    Returns:
+        A `Balancer` (unbuilt: state is created on first use).
+
+    Raises:
+        ValueError: if the dict does not describe a balancer.
+    """
+    class_name = config.get("class_name") if isinstance(config, dict) else None
+    if isinstance(class_name, str) and class_name.lower() in _ALIASES:
+        return _ALIASES[class_name.lower()].from_config(config.get("config", {}))
+    obj = keras.saving.deserialize_keras_object(config)
+    if not isinstance(obj, Balancer):
+        raise ValueError(
+            f"Expected a config dict describing a keras_mtl balancer. Received: config={config!r}"
+        )
+    return obj

@@ -1,0 +1,133 @@
+"""The synthetic two-task regression data of the MMoE paper (Ma et al., KDD 2018, Sec. 4.1)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+TASKS = ("task_1", "task_2")
+
+
+def _check(name: str, value, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected {expected}. Received: {name}={value!r}"
+        )
+
+
+def generate(
+    num_samples: int,
+    correlation: float = 0.5,
+    input_dim: int = 100,
+    scale: float = 1.0,
+    num_sin: int = 10,
+    param_std: float = 0.1,
+    noise_std: float = 0.1,
+    seed: int = 0,
+):
+    """Generates `num_samples` examples of two tasks with a chosen correlation.
+
+    Following Sec. 4.1 of the MMoE paper: two orthogonal unit vectors u1, u2;
+    weights w1 = c u1 and w2 = c (p u1 + sqrt(1 - p^2) u2); x ~ N(0, I_d);
+    y_t = w_t^T x + sum_{i=1}^m sin(alpha_i w_t^T x + beta_i) + eps_t with the
+    same alpha_i, beta_i for both tasks. The paper writes alpha, beta and eps
+    ~ N(0, 0.01); we read 0.01 as the variance (standard deviation 0.1), and
+    both standard deviations are arguments. The cosine of w1 and w2 is exactly
+    `correlation`; the label correlation is lower because of the sines.
+
+    Args:
+        num_samples: number of examples, a positive integer.
+        correlation: the task correlation p in [-1, 1].
+        input_dim: input dimension d.
+        scale: the scale constant c.
+        num_sin: number m of sinusoids.
+        param_std: standard deviation of alpha_i and beta_i.
+        noise_std: standard deviation of the label noise.
+        seed: seed of the generator; equal seeds give equal data.
+
+    Returns:
+        `(x, {"task_1": y1, "task_2": y2})` with `x` of shape
+        `(num_samples, input_dim)` and labels of shape `(num_samples, 1)`,
+        all float32.
+
+    Raises:
+        ValueError: for arguments out of range.
+
+    Example:
+
+    >>> from keras_mtl.datasets import synthetic
+    >>> x, y = synthetic.generate(4, correlation=0.9, input_dim=5)
+    >>> x.shape, y["task_1"].shape, y["task_2"].shape
+    ((4, 5), (4, 1), (4, 1))
+
+    References:
+        Ma et al., "Modeling Task Relationships in Multi-task Learning with
+        Multi-gate Mixture-of-Experts", KDD 2018.
+    """
+    _check("num_samples", num_samples, isinstance(num_samples, int) and num_samples > 0,
+           "a positive integer")
+    _check("correlation", correlation, -1.0 <= float(correlation) <= 1.0, "a float in [-1, 1]")
+    _check("input_dim", input_dim, isinstance(input_dim, int) and input_dim >= 2,
+           "an integer >= 2")
+    _check("num_sin", num_sin, isinstance(num_sin, int) and num_sin >= 0,
+           "a non-negative integer")
+    rng = np.random.default_rng(seed)
+    # Two orthonormal directions from the QR decomposition of a Gaussian matrix.
+    q, _ = np.linalg.qr(rng.standard_normal((input_dim, 2)))
+    u1, u2 = q[:, 0], q[:, 1]
+    p = float(correlation)
+    w1 = scale * u1
+    w2 = scale * (p * u1 + np.sqrt(max(0.0, 1.0 - p * p)) * u2)
+    alpha = rng.normal(0.0, param_std, size=num_sin)
+    beta = rng.normal(0.0, param_std, size=num_sin)
+    x = rng.standard_normal((num_samples, input_dim))
+    labels = {}
+    for name, w in zip(TASKS, (w1, w2), strict=True):
+        z = x @ w
+        y = z + np.sin(np.outer(z, alpha) + beta).sum(axis=1)
+        y = y + rng.normal(0.0, noise_std, size=num_samples)
+        labels[name] = y.astype("float32")[:, None]
+    return x.astype("float32"), labels
+
+
+def load_data(
+    num_train: int = 10000,
+    num_test: int = 2000,
+    correlation: float = 0.5,
+    input_dim: int = 100,
+    seed: int = 0,
+    data_dir=None,
+    **kwargs,
+):
+    """Train and test splits of the MMoE synthetic data (see `generate`).
+
+    The data are generated, not read: `data_dir` is accepted for the common
+    loader signature and ignored.
+
+    Args:
+        num_train: number of training examples.
+        num_test: number of test examples.
+        correlation: task correlation p in [-1, 1].
+        input_dim: input dimension d (the paper uses 100).
+        seed: seed; the same seed gives the same splits.
+        data_dir: ignored.
+        **kwargs: further arguments of `generate` (`scale`, `num_sin`,
+            `param_std`, `noise_std`).
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)` with `y_*` dicts keyed by
+        `"task_1"` and `"task_2"`.
+
+    Example:
+
+    >>> from keras_mtl.datasets import synthetic
+    >>> (x, y), (xt, yt) = synthetic.load_data(num_train=8, num_test=2, input_dim=3)
+    >>> x.shape, xt.shape, sorted(y)
+    ((8, 3), (2, 3), ['task_1', 'task_2'])
+    """
+    del data_dir
+    _check("num_test", num_test, isinstance(num_test, int) and num_test > 0, "a positive integer")
+    x, y = generate(num_train + num_test, correlation=correlation, input_dim=input_dim,
+                    seed=seed, **kwargs)
+    train = (x[:num_train], {k: v[:num_train] for k, v in y.items()})
+    test = (x[num_train:], {k: v[num_train:] for k, v in y.items()})
+    return train, test

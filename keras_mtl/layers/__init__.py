@@ -1,0 +1,6 @@
+"""Multi-task architecture building blocks, one Keras layer per file."""
+
+from keras_mtl.layers.shared_bottom import SharedBottom as SharedBottom
+from keras_mtl.layers.shared_representation import SharedRepresentation as SharedRepresentation
+
+# -- expert and gating family (issue 3): one import line per layer, alphabetical --

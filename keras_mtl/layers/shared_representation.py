@@ -1,0 +1,50 @@
+"""Identity layer that marks the shared representation of a multi-task model."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class SharedRepresentation(keras.layers.Layer):
+    """Marks the tensor that all task towers read (identity in the forward pass).
+
+    With `compile(gradient_mode="representation")` the gradient engine takes
+    each task's gradient with respect to this tensor instead of the shared
+    weights, balances those, and backpropagates the balanced gradient through
+    the trunk once (the MGDA-UB trick of Sener & Koltun, 2018). A model should
+    contain exactly one such layer, applied once.
+
+    Call arguments:
+        inputs: any tensor.
+
+    Returns:
+        `inputs`, unchanged.
+
+    Example:
+
+    >>> import keras, keras_mtl
+    >>> x = keras.Input((4,))
+    >>> z = keras_mtl.layers.SharedRepresentation()(keras.layers.Dense(3)(x))
+    >>> tuple(z.shape)
+    (None, 3)
+
+    References:
+        Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization",
+        NeurIPS 2018.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        # Set by the gradient engine while it records the forward pass.
+        self._recording = False
+        self._recorded = None
+
+    def call(self, inputs):
+        outputs = ops.identity(inputs)
+        if self._recording:
+            self._recorded = outputs
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

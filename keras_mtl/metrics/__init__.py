@@ -1,0 +1,3 @@
+"""Multi-task evaluation metrics."""
+
+# -- delta_m and helpers (issue 6) --
