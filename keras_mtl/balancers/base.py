@@ -74,6 +74,43 @@ class Balancer(keras.layers.Layer):
         kwargs["dtype"] = "float32"
         super().__init__(name=name, **kwargs)
         self.num_tasks: int | None = None
+        self.task_names: list[str] | None = None
+
+    def set_task_names(self, task_names: list[str]) -> None:
+        """Receives the model's task names in task order (before `build`).
+
+        `MultiTaskModel.compile` calls this; methods configured per task name
+        (fixed weights, DTP's KPIs) resolve their configuration here.
+
+        Args:
+            task_names: the task names, in the order of the losses.
+        """
+        self.task_names = list(task_names)
+
+    def observe(self, y_true: dict, y_pred: dict, masks: dict) -> None:
+        """Sees each training batch before `aggregate` (default: nothing).
+
+        Called by the model inside the training step, for methods whose
+        weights depend on task metrics (DTP's KPIs). Update state variables
+        here; do not branch in Python on tensor values.
+
+        Args:
+            y_true: `{task: labels}` with missing labels replaced by 0.
+            y_pred: `{task: predictions}`.
+            masks: `{task: (batch,) float mask}`, 1 where the label exists.
+        """
+        del y_true, y_pred, masks
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        """Told by `MultiTaskModel.fit` that epoch `epoch` (0-based) begins.
+
+        Runs eagerly between epochs; methods that work per epoch (DWA) record
+        it in a state variable so that the boundary survives save and resume.
+
+        Args:
+            epoch: the 0-based epoch index, as Keras callbacks see it.
+        """
+        del epoch
 
     def build(self, num_tasks: int) -> None:
         """Creates the state for `num_tasks` tasks.

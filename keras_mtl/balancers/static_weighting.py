@@ -55,7 +55,7 @@ class StaticWeighting(Balancer):
         )
         self._resolved = None if isinstance(weights, dict) else self.weights_config
 
-    def resolve_task_names(self, task_names: list[str]) -> None:
+    def set_task_names(self, task_names: list[str]) -> None:
         """Orders dict weights by `task_names` (called by `MultiTaskModel`).
 
         Args:
@@ -64,6 +64,7 @@ class StaticWeighting(Balancer):
         Raises:
             ValueError: if the dict names a task the model does not have.
         """
+        super().set_task_names(task_names)
         if isinstance(self.weights_config, dict):
             unknown = sorted(set(self.weights_config) - set(task_names))
             if unknown:
