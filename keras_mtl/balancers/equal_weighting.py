@@ -2,7 +2,7 @@
 
 from keras import ops
 
-from keras_mtl.balancers.base import BalanceResult, Balancer, register_balancer, weighted_direction
+from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer, weighted_direction
 
 
 @register_balancer("ew", "equal", "equal_weighting")

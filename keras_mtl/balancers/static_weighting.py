@@ -6,7 +6,7 @@ import math
 
 from keras import ops
 
-from keras_mtl.balancers.base import BalanceResult, Balancer, register_balancer, weighted_direction
+from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer, weighted_direction
 
 
 @register_balancer("fixed", "static", "static_weighting")
@@ -50,8 +50,10 @@ class StaticWeighting(Balancer):
                     "Received an invalid value for `weights`, expected non-negative "
                     f"finite numbers. Received: weights={weights!r}"
                 )
-        self.weights_config = dict(weights) if isinstance(weights, dict) else (
-            None if weights is None else [float(v) for v in weights]
+        self.weights_config = (
+            dict(weights)
+            if isinstance(weights, dict)
+            else (None if weights is None else [float(v) for v in weights])
         )
         self._resolved = None if isinstance(weights, dict) else self.weights_config
 

@@ -63,13 +63,15 @@ def generate(
         Ma et al., "Modeling Task Relationships in Multi-task Learning with
         Multi-gate Mixture-of-Experts", KDD 2018.
     """
-    _check("num_samples", num_samples, isinstance(num_samples, int) and num_samples > 0,
-           "a positive integer")
+    _check(
+        "num_samples",
+        num_samples,
+        isinstance(num_samples, int) and num_samples > 0,
+        "a positive integer",
+    )
     _check("correlation", correlation, -1.0 <= float(correlation) <= 1.0, "a float in [-1, 1]")
-    _check("input_dim", input_dim, isinstance(input_dim, int) and input_dim >= 2,
-           "an integer >= 2")
-    _check("num_sin", num_sin, isinstance(num_sin, int) and num_sin >= 0,
-           "a non-negative integer")
+    _check("input_dim", input_dim, isinstance(input_dim, int) and input_dim >= 2, "an integer >= 2")
+    _check("num_sin", num_sin, isinstance(num_sin, int) and num_sin >= 0, "a non-negative integer")
     rng = np.random.default_rng(seed)
     # Two orthonormal directions from the QR decomposition of a Gaussian matrix.
     q, _ = np.linalg.qr(rng.standard_normal((input_dim, 2)))
@@ -126,8 +128,9 @@ def load_data(
     """
     del data_dir
     _check("num_test", num_test, isinstance(num_test, int) and num_test > 0, "a positive integer")
-    x, y = generate(num_train + num_test, correlation=correlation, input_dim=input_dim,
-                    seed=seed, **kwargs)
+    x, y = generate(
+        num_train + num_test, correlation=correlation, input_dim=input_dim, seed=seed, **kwargs
+    )
     train = (x[:num_train], {k: v[:num_train] for k, v in y.items()})
     test = (x[num_train:], {k: v[num_train:] for k, v in y.items()})
     return train, test

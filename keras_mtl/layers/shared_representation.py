@@ -41,7 +41,7 @@ class SharedRepresentation(keras.layers.Layer):
         self._recorded = None
 
     def call(self, inputs):
-        outputs = ops.identity(inputs)
+        outputs = ops.copy(inputs)
         if self._recording:
             self._recorded = outputs
         return outputs

@@ -1,7 +1,455 @@
-"""Placeholder, replaced by the foundation work in progress."""
+"""`MultiTaskModel`: a `keras.Model` whose training step balances the tasks."""
+
+from __future__ import annotations
 
 import keras
+from keras import ops
+
+from keras_mtl import balancers as balancers_module
+from keras_mtl.gradients.engine import GradientEngine
 
 
+@keras.saving.register_keras_serializable(package="keras_mtl")
 class MultiTaskModel(keras.Model):
-    pass
+    """A Keras model with one output per task and a balanced training step.
+
+    Build it with the functional API from a dict of task outputs (task names
+    are the dict keys), or subclass it and return such a dict from `call`.
+    `compile` takes per-task losses and a balancer; `fit`, `evaluate`,
+    `predict`, callbacks, `.keras` saving and `export` work as in Keras.
+
+    Each training step computes one loss per task (examples without a label
+    for that task contribute nothing), hands the losses, and for gradient
+    methods the Jacobian of the shared variables, to the balancer, and applies
+    the balanced update. The logs report `loss` (the weighted objective
+    `sum_t w_t L_t` plus regularisation), `<task>_loss`, `<task>_weight` (the
+    effective weight the balancer gave the task, averaged over the epoch) and
+    the compiled metrics.
+
+    Missing labels: give `sample_weight={task: w}` with 0 for examples that
+    have no label for the task, or NaN in float labels. A task's loss is the
+    weighted sum of its per-example losses divided by the number of labelled
+    examples (equal to Keras's mean when every example is labelled); a batch
+    without any label for a task gives it loss 0 and no gradient. Metrics
+    ignore unlabelled examples.
+
+    Args:
+        inputs: functional-API inputs.
+        outputs: a dict `{task_name: tensor}`.
+        **kwargs: other `keras.Model` arguments.
+
+    Raises:
+        ValueError: if `outputs` is not a non-empty dict.
+
+    Example:
+
+    >>> import keras, numpy as np, keras_mtl
+    >>> x = keras.Input((4,))
+    >>> h = keras_mtl.layers.SharedBottom(units=(8,))(x)
+    >>> model = keras_mtl.MultiTaskModel(
+    ...     inputs=x,
+    ...     outputs={"a": keras.layers.Dense(1, name="a")(h), "b": keras.layers.Dense(1, name="b")(h)},
+    ... )
+    >>> model.compile(optimizer="sgd", loss={"a": "mse", "b": "mse"}, balancer="ew")
+    >>> data = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    >>> history = model.fit(data, {"a": data[:, :1], "b": data[:, 1:2]}, epochs=1, verbose=0)
+    >>> sorted(k for k in history.history if k.endswith("_weight"))
+    ['a_weight', 'b_weight']
+
+    References:
+        Caruana, "Multitask Learning", Machine Learning 28, 1997.
+    """
+
+    def __init__(self, *args, **kwargs):
+        outputs = kwargs.get("outputs", args[1] if len(args) > 1 else None)
+        if ("inputs" in kwargs or args) and (not isinstance(outputs, dict) or not outputs):
+            raise ValueError(
+                "Expected `outputs` to be a non-empty dict {task_name: tensor}, one entry per "
+                f"task. Received: outputs of type {type(outputs).__name__}"
+            )
+        super().__init__(*args, **kwargs)
+        self.task_names: list[str] | None = None
+        self.balancer = None
+        self._engine = None
+
+    # ---------------------------------------------------------------- compile
+    def compile(
+        self,
+        optimizer="rmsprop",
+        loss=None,
+        balancer="ew",
+        metrics=None,
+        shared_layers=None,
+        gradient_mode: str = "auto",
+        nonfinite: str = "raise",
+        run_eagerly: bool = False,
+        steps_per_execution: int = 1,
+        jit_compile="auto",
+    ) -> None:
+        """Configures the model for training.
+
+        Args:
+            optimizer: a Keras optimizer or its name.
+            loss: a dict `{task_name: loss}` with one loss per task (names or
+                `keras.losses.Loss` instances), or a single loss used for
+                every task.
+            balancer: a balancer name (see `keras_mtl.balancers.available()`),
+                a config dict, or a `keras_mtl.balancers.Balancer`.
+            metrics: a dict `{task_name: [metrics]}`; unlabelled examples
+                are excluded from the metrics.
+            shared_layers: `None` to find the shared variables on the first
+                step, or layers (or layer names) whose variables are shared.
+            gradient_mode: `"auto"`, `"loop"`, `"jacobian"` or
+                `"representation"` (see `keras_mtl.gradients.GradientEngine`).
+                Loss-only balancers always take one backward pass.
+            nonfinite: `"raise"` stops training on a non-finite task loss or
+                update; `"skip"` skips such steps and counts them in the
+                `skipped_steps` log. A non-finite update is never applied.
+            run_eagerly: as in `keras.Model.compile`.
+            steps_per_execution: as in `keras.Model.compile`.
+            jit_compile: as in `keras.Model.compile`; forced off for balancers
+                that cannot run under XLA.
+
+        Raises:
+            ValueError: if the loss keys do not match the task outputs, or for
+                an unknown balancer, gradient mode or `nonfinite` value.
+        """
+        task_names = self._resolve_task_names(loss)
+        if isinstance(loss, dict):
+            losses = dict(loss)
+        else:
+            if loss is None:
+                raise ValueError(
+                    "Expected `loss` to be a dict {task_name: loss} with one loss per task "
+                    f"{task_names}. Received: loss=None"
+                )
+            losses = {name: loss for name in task_names}
+        metrics = self._check_task_dict("metrics", metrics, task_names, required=False)
+        balancer = balancers_module.get(balancer)
+        self._engine = GradientEngine(gradient_mode, shared_layers, nonfinite)
+        balancer.set_task_names(task_names)
+        if not balancer.built:
+            balancer.build(len(task_names))
+        elif balancer.num_tasks != len(task_names):
+            raise ValueError(
+                f"The balancer was built for {balancer.num_tasks} tasks, the model has "
+                f"{len(task_names)}: {task_names}. Received: balancer={balancer.name!r}"
+            )
+        if jit_compile is True and not balancer.supports_jit:
+            raise ValueError(
+                f"The balancer `{type(balancer).__name__}` cannot run under XLA. Received: "
+                "jit_compile=True"
+            )
+        if jit_compile == "auto" and not balancer.supports_jit:
+            jit_compile = False
+        if self.balancer is not None and self.balancer is not balancer:
+            # Untrack the previous balancer so its variables leave the model.
+            del self.balancer
+        self.balancer = balancer
+        self.task_names = task_names
+        self._losses_config = losses
+        self._loss_fns = [_loss_fn(losses[name]) for name in task_names]
+        self._metrics_config = metrics
+        self._gradient_config = {
+            "shared_layers": None
+            if shared_layers is None
+            else [getattr(s, "name", s) for s in shared_layers],
+            "gradient_mode": gradient_mode,
+            "nonfinite": nonfinite,
+        }
+        super().compile(
+            optimizer=optimizer,
+            loss=None,
+            weighted_metrics=metrics,
+            run_eagerly=run_eagerly,
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+        )
+        self._task_loss_trackers = [keras.metrics.Mean(name=f"{n}_loss") for n in task_names]
+        self._task_weight_trackers = [keras.metrics.Mean(name=f"{n}_weight") for n in task_names]
+        self._make_state_variables(len(task_names))
+
+    def _make_state_variables(self, num_tasks: int) -> None:
+        existing = getattr(self, "_last_task_weights", None)
+        if existing is not None and existing.shape == (num_tasks,):
+            return
+        # Model-level state, saved with the weights: the weights of the last
+        # training step (used by `evaluate`) and the count of skipped steps.
+        self._last_task_weights = self.add_weight(
+            shape=(num_tasks,),
+            initializer="ones",
+            trainable=False,
+            name="last_task_weights",
+            aggregation="only_first_replica",
+        )
+        self._skipped_steps = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            name="skipped_steps",
+            aggregation="only_first_replica",
+        )
+
+    def _resolve_task_names(self, loss) -> list[str]:
+        structure = getattr(self, "_outputs_struct", None)
+        if structure is not None:
+            if not isinstance(structure, dict):
+                raise ValueError(
+                    "Expected the model's outputs to be a dict {task_name: tensor}. Received: "
+                    f"outputs of type {type(structure).__name__}"
+                )
+            names = [str(k) for k in structure]
+            if isinstance(loss, dict):
+                self._check_task_dict("loss", loss, names, required=True)
+            return names
+        if not isinstance(loss, dict) or not loss:
+            raise ValueError(
+                "A subclassed MultiTaskModel needs `loss` as a dict {task_name: loss} to know "
+                f"its tasks. Received: loss={loss!r}"
+            )
+        return [str(k) for k in loss]
+
+    @staticmethod
+    def _check_task_dict(argument: str, value, task_names, required: bool):
+        if value is None and not required:
+            return None
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"Expected `{argument}` to be a dict keyed by the task names {list(task_names)}. "
+                f"Received: {argument} of type {type(value).__name__}"
+            )
+        unknown = [k for k in value if k not in task_names]
+        missing = [t for t in task_names if t not in value]
+        if unknown or (required and missing):
+            raise ValueError(
+                f"The keys of `{argument}` do not match the model's task outputs. Task outputs: "
+                f"{list(task_names)}. Received keys: {list(value)}"
+                + (f"; unknown: {unknown}" if unknown else "")
+                + (f"; missing: {missing}" if required and missing else "")
+            )
+        return value
+
+    @property
+    def shared_variable_paths(self) -> list[str] | None:
+        """Paths of the variables treated as shared (known after the first step)."""
+        return None if self._engine is None else self._engine.shared_variable_paths
+
+    # ------------------------------------------------------------------ losses
+    def task_loss_terms(self, y, y_pred, sample_weight):
+        """Per-task masked loss sums and label counts for one batch.
+
+        Args:
+            y: dict `{task: labels}` (NaN marks a missing float label).
+            y_pred: dict `{task: predictions}`.
+            sample_weight: `None`, one array for all tasks, or a dict.
+
+        Returns:
+            `(sums, counts, y_clean, masks)`: lists of `T` scalars, the
+            weighted loss sums and the numbers of labelled examples, the labels with NaN replaced by 0,
+            and `{task: (batch,) mask}` (1 where the label is present and its
+            weight is positive).
+
+        Raises:
+            ValueError: for missing or unknown tasks in `y`, `y_pred` or
+                `sample_weight`, or sample weights of the wrong shape.
+        """
+        names = self.task_names
+        y = self._targets("y", y, names)
+        if not isinstance(y_pred, dict):
+            raise ValueError(
+                "Expected the model to return a dict {task_name: tensor}. Received: "
+                f"{type(y_pred).__name__}"
+            )
+        missing = [t for t in names if t not in y_pred]
+        if missing:
+            raise ValueError(
+                f"The model returned outputs {list(y_pred)}, which lack the tasks {missing}."
+            )
+        if sample_weight is not None and not isinstance(sample_weight, dict):
+            sample_weight = {name: sample_weight for name in names}
+        elif sample_weight is not None:
+            self._check_task_dict("sample_weight", sample_weight, names, required=False)
+        sums, counts, y_clean, masks = [], [], {}, {}
+        for name, fn in zip(names, self._loss_fns, strict=True):
+            pred = ops.cast(y_pred[name], "float32")
+            target = ops.convert_to_tensor(y[name])
+            present = ops.ones((ops.shape(pred)[0],), dtype="float32")
+            if "float" in str(target.dtype):
+                nan = ops.isnan(target)
+                target = ops.where(nan, ops.zeros_like(target), target)
+                if len(target.shape) > 1:
+                    nan = ops.any(ops.reshape(nan, (ops.shape(nan)[0], -1)), axis=1)
+                present = present * (1.0 - ops.cast(nan, "float32"))
+            weight = present
+            sw = None if sample_weight is None else sample_weight.get(name)
+            if sw is not None:
+                sw = ops.cast(ops.convert_to_tensor(sw), "float32")
+                if len(sw.shape) == 2 and sw.shape[1] == 1:
+                    sw = ops.squeeze(sw, axis=1)
+                if len(sw.shape) != 1:
+                    raise ValueError(
+                        f"Expected `sample_weight` for task '{name}' of shape (batch,) or "
+                        f"(batch, 1). Received: sample_weight with shape {tuple(sw.shape)}"
+                    )
+                weight = weight * sw
+            values = ops.cast(fn(target, pred), "float32")
+            if len(values.shape) > 1:
+                values = ops.mean(ops.reshape(values, (ops.shape(values)[0], -1)), axis=1)
+            elif len(values.shape) == 0:
+                raise ValueError(
+                    f"The loss of task '{name}' returned a scalar; expected per-example losses. "
+                    "Pass a loss name, a loss function or a keras.losses.Loss."
+                )
+            labelled = ops.cast(weight > 0, "float32")
+            # `where`, not a product: unlabelled examples may have inf/NaN losses.
+            sums.append(ops.sum(ops.where(weight > 0, values * weight, 0.0)))
+            counts.append(ops.sum(labelled))
+            y_clean[name] = target
+            masks[name] = labelled
+        return sums, counts, y_clean, masks
+
+    @staticmethod
+    def _targets(argument, y, names):
+        if not isinstance(y, dict):
+            raise ValueError(
+                f"Expected `{argument}` to be a dict {{task_name: labels}} with the tasks {names}. "
+                f"Received: {argument} of type {type(y).__name__}"
+            )
+        missing = [t for t in names if t not in y]
+        unknown = [k for k in y if k not in names]
+        if missing or unknown:
+            raise ValueError(
+                f"Expected `{argument}` to have one entry per task {names}. Received keys: "
+                f"{list(y)}"
+                + (f"; no labels for {missing}" if missing else "")
+                + (f"; unknown tasks {unknown}" if unknown else "")
+            )
+        return y
+
+    # ------------------------------------------------------------------- steps
+    def train_step(self, data):
+        self._check_compiled()
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        out = self._engine.train_step(self, x, y, sample_weight)
+        finite = ops.cast(out["finite"], "float32")
+        self._last_task_weights.assign(
+            ops.where(out["finite"], out["weights"], self._last_task_weights)
+        )
+        self._skipped_steps.assign_add(1.0 - finite)
+        logs = self._update_metrics(
+            x,
+            out["losses"],
+            out["weights"],
+            out["objective"],
+            out["y_true"],
+            out["y_pred"],
+            out["masks"],
+        )
+        logs.update(self.balancer.logs())
+        if self._engine.nonfinite == "skip":
+            logs["skipped_steps"] = self._skipped_steps.value
+        return logs
+
+    def test_step(self, data):
+        self._check_compiled()
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=False)
+        sums, counts, y_clean, masks = self.task_loss_terms(y, y_pred, sample_weight)
+        losses = ops.stack(sums) / ops.maximum(ops.stack(counts), 1.0)
+        weights = ops.convert_to_tensor(self._last_task_weights)
+        regularization = (
+            ops.sum([ops.cast(v, "float32") for v in self.losses]) if self.losses else 0.0
+        )
+        objective = ops.sum(weights * losses) + regularization
+        return self._update_metrics(x, losses, weights, objective, y_clean, y_pred, masks)
+
+    def _update_metrics(self, x, losses, weights, objective, y_true, y_pred, masks):
+        batch = ops.shape(keras.tree.flatten(x)[0])[0]
+        self._loss_tracker.update_state(objective, sample_weight=batch)
+        for t in range(len(self.task_names)):
+            self._task_loss_trackers[t].update_state(losses[t], sample_weight=batch)
+            self._task_weight_trackers[t].update_state(weights[t])
+        if self._compile_metrics is not None:
+            self._compile_metrics.update_state(y_true, y_pred, sample_weight=masks)
+        return self.get_metrics_result()
+
+    def _check_compiled(self):
+        if self._engine is None:
+            raise RuntimeError("Call `compile()` on the MultiTaskModel before training it.")
+
+    # --------------------------------------------------------------------- fit
+    def fit(
+        self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, **kwargs
+    ):
+        """`keras.Model.fit`, plus epoch notifications to the balancer.
+
+        Args and Returns: as `keras.Model.fit`.
+        """
+        callbacks = list(callbacks or [])
+        callbacks.append(_BalancerEpochHook(self))
+        return super().fit(
+            x,
+            y,
+            batch_size=batch_size,
+            epochs=epochs,
+            verbose=verbose,
+            callbacks=callbacks,
+            **kwargs,
+        )
+
+    # ----------------------------------------------------------------- saving
+    def get_compile_config(self):
+        if not self.compiled or self._engine is None:
+            return None
+        serialize = keras.saving.serialize_keras_object
+        return {
+            "optimizer": serialize(self.optimizer),
+            "loss": {t: serialize(v) for t, v in self._losses_config.items()},
+            "balancer": balancers_module.serialize(self.balancer),
+            "metrics": None
+            if self._metrics_config is None
+            else {t: serialize(v) for t, v in self._metrics_config.items()},
+            **self._gradient_config,
+            "run_eagerly": self.run_eagerly,
+            "steps_per_execution": self.steps_per_execution,
+            "jit_compile": self.jit_compile,
+        }
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        deserialize = keras.saving.deserialize_keras_object
+        config["optimizer"] = deserialize(config["optimizer"])
+        config["loss"] = {t: deserialize(v) for t, v in config["loss"].items()}
+        config["balancer"] = balancers_module.deserialize(config["balancer"])
+        if config.get("metrics") is not None:
+            config["metrics"] = {t: deserialize(v) for t, v in config["metrics"].items()}
+        self.compile(**config)
+        if self.built:
+            # Create the optimizer variables so that their saved values load.
+            self.optimizer.build(self.trainable_variables)
+
+
+class _BalancerEpochHook(keras.callbacks.Callback):
+    """Tells the balancer when an epoch begins (for per-epoch methods such as DWA)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self._mtl_model = model
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._mtl_model.balancer.on_epoch_begin(epoch)
+
+
+def _loss_fn(identifier):
+    """Returns a function giving per-example (unreduced) losses."""
+    if isinstance(identifier, keras.losses.Loss):
+        return identifier.call
+    fn = keras.losses.get(identifier)
+    if isinstance(fn, keras.losses.Loss):
+        return fn.call
+    if fn is None:
+        raise ValueError(
+            "Received an invalid value for `loss`, expected a loss name, function or "
+            f"keras.losses.Loss. Received: loss={identifier!r}"
+        )
+    return fn

@@ -1,0 +1,3 @@
+"""Per-task gradient engine (the only TensorFlow-specific package)."""
+
+from keras_mtl.gradients.engine import GradientEngine as GradientEngine

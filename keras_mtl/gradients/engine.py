@@ -1,0 +1,445 @@
+"""The per-task gradient engine, the only TensorFlow-specific part of keras_mtl.
+
+One training step: forward once under a `tf.GradientTape`, per-task losses,
+then, by mode:
+
+- `"weighted"` (loss-only balancers): the balancer gives weights from the
+  losses and one backward pass of the weighted loss updates every variable.
+- `"loop"`: one `tape.gradient` per task; the shared rows form the Jacobian
+  `J` (T x P); the balancer's direction goes to the shared variables, every
+  other variable gets `sum_t w_t g_t` (its own task's gradient times the
+  task weight).
+- `"jacobian"`: `J` from `tape.jacobian` (vectorised) over the shared
+  variables, then one weighted backward for the others.
+- `"representation"`: `J` holds gradients with respect to the tensor marked
+  by `SharedRepresentation` (T x B*d); the balanced gradient is backpropagated
+  through the trunk once (MGDA-UB).
+- `"scoped"` (balancers with `jacobian_scope="last_shared_layer"`): `J` of
+  the last shared layer only gives the weights; one backward of the weighted
+  loss gives the update (GradNorm).
+
+Under `tf.distribute`, losses and `J` are all-reduced before the balancer runs,
+so every replica computes the update of the global batch; the optimizer sums
+what the replicas apply, hence the division by the number of replicas.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_mtl.gradients.flatten import flatten, unflatten
+from keras_mtl.layers.shared_representation import SharedRepresentation
+
+MODES = ("auto", "loop", "jacobian", "representation")
+NONFINITE = ("raise", "skip")
+
+
+class GradientEngine:
+    """Computes and applies one balanced training step of a `MultiTaskModel`.
+
+    Args:
+        mode: one of `"auto"`, `"loop"`, `"jacobian"`, `"representation"`.
+        shared_layers: `None` to find the shared variables on the first step
+            (those that receive gradient from more than one task), or a list of
+            layers (or layer names) whose trainable variables are the shared
+            ones.
+        nonfinite: `"raise"` to stop on a non-finite loss or update, `"skip"`
+            to skip such steps (counted in the `skipped_steps` log).
+
+    Raises:
+        ValueError: for an unknown `mode` or `nonfinite`.
+    """
+
+    def __init__(self, mode: str = "auto", shared_layers=None, nonfinite: str = "raise"):
+        if mode not in MODES:
+            raise ValueError(
+                f"Received an invalid value for `gradient_mode`, expected one of {list(MODES)}. "
+                f"Received: gradient_mode={mode!r}"
+            )
+        if nonfinite not in NONFINITE:
+            raise ValueError(
+                f"Received an invalid value for `nonfinite`, expected one of {list(NONFINITE)}. "
+                f"Received: nonfinite={nonfinite!r}"
+            )
+        self.mode = mode
+        self.shared_layers = shared_layers
+        self.nonfinite = nonfinite
+        # Paths of the shared variables, known after the first traced step.
+        self.shared_variable_paths: list[str] | None = None
+
+    # ------------------------------------------------------------------ setup
+    def resolve_mode(self, model) -> str:
+        """The mode the engine runs for `model.balancer` (see module docstring)."""
+        balancer = model.balancer
+        if not balancer.requires_jacobian:
+            return "weighted"
+        if balancer.jacobian_scope == "last_shared_layer":
+            return "scoped"
+        if self.mode == "auto":
+            if balancer.preferred_gradient_mode == "representation" and representation_layer(
+                model, required=False
+            ):
+                return "representation"
+            if balancer.preferred_gradient_mode in ("loop", "jacobian"):
+                return balancer.preferred_gradient_mode
+            return "loop"
+        if self.mode == "representation":
+            representation_layer(model, required=True)
+        return self.mode
+
+    def _shared_indices(self, model, variables, reach) -> list[int]:
+        if self.shared_layers is not None:
+            wanted = set()
+            for layer in self.shared_layers:
+                if isinstance(layer, str):
+                    layer = model.get_layer(layer)
+                if not layer.trainable_variables:
+                    raise ValueError(
+                        f"Layer '{layer.name}' in `shared_layers` has no trainable variables. "
+                        f"Received: shared_layers={[getattr(s, 'name', s) for s in self.shared_layers]}"
+                    )
+                wanted.update(id(v) for v in layer.trainable_variables)
+            indices = [i for i, v in enumerate(variables) if id(v) in wanted]
+        else:
+            indices = [i for i in range(len(variables)) if sum(r[i] for r in reach) > 1]
+        if not indices:
+            raise ValueError(
+                f"The balancer `{type(model.balancer).__name__}` needs per-task gradients of "
+                "shared variables, but no trainable variable receives gradient from more than "
+                "one task. Share a trunk between the task outputs, pass "
+                "`compile(shared_layers=[...])`, or use a loss-weighting balancer such as 'ew'."
+            )
+        self.shared_variable_paths = [variables[i].path for i in indices]
+        return indices
+
+    # ------------------------------------------------------------------- step
+    def train_step(self, model, x, y, sample_weight) -> dict:
+        """Runs forward, balancing and the optimizer update for one batch.
+
+        Args:
+            model: the `MultiTaskModel`.
+            x, y, sample_weight: the batch, `y` and `sample_weight` as dicts.
+
+        Returns:
+            A dict with `losses` (T,), `weights` (T,), `objective`, `y_pred`,
+            `y_true` (missing labels replaced by 0), `masks` and `finite`.
+        """
+        balancer = model.balancer
+        optimizer = model.optimizer
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+        mode = self.resolve_mode(model)
+        if replicas > 1 and mode == "representation":
+            raise ValueError(
+                "gradient_mode='representation' is not supported under a tf.distribute strategy "
+                "with several replicas (representation gradients are per example). Use "
+                "gradient_mode='loop'."
+            )
+        if replicas > 1 and self.nonfinite == "skip":
+            raise ValueError(
+                "nonfinite='skip' is not supported with several replicas yet; use "
+                "nonfinite='raise'."
+            )
+        rep_layer = representation_layer(model, required=True) if mode == "representation" else None
+        variables = list(model.trainable_variables)
+        balancer_ids = {id(v) for v in balancer.trainable_variables}
+        model_vars = [v for v in variables if id(v) not in balancer_ids]
+        balancer_vars = [v for v in variables if id(v) in balancer_ids]
+        # Loss scaling (mixed precision): gradients are taken of scaled losses,
+        # the balancer sees unscaled ones, the optimizer unscales what it gets.
+        scale = tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
+        state = [(v, tf.identity(v.value)) for v in balancer.non_trainable_variables]
+
+        with tf.GradientTape(persistent=mode != "weighted") as tape:
+            if rep_layer is not None:
+                rep_layer._recording = True
+            try:
+                y_pred = model(x, training=True)
+            finally:
+                if rep_layer is not None:
+                    rep_layer._recording = False
+            rep = rep_layer._recorded if rep_layer is not None else None
+            sums, counts, y_clean, masks = model.task_loss_terms(y, y_pred, sample_weight)
+            counts = _all_reduce(ctx, tf.stack(counts), replicas)
+            # One scalar per task, never sliced from a stacked vector: the
+            # gradient of a slice is structurally connected to every task,
+            # which would hide which variables a task reaches.
+            denominators = tf.unstack(tf.maximum(counts, 1.0))
+            task_local = [s / d for s, d in zip(sums, denominators, strict=True)]
+            local = tf.stack(task_local)
+            reg = _regularization(model) / replicas
+            losses = tf.stop_gradient(_all_reduce(ctx, local, replicas))
+            # Everything differentiated later must be computed under the tape.
+            task_targets = [t * scale for t in task_local]
+            targets = tf.stack(task_targets)
+            reg_scaled = reg * scale
+            if self.nonfinite == "raise":
+                _assert_finite_losses(losses, model.task_names)
+            balancer.observe(y_clean, y_pred, masks)
+            if mode in ("weighted", "scoped"):
+                if mode == "weighted":
+                    weights = tf.stop_gradient(balancer.aggregate(None, losses).weights)
+                else:
+                    weights = self._scoped_weights(
+                        model, tape, task_targets, losses, model_vars, scale, ctx, replicas
+                    )
+                aux = balancer.auxiliary_loss(losses) / replicas
+                objective = tf.reduce_sum(weights * local) + aux + reg
+                scaled = objective * scale
+
+        if mode in ("weighted", "scoped"):
+            grads = tape.gradient(scaled, variables)
+        else:
+            step = {
+                "loop": self._loop,
+                "jacobian": self._jacobian,
+                "representation": self._representation,
+            }[mode]
+            model_grads, weights = step(
+                model, tape, targets, task_targets, losses, model_vars, scale, ctx, replicas, rep
+            )
+            if model.losses:
+                model_grads = _add(model_grads, tape.gradient(reg_scaled, model_vars))
+            balancer_grads = []
+            if balancer_vars:
+                with tf.GradientTape() as aux_tape:
+                    aux = balancer.auxiliary_loss(losses) / replicas * scale
+                balancer_grads = aux_tape.gradient(aux, balancer_vars)
+            by_id = dict(
+                zip(
+                    [id(v) for v in model_vars + balancer_vars],
+                    list(model_grads) + list(balancer_grads),
+                    strict=True,
+                )
+            )
+            grads = [by_id[id(v)] for v in variables]
+        del tape  # release the persistent tape's resources before the update
+
+        objective = tf.reduce_sum(weights * losses) + _regularization(model)
+        finite = self._apply(model, grads, variables, losses, state)
+        return {
+            "losses": losses,
+            "weights": weights,
+            "objective": objective,
+            "y_pred": y_pred,
+            "y_true": y_clean,
+            "masks": masks,
+            "finite": finite,
+        }
+
+    # ------------------------------------------------------------------ modes
+    def _loop(
+        self, model, tape, targets, task_targets, losses, model_vars, scale, ctx, replicas, rep
+    ):
+        per_task = [tape.gradient(t, model_vars) for t in task_targets]
+        reach = [[g is not None for g in gs] for gs in per_task]
+        shared = self._shared_indices(model, model_vars, reach)
+        shared_vars = [model_vars[i] for i in shared]
+        jac = tf.stack([flatten([gs[i] for i in shared], shared_vars) for gs in per_task]) / scale
+        jac = _all_reduce(ctx, jac, replicas)
+        result = model.balancer.aggregate(jac, losses)
+        weights = tf.stop_gradient(result.weights)
+        grads = _weighted_sum(per_task, weights)
+        direction = unflatten(result.direction * scale / replicas, shared_vars)
+        for i, g in zip(shared, direction, strict=True):
+            grads[i] = g
+        return grads, weights
+
+    def _jacobian(
+        self, model, tape, targets, task_targets, losses, model_vars, scale, ctx, replicas, rep
+    ):
+        # Connectivity only: these gradient ops feed nothing and are pruned.
+        reach = [[g is not None for g in tape.gradient(t, model_vars)] for t in task_targets]
+        shared = self._shared_indices(model, model_vars, reach)
+        shared_vars = [model_vars[i] for i in shared]
+        rows = tape.jacobian(
+            targets,
+            shared_vars,
+            experimental_use_pfor=True,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+        num_tasks = len(task_targets)
+        jac = tf.concat([tf.reshape(tf.cast(r, tf.float32), [num_tasks, -1]) for r in rows], 1)
+        jac = _all_reduce(ctx, jac / scale, replicas)
+        result = model.balancer.aggregate(jac, losses)
+        weights = tf.stop_gradient(result.weights)
+        others = [i for i in range(len(model_vars)) if i not in set(shared)]
+        other_grads = tape.gradient(
+            targets, [model_vars[i] for i in others], output_gradients=weights
+        )
+        grads = [None] * len(model_vars)
+        for i, g in zip(others, other_grads, strict=True):
+            grads[i] = g
+        direction = unflatten(result.direction * scale / replicas, shared_vars)
+        for i, g in zip(shared, direction, strict=True):
+            grads[i] = g
+        return grads, weights
+
+    def _representation(
+        self, model, tape, targets, task_targets, losses, model_vars, scale, ctx, replicas, rep
+    ):
+        trunk_grads = tape.gradient(rep, model_vars)
+        trunk = [i for i, g in enumerate(trunk_grads) if g is not None]
+        if not trunk:
+            raise ValueError(
+                "gradient_mode='representation' needs trainable variables before the "
+                "SharedRepresentation layer; the model has none."
+            )
+        self.shared_variable_paths = [model_vars[i].path for i in trunk]
+        others = [i for i in range(len(model_vars)) if i not in set(trunk)]
+        sources = [rep] + [model_vars[i] for i in others]
+        per_task = [tape.gradient(t, sources) for t in task_targets]
+        rep32 = tf.cast(rep, tf.float32)
+        jac = (
+            tf.stack(
+                [
+                    tf.zeros([tf.size(rep)])
+                    if gs[0] is None
+                    else tf.reshape(tf.cast(gs[0], tf.float32), [-1])
+                    for gs in per_task
+                ]
+            )
+            / scale
+        )
+        result = model.balancer.aggregate(jac, losses, representation=tf.stop_gradient(rep32))
+        weights = tf.stop_gradient(result.weights)
+        other_grads = _weighted_sum([gs[1:] for gs in per_task], weights)
+        rep_grad = tf.cast(tf.reshape(result.direction * scale, tf.shape(rep)), rep.dtype)
+        trunk_vars = [model_vars[i] for i in trunk]
+        grads = [None] * len(model_vars)
+        for i, g in zip(
+            trunk, tape.gradient(rep, trunk_vars, output_gradients=rep_grad), strict=True
+        ):
+            grads[i] = g
+        for i, g in zip(others, other_grads, strict=True):
+            grads[i] = g
+        return grads, weights
+
+    def _scoped_weights(self, model, tape, task_targets, losses, model_vars, scale, ctx, replicas):
+        per_task = [tape.gradient(t, model_vars) for t in task_targets]
+        reach = [[g is not None for g in gs] for gs in per_task]
+        shared = self._shared_indices(model, model_vars, reach)
+        # The last shared layer: the layer that owns the last shared variable.
+        last_layer = model_vars[shared[-1]].path.rsplit("/", 1)[0]
+        scope = [i for i in shared if model_vars[i].path.rsplit("/", 1)[0] == last_layer]
+        scope_vars = [model_vars[i] for i in scope]
+        jac = tf.stack([flatten([gs[i] for i in scope], scope_vars) for gs in per_task]) / scale
+        jac = _all_reduce(ctx, jac, replicas)
+        return tf.stop_gradient(model.balancer.aggregate(jac, losses).weights)
+
+    # ------------------------------------------------------------------ apply
+    def _apply(self, model, grads, variables, losses, state):
+        optimizer = model.optimizer
+        pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
+        scaled_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        if self.nonfinite == "raise":
+            if not scaled_loss:
+                # The loss scale optimizer skips overflowing steps by itself.
+                tf.debugging.Assert(
+                    _all_finite([g for g, _ in pairs]),
+                    [
+                        "Non-finite gradient or balanced direction although every task loss is "
+                        "finite; the update was not applied. Task losses:",
+                        losses,
+                    ],
+                )
+            optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+            return tf.constant(True)
+        finite = tf.logical_and(
+            _all_finite([losses]),
+            tf.constant(True) if scaled_loss else _all_finite([g for g, _ in pairs]),
+        )
+        # Undo what the balancer wrote into its state from a non-finite step.
+        for v, old in state:
+            v.assign(tf.where(finite, v.value, old))
+
+        def apply():
+            optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+            return tf.constant(True)
+
+        tf.cond(finite, apply, lambda: tf.constant(False))
+        return finite
+
+
+def representation_layer(model, required: bool):
+    """The model's single `SharedRepresentation` layer (or `None`)."""
+    found = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, SharedRepresentation)
+    ]
+    if len(found) > 1:
+        raise ValueError(
+            "gradient_mode='representation' needs exactly one SharedRepresentation layer. "
+            f"Received a model with {len(found)}: {[layer.name for layer in found]}"
+        )
+    if not found and required:
+        raise ValueError(
+            "gradient_mode='representation' needs a keras_mtl.layers.SharedRepresentation "
+            "layer marking the tensor that the task towers share; the model has none."
+        )
+    return found[0] if found else None
+
+
+def _all_reduce(ctx, value, replicas):
+    if replicas == 1:
+        return value
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _regularization(model):
+    if not model.losses:
+        return tf.constant(0.0)
+    return tf.add_n([tf.cast(loss, tf.float32) for loss in model.losses])
+
+
+def _assert_finite_losses(losses, task_names):
+    for t, name in enumerate(task_names):
+        tf.debugging.Assert(
+            tf.math.is_finite(losses[t]),
+            [
+                f"Non-finite loss for task '{name}'; the step was not applied. Pass "
+                "compile(nonfinite='skip') to skip such steps instead. Loss:",
+                losses[t],
+            ],
+        )
+
+
+def _all_finite(tensors):
+    checks = [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(t))) for t in tensors]
+    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+
+
+def _scale(grad, weight):
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(
+            grad.values * tf.cast(weight, grad.values.dtype), grad.indices, grad.dense_shape
+        )
+    return grad * tf.cast(weight, grad.dtype)
+
+
+def _weighted_sum(per_task, weights):
+    """`sum_t w_t g_t` per variable; `None` where no task reaches the variable."""
+    out = []
+    for i in range(len(per_task[0])):
+        terms = [_scale(gs[i], weights[t]) for t, gs in enumerate(per_task) if gs[i] is not None]
+        if not terms:
+            out.append(None)
+        elif len(terms) == 1:
+            out.append(terms[0])
+        else:
+            out.append(tf.add_n([tf.convert_to_tensor(g) for g in terms]))
+    return out
+
+
+def _add(grads, extra):
+    out = []
+    for g, e in zip(grads, extra, strict=True):
+        if e is None:
+            out.append(g)
+        elif g is None:
+            out.append(e)
+        else:
+            out.append(tf.convert_to_tensor(g) + tf.convert_to_tensor(e))
+    return out
