@@ -142,10 +142,6 @@ class GradientEngine:
                 "nonfinite='raise'."
             )
         rep_layer = representation_layer(model, required=True) if mode == "representation" else None
-        variables = list(model.trainable_variables)
-        balancer_ids = {id(v) for v in balancer.trainable_variables}
-        model_vars = [v for v in variables if id(v) not in balancer_ids]
-        balancer_vars = [v for v in variables if id(v) in balancer_ids]
         # Loss scaling (mixed precision): gradients are taken of scaled losses,
         # the balancer sees unscaled ones, the optimizer unscales what it gets.
         scale = tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
@@ -160,6 +156,11 @@ class GradientEngine:
                 if rep_layer is not None:
                     rep_layer._recording = False
             rep = rep_layer._recorded if rep_layer is not None else None
+            # Read after the forward pass: a subclassed model builds on its first call.
+            variables = list(model.trainable_variables)
+            balancer_ids = {id(v) for v in balancer.trainable_variables}
+            model_vars = [v for v in variables if id(v) not in balancer_ids]
+            balancer_vars = [v for v in variables if id(v) in balancer_ids]
             sums, counts, y_clean, masks = model.task_loss_terms(y, y_pred, sample_weight)
             counts = _all_reduce(ctx, tf.stack(counts), replicas)
             # One scalar per task, never sliced from a stacked vector: the
@@ -399,8 +400,8 @@ def _assert_finite_losses(losses, task_names):
         tf.debugging.Assert(
             tf.math.is_finite(losses[t]),
             [
-                f"Non-finite loss for task '{name}'; the step was not applied. Pass "
-                "compile(nonfinite='skip') to skip such steps instead. Loss:",
+                f"Non-finite loss for task `{name}`; the step was not applied. Pass "
+                "compile(nonfinite=`skip`) to skip such steps instead. Loss:",
                 losses[t],
             ],
         )

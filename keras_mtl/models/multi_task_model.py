@@ -5,6 +5,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+# Private in Keras 3, but the only way to build functional models of our own class.
+from keras.src.models.functional import Functional
+
 from keras_mtl import balancers as balancers_module
 from keras_mtl.gradients.engine import GradientEngine
 
@@ -60,13 +63,29 @@ class MultiTaskModel(keras.Model):
         Caruana, "Multitask Learning", Machine Learning 28, 1997.
     """
 
+    def __new__(cls, *args, **kwargs):
+        # Like `keras.Model`, functional arguments give a functional model. Keras
+        # would instead rewrite the bases of this class in place (making every
+        # later subclass functional), so the functional variant is its own class.
+        if _functional_arguments(args, kwargs):
+            if cls is MultiTaskModel:
+                return super().__new__(FunctionalMultiTaskModel)
+            if not issubclass(cls, Functional):
+                raise TypeError(
+                    f"`{cls.__name__}` subclasses MultiTaskModel and was called with `inputs` and "
+                    "`outputs`. Build functional models with `keras_mtl.MultiTaskModel(inputs, "
+                    "outputs)` directly, or define `call` in the subclass."
+                )
+        return super().__new__(cls)
+
     def __init__(self, *args, **kwargs):
-        outputs = kwargs.get("outputs", args[1] if len(args) > 1 else None)
-        if ("inputs" in kwargs or args) and (not isinstance(outputs, dict) or not outputs):
-            raise ValueError(
-                "Expected `outputs` to be a non-empty dict {task_name: tensor}, one entry per "
-                f"task. Received: outputs of type {type(outputs).__name__}"
-            )
+        if _functional_arguments(args, kwargs):
+            outputs = kwargs.get("outputs", args[1] if len(args) > 1 else None)
+            if not isinstance(outputs, dict) or not outputs:
+                raise ValueError(
+                    "Expected `outputs` to be a non-empty dict {task_name: tensor}, one entry per "
+                    f"task. Received: outputs of type {type(outputs).__name__}"
+                )
         super().__init__(*args, **kwargs)
         self.task_names: list[str] | None = None
         self.balancer = None
@@ -427,6 +446,15 @@ class MultiTaskModel(keras.Model):
         if self.built:
             # Create the optimizer variables so that their saved values load.
             self.optimizer.build(self.trainable_variables)
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class FunctionalMultiTaskModel(MultiTaskModel, Functional):
+    """The class of `MultiTaskModel(inputs, outputs)`; use `MultiTaskModel`."""
+
+
+def _functional_arguments(args, kwargs) -> bool:
+    return len(args) == 2 or len(args) == 1 and "outputs" in kwargs or "inputs" in kwargs
 
 
 class _BalancerEpochHook(keras.callbacks.Callback):

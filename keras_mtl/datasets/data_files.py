@@ -1,0 +1,219 @@
+"""Locating dataset files: a given folder, `$KERAS_MTL_DATA_DIR`, the download cache, a download.
+
+Every real-data loader of `keras_mtl.datasets` reads its files through
+`locate_files`, so all of them look in the same places in the same order and
+fail with the same kind of message when the files are nowhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+ENV_VAR = "KERAS_MTL_DATA_DIR"
+
+
+class DataFile(NamedTuple):
+    """One file a loader needs.
+
+    Attributes:
+        name: file name, as stored in the dataset's folder.
+        origin: official download URL, or `None` where the file has no
+            official single-file download (the error then says where the
+            file comes from).
+        sha256: SHA-256 of the file at `origin`, checked by
+            `keras.utils.get_file` after a download. Files found on disk are
+            read as they are, like a user's own copy.
+        note: where to get the file by hand when `origin` is `None`.
+    """
+
+    name: str
+    origin: str | None = None
+    sha256: str | None = None
+    note: str = ""
+
+
+def default_cache_dir() -> str:
+    """The folder downloads and parsed caches go to: `~/.keras/datasets/keras_mtl`."""
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(keras_home, "datasets", "keras_mtl")
+
+
+def _candidate_dirs(subdir: str, data_dir: str | None) -> list[str]:
+    if data_dir is not None:
+        roots = [os.fspath(data_dir)]
+    elif os.environ.get(ENV_VAR):
+        roots = [os.environ[ENV_VAR]]
+    else:
+        roots = []
+    dirs = []
+    for root in roots:
+        # Accept both the dataset's own folder and the root holding all datasets.
+        dirs += [os.path.join(root, subdir), root]
+    return dirs
+
+
+def locate_files(
+    subdir: str,
+    files: Sequence[DataFile],
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, str]:
+    """Finds (or downloads) the files of one dataset.
+
+    Each file is looked for, in order, in `data_dir` (or, when `data_dir` is
+    `None`, in the folder named by the `KERAS_MTL_DATA_DIR` environment
+    variable), both directly and in its `subdir` subfolder; then in the
+    download cache `cache_dir/subdir`. Files still missing are downloaded
+    from their official origin with `keras.utils.get_file`, which checks the
+    SHA-256, when `download` is true.
+
+    Args:
+        subdir: the dataset's folder name, for example `"census_income_kdd"`.
+        files: the `DataFile`s needed.
+        data_dir: folder holding the files, or `None`.
+        download: whether missing files may be downloaded.
+        cache_dir: download cache root; defaults to
+            `~/.keras/datasets/keras_mtl`.
+
+    Returns:
+        A dict from file name to its path on disk.
+
+    Raises:
+        FileNotFoundError: when a file is in none of the places and cannot
+            be downloaded; the message names the files and the folders
+            searched.
+
+    Example:
+
+    >>> import tempfile
+    >>> from keras_mtl.datasets.data_files import DataFile, locate_files
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(folder, "a.csv"), "w").write("x\\n")
+    >>> paths = locate_files("toy", [DataFile("a.csv")], data_dir=folder, download=False)
+    >>> os.path.basename(paths["a.csv"])
+    'a.csv'
+    """
+    cache_root = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_sub = os.path.join(cache_root, subdir)
+    searched = _candidate_dirs(subdir, data_dir) + [cache_sub]
+    found: dict[str, str] = {}
+    missing: list[DataFile] = []
+    for f in files:
+        for folder in searched:
+            path = os.path.join(folder, f.name)
+            if os.path.isfile(path):
+                found[f.name] = path
+                break
+        else:
+            missing.append(f)
+    if not missing:
+        return found
+
+    def _fail(reason: str, cause: BaseException | None = None):
+        lines = [
+            f"Could not find the {subdir!r} data files "
+            + ", ".join(repr(f.name) for f in missing)
+            + f" ({reason}).",
+            "Looked in: " + ", ".join(repr(d) for d in searched) + ".",
+            f"Pass `data_dir=` or set the {ENV_VAR} environment variable to a folder holding "
+            f"them (directly or in a {subdir!r} subfolder).",
+        ]
+        for f in missing:
+            if f.origin:
+                lines.append(f"  {f.name}: official download {f.origin}")
+            elif f.note:
+                lines.append(f"  {f.name}: {f.note}")
+        error = FileNotFoundError("\n".join(lines))
+        if cause is not None:
+            raise error from cause
+        raise error
+
+    if not download:
+        _fail("download=False")
+    no_origin = [f for f in missing if not f.origin]
+    if no_origin:
+        _fail("no official single-file download exists for " + ", ".join(f.name for f in no_origin))
+    import keras
+
+    for f in missing:
+        try:
+            found[f.name] = keras.utils.get_file(
+                fname=f.name,
+                origin=f.origin,
+                file_hash=f.sha256,
+                hash_algorithm="sha256",
+                cache_dir=cache_root,
+                cache_subdir=subdir,
+            )
+        except Exception as e:  # noqa: BLE001 - get_file raises bare Exception offline.
+            _fail(f"download failed: {type(e).__name__}: {e}", e)
+    return found
+
+
+def split_indices(num: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Splits `range(num)` at random into consecutive parts of the given fractions.
+
+    Args:
+        num: number of items.
+        fractions: fractions summing to 1; the last part takes the rounding.
+        seed: seed of the permutation.
+
+    Returns:
+        A list of sorted index arrays, one per fraction.
+
+    Example:
+
+    >>> [len(p) for p in split_indices(11, (0.5, 0.5), seed=0)]
+    [5, 6]
+    """
+    perm = np.random.default_rng(seed).permutation(num)
+    parts, start = [], 0
+    for i, frac in enumerate(fractions):
+        stop = num if i == len(fractions) - 1 else start + int(num * frac)
+        parts.append(np.sort(perm[start:stop]))
+        start = stop
+    return parts
+
+
+def to_tf_dataset(
+    x,
+    y,
+    batch_size: int = 256,
+    shuffle: bool = False,
+    seed: int | None = None,
+):
+    """Wraps numpy features and label dicts in a batched, prefetched `tf.data.Dataset`.
+
+    Args:
+        x: an array or a dict of arrays with the same first dimension.
+        y: a dict `{task: array}`.
+        batch_size: batch size.
+        shuffle: whether to reshuffle every epoch (use for training data).
+        seed: shuffle seed.
+
+    Returns:
+        A `tf.data.Dataset` of `(x, y)` batches.
+
+    Example:
+
+    >>> ds = to_tf_dataset(np.zeros((5, 2)), {"a": np.ones((5, 1))}, batch_size=2)
+    >>> [int(b[0].shape[0]) for b in ds]
+    [2, 2, 1]
+    """
+    import tensorflow as tf
+
+    if not (isinstance(batch_size, int) and batch_size > 0):
+        raise ValueError(
+            "Received an invalid value for `batch_size`, expected a positive integer. "
+            f"Received: batch_size={batch_size!r}"
+        )
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        first = next(iter(x.values())) if isinstance(x, dict) else x
+        ds = ds.shuffle(len(first), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,74 @@
+"""Small models, data and test balancers shared by the model and engine tests."""
+
+import keras
+import numpy as np
+from keras import ops
+
+import keras_mtl
+from keras_mtl.balancers import BalanceResult, Balancer
+
+TASKS = ("task_1", "task_2")
+
+
+def data(n=64, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype("float32")
+    y = {
+        "task_1": (x[:, :1] * 2.0 + 0.1 * rng.normal(size=(n, 1))).astype("float32"),
+        "task_2": (x[:, 1:2] - x[:, 2:3] + 0.1 * rng.normal(size=(n, 1))).astype("float32"),
+    }
+    return x, y
+
+
+def build(d=6, seed=1, representation=False, model_cls=None):
+    """A two-task shared-bottom MLP; `model_cls=keras.Model` for plain Keras."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((d,))
+    h = keras_mtl.layers.SharedBottom(units=(8,), name="trunk")(inputs)
+    if representation:
+        h = keras_mtl.layers.SharedRepresentation(name="rep")(h)
+    outputs = {
+        name: keras.layers.Dense(1, name=name)(
+            keras.layers.Dense(4, activation="tanh", name=f"{name}_hidden")(h)
+        )
+        for name in TASKS
+    }
+    return (model_cls or keras_mtl.MultiTaskModel)(inputs=inputs, outputs=outputs)
+
+
+class Capture(Balancer):
+    """Fixed weights `[0.3, 0.7]`, direction `w^T J`; stores J and losses when eager."""
+
+    requires_jacobian = True
+    last = None
+
+    def compute(self, jacobian, losses, representation=None):
+        if not hasattr(jacobian, "graph"):
+            Capture.last = (np.asarray(jacobian), np.asarray(losses))
+        weights = ops.convert_to_tensor([0.3, 0.7], dtype="float32")
+        return BalanceResult(ops.matmul(weights[None], jacobian)[0], weights)
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl_tests")
+class NormalizedEMA(Balancer):
+    """A stateful, non-linear test balancer: each task gradient is scaled to unit
+    norm, then averaged with an exponential moving average kept in state."""
+
+    requires_jacobian = True
+
+    def __init__(self, beta=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.beta = beta
+
+    def build(self, num_tasks):
+        super().build(num_tasks)
+        self.ema = self.add_state("ema", (num_tasks,), initializer="ones")
+
+    def compute(self, jacobian, losses, representation=None):
+        norms = ops.sqrt(ops.sum(jacobian * jacobian, axis=1)) + 1e-12
+        new = self.beta * self.ema + (1.0 - self.beta) / norms
+        self.ema.assign(new)
+        return BalanceResult(ops.matmul(new[None], jacobian)[0], new)
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}

@@ -1,0 +1,259 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl
+from tests.models.helpers import TASKS, Capture, NormalizedEMA, build, data
+
+LOSS = {"task_1": "mse", "task_2": "mse"}
+
+
+def _weights(model):
+    return [np.array(v) for v in model.weights]
+
+
+def test_ew_equals_plain_keras_with_summed_losses():
+    x, y = data(n=96)
+    plain = build(model_cls=keras.Model)
+    ours = build()
+    ours.set_weights(plain.get_weights())
+    plain.compile(optimizer=keras.optimizers.Adam(0.01), loss=LOSS)
+    ours.compile(optimizer=keras.optimizers.Adam(0.01), loss=LOSS, balancer="ew")
+    h_plain = plain.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    h_ours = ours.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(plain.trainable_variables, ours.trainable_variables, strict=True):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)
+    assert abs(h_plain.history["loss"][0] - h_ours.history["loss"][0]) < 1e-5
+    assert h_ours.history["task_1_weight"] == [1.0]
+
+
+def _brute_force_grads(model, x, y, weights):
+    with tf.GradientTape() as tape:
+        pred = model(x, training=True)
+        loss = sum(
+            w * tf.reduce_mean(tf.square(pred[t] - y[t])) for w, t in zip(weights, TASKS, strict=True)
+        )
+    return tape.gradient(loss, model.trainable_variables)
+
+
+@pytest.mark.parametrize("mode", ["loop", "jacobian", "representation"])
+def test_every_gradient_mode_matches_brute_force(mode):
+    x, y = data(n=32)
+    model = build(representation=True)
+    model.compile(
+        optimizer=keras.optimizers.SGD(1.0), loss=LOSS, balancer=Capture(),
+        gradient_mode=mode, run_eagerly=True,
+    )
+    before = [np.array(v) for v in model.trainable_variables]
+    expected = _brute_force_grads(model, x, y, [0.3, 0.7])
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    after = [np.array(v) for v in model.trainable_variables]
+    for b, a, g in zip(before, after, expected, strict=True):
+        np.testing.assert_allclose(b - a, np.asarray(g), atol=1e-5)
+
+    # The Jacobian rows the balancer saw are the single-task gradients.
+    for v, b in zip(model.trainable_variables, before, strict=True):
+        v.assign(b)
+    jac, losses = Capture.last
+    rep = model.get_layer("rep")
+    sub = keras.Model(model.input, rep.output)
+    for t, name in enumerate(TASKS):
+        with tf.GradientTape(persistent=True) as tape:
+            z = sub(x, training=True)
+            tape.watch(z)
+            tower = keras.Model(rep.output, model.get_layer(name).output)
+            loss = tf.reduce_mean(tf.square(tower(z) - y[name]))
+        if mode == "representation":
+            row = tape.gradient(loss, z).numpy().ravel()
+        else:
+            shared = [v for v in model.trainable_variables if v.path.startswith("trunk/")]
+            row = np.concatenate([np.ravel(g) for g in tape.gradient(loss, shared)])
+        np.testing.assert_allclose(jac[t], row, atol=1e-5)
+        np.testing.assert_allclose(losses[t], loss.numpy(), rtol=1e-5)
+    if mode != "representation":
+        assert model.shared_variable_paths == ["trunk/dense_0/kernel", "trunk/dense_0/bias"]
+
+
+def test_loss_only_balancer_takes_one_weighted_backward():
+    x, y = data(n=32)
+    model = build()
+    model.compile(
+        optimizer=keras.optimizers.SGD(1.0), loss=LOSS,
+        balancer=keras_mtl.balancers.StaticWeighting({"task_1": 0.3, "task_2": 0.7}),
+    )
+    before = [np.array(v) for v in model.trainable_variables]
+    expected = _brute_force_grads(model, x, y, [0.3, 0.7])
+    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    for b, v, g in zip(before, model.trainable_variables, expected, strict=True):
+        np.testing.assert_allclose(b - np.array(v), np.asarray(g), atol=1e-5)
+    assert history.history["task_2_weight"] == [pytest.approx(0.7)]
+
+
+def test_all_labels_missing_leaves_the_task_tower_unchanged():
+    x, y = data(n=48)
+    y_nan = {"task_1": y["task_1"], "task_2": np.full_like(y["task_2"], np.nan)}
+    model = build()
+    model.compile(optimizer="adam", loss=LOSS, balancer=NormalizedEMA(),
+                  metrics={"task_2": ["mae"]})
+    tower = [v for v in model.trainable_variables if v.path.startswith("task_2")]
+    assert len(tower) == 4
+    before = [np.array(v) for v in tower]
+    history = model.fit(x, y_nan, batch_size=16, epochs=2, verbose=0)
+    for b, v in zip(before, tower, strict=True):
+        np.testing.assert_array_equal(b, np.array(v))
+    assert history.history["task_2_loss"] == [0.0, 0.0]
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert all(np.all(np.isfinite(np.array(v))) for v in model.weights)
+
+
+def test_partially_missing_labels_average_over_labelled_examples():
+    x, y = data(n=8)
+    weight = np.array([1, 0, 1, 1, 0, 1, 1, 1], "float32")
+    y_nan = dict(y)
+    y_nan["task_1"] = np.where(weight[:, None] > 0, y["task_1"], np.nan)
+    model = build()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=LOSS)
+    pred = model.predict(x, verbose=0)
+    expected = np.sum(weight * (pred["task_1"][:, 0] - y["task_1"][:, 0]) ** 2) / weight.sum()
+    by_nan = model.evaluate(x, y_nan, batch_size=8, verbose=0, return_dict=True)
+    by_weight = model.evaluate(
+        x, y, sample_weight={"task_1": weight, "task_2": np.ones(8, "float32")},
+        batch_size=8, verbose=0, return_dict=True,
+    )
+    assert by_nan["task_1_loss"] == pytest.approx(expected, rel=1e-5)
+    assert by_weight["task_1_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_save_load_resume_takes_the_same_next_step(tmp_path):
+    x, y = data(n=64)
+    model = build()
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=LOSS, balancer=NormalizedEMA(0.7),
+                  metrics={"task_1": ["mae"]})
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.balancer, NormalizedEMA) and loaded.balancer.beta == 0.7
+    np.testing.assert_array_equal(np.array(loaded.balancer.ema), np.array(model.balancer.ema))
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    loaded.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-7)
+
+
+def test_export_serves_the_task_dict_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    x, _ = data(n=8)
+    model = build()
+    model.compile(optimizer="adam", loss=LOSS)
+    model.export(str(tmp_path / "served"), verbose=False)
+    np.save(tmp_path / "x.npy", x)
+    expected = model.predict(x, verbose=0)
+    script = (
+        "import numpy as np, tensorflow as tf, sys\n"
+        f"m = tf.saved_model.load({str(tmp_path / 'served')!r})\n"
+        f"out = m.serve(tf.constant(np.load({str(tmp_path / 'x.npy')!r})))\n"
+        f"np.savez({str(tmp_path / 'out.npz')!r}, **{{k: v.numpy() for k, v in out.items()}})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, env={"TF_CPP_MIN_LOG_LEVEL": "3",
+                   "PATH": "/usr/bin:/bin"})
+    served = np.load(tmp_path / "out.npz")
+    assert sorted(served.files) == sorted(TASKS)
+    for name in TASKS:
+        np.testing.assert_allclose(served[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_callbacks_and_validation_data_work(tmp_path):
+    x, y = data(n=64)
+    model = build()
+    model.compile(optimizer="adam", loss=LOSS, balancer=NormalizedEMA(),
+                  metrics={"task_1": ["mae"], "task_2": ["mae"]})
+    history = model.fit(
+        x, y, validation_data=(x[:16], {k: v[:16] for k, v in y.items()}),
+        epochs=3, batch_size=16, verbose=0,
+        callbacks=[
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=5),
+            keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), monitor="val_loss"),
+            keras.callbacks.TensorBoard(str(tmp_path / "tb")),
+        ],
+    )
+    for key in ("loss", "task_1_loss", "task_2_weight", "task_1_mae", "val_loss",
+                "val_task_2_loss", "val_task_2_mae", "val_task_1_weight"):
+        assert len(history.history[key]) == 3, key
+    assert (tmp_path / "best.keras").exists()
+    assert any((tmp_path / "tb").rglob("events.out.tfevents*"))
+
+
+def test_graph_mode_with_jit_compile_matches_eager():
+    x, y = data(n=32)
+    results = []
+    for jit in (False, True):
+        model = build()
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS, balancer=NormalizedEMA(),
+                      jit_compile=jit)
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        results.append([np.array(v) for v in model.trainable_variables])
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_subclassed_model_trains():
+    @keras.saving.register_keras_serializable(package="keras_mtl_tests")
+    class TwoTask(keras_mtl.MultiTaskModel):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.trunk = keras.layers.Dense(8, activation="relu")
+            self.heads = {t: keras.layers.Dense(1) for t in TASKS}
+
+        def call(self, inputs):
+            h = self.trunk(inputs)
+            return {t: self.heads[t](h) for t in TASKS}
+
+    x, y = data(n=64)
+    model = TwoTask()
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss=LOSS, balancer=NormalizedEMA())
+    history = model.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    assert history.history["task_1_loss"][-1] < history.history["task_1_loss"][0]
+    assert model.shared_variable_paths == [v.path for v in model.trunk.trainable_variables]
+
+
+def test_mixed_precision_trains_with_a_gradient_balancer():
+    x, y = data(n=64)
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build()
+        model.compile(optimizer="adam", loss=LOSS, balancer=NormalizedEMA())
+        history = model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert history.history["loss"][1] < history.history["loss"][0]
+
+
+def test_nonfinite_loss_raises_by_default_and_skip_mode_counts():
+    x, y = data(n=32)
+    y_bad = {"task_1": y["task_1"], "task_2": np.full_like(y["task_2"], np.inf)}
+    model = build()
+    model.compile(optimizer="adam", loss=LOSS, balancer=NormalizedEMA())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Non-finite loss for task `task_2`"):
+        model.fit(x, y_bad, batch_size=16, epochs=1, verbose=0)
+
+    model = build()
+    model.compile(optimizer="adam", loss=LOSS, balancer=NormalizedEMA(), nonfinite="skip")
+    model.build((None, 6))
+    state = [*model.trainable_variables, *model.balancer.weights]
+    before = [np.array(v) for v in state]
+    history = model.fit(x, y_bad, batch_size=16, epochs=1, verbose=0)
+    assert history.history["skipped_steps"] == [2.0]
+    for b, v in zip(before, state, strict=True):
+        np.testing.assert_array_equal(b, np.array(v))
+    assert int(model.optimizer.iterations) == 0
+    # A good batch afterwards trains normally.
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    assert not np.array_equal(before[0], np.array(model.trainable_variables[0]))
