@@ -22,8 +22,12 @@ LOSS = {"task_1": "mse", "task_2": "mse"}
 def run(strategy, x, y, weight):
     with strategy.scope():
         model = build()
-        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=LOSS, balancer=NormalizedEMA(0.3),
-                      gradient_mode=sys.argv[1])
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.5),
+            loss=LOSS,
+            balancer=NormalizedEMA(0.3),
+            gradient_mode=sys.argv[1],
+        )
     model.fit(x, y, sample_weight=weight, batch_size=32, epochs=1, shuffle=False, verbose=0)
     return [np.array(v) for v in model.trainable_variables], np.array(model.balancer.ema)
 

@@ -32,7 +32,8 @@ def _brute_force_grads(model, x, y, weights):
     with tf.GradientTape() as tape:
         pred = model(x, training=True)
         loss = sum(
-            w * tf.reduce_mean(tf.square(pred[t] - y[t])) for w, t in zip(weights, TASKS, strict=True)
+            w * tf.reduce_mean(tf.square(pred[t] - y[t]))
+            for w, t in zip(weights, TASKS, strict=True)
         )
     return tape.gradient(loss, model.trainable_variables)
 
@@ -42,8 +43,11 @@ def test_every_gradient_mode_matches_brute_force(mode):
     x, y = data(n=32)
     model = build(representation=True)
     model.compile(
-        optimizer=keras.optimizers.SGD(1.0), loss=LOSS, balancer=Capture(),
-        gradient_mode=mode, run_eagerly=True,
+        optimizer=keras.optimizers.SGD(1.0),
+        loss=LOSS,
+        balancer=Capture(),
+        gradient_mode=mode,
+        run_eagerly=True,
     )
     before = [np.array(v) for v in model.trainable_variables]
     expected = _brute_force_grads(model, x, y, [0.3, 0.7])
@@ -79,7 +83,8 @@ def test_loss_only_balancer_takes_one_weighted_backward():
     x, y = data(n=32)
     model = build()
     model.compile(
-        optimizer=keras.optimizers.SGD(1.0), loss=LOSS,
+        optimizer=keras.optimizers.SGD(1.0),
+        loss=LOSS,
         balancer=keras_mtl.balancers.StaticWeighting({"task_1": 0.3, "task_2": 0.7}),
     )
     before = [np.array(v) for v in model.trainable_variables]
@@ -94,8 +99,9 @@ def test_all_labels_missing_leaves_the_task_tower_unchanged():
     x, y = data(n=48)
     y_nan = {"task_1": y["task_1"], "task_2": np.full_like(y["task_2"], np.nan)}
     model = build()
-    model.compile(optimizer="adam", loss=LOSS, balancer=NormalizedEMA(),
-                  metrics={"task_2": ["mae"]})
+    model.compile(
+        optimizer="adam", loss=LOSS, balancer=NormalizedEMA(), metrics={"task_2": ["mae"]}
+    )
     tower = [v for v in model.trainable_variables if v.path.startswith("task_2")]
     assert len(tower) == 4
     before = [np.array(v) for v in tower]
@@ -118,8 +124,12 @@ def test_partially_missing_labels_average_over_labelled_examples():
     expected = np.sum(weight * (pred["task_1"][:, 0] - y["task_1"][:, 0]) ** 2) / weight.sum()
     by_nan = model.evaluate(x, y_nan, batch_size=8, verbose=0, return_dict=True)
     by_weight = model.evaluate(
-        x, y, sample_weight={"task_1": weight, "task_2": np.ones(8, "float32")},
-        batch_size=8, verbose=0, return_dict=True,
+        x,
+        y,
+        sample_weight={"task_1": weight, "task_2": np.ones(8, "float32")},
+        batch_size=8,
+        verbose=0,
+        return_dict=True,
     )
     assert by_nan["task_1_loss"] == pytest.approx(expected, rel=1e-5)
     assert by_weight["task_1_loss"] == pytest.approx(expected, rel=1e-5)
@@ -128,8 +138,12 @@ def test_partially_missing_labels_average_over_labelled_examples():
 def test_save_load_resume_takes_the_same_next_step(tmp_path):
     x, y = data(n=64)
     model = build()
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=LOSS, balancer=NormalizedEMA(0.7),
-                  metrics={"task_1": ["mae"]})
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=LOSS,
+        balancer=NormalizedEMA(0.7),
+        metrics={"task_1": ["mae"]},
+    )
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
     path = tmp_path / "m.keras"
     model.save(path)
@@ -160,8 +174,11 @@ def test_export_serves_the_task_dict_in_a_fresh_process(tmp_path):
         f"out = m.serve(tf.constant(np.load({str(tmp_path / 'x.npy')!r})))\n"
         f"np.savez({str(tmp_path / 'out.npz')!r}, **{{k: v.numpy() for k, v in out.items()}})\n"
     )
-    subprocess.run([sys.executable, "-c", script], check=True, env={"TF_CPP_MIN_LOG_LEVEL": "3",
-                   "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
+    )
     served = np.load(tmp_path / "out.npz")
     assert sorted(served.files) == sorted(TASKS)
     for name in TASKS:
@@ -171,19 +188,35 @@ def test_export_serves_the_task_dict_in_a_fresh_process(tmp_path):
 def test_callbacks_and_validation_data_work(tmp_path):
     x, y = data(n=64)
     model = build()
-    model.compile(optimizer="adam", loss=LOSS, balancer=NormalizedEMA(),
-                  metrics={"task_1": ["mae"], "task_2": ["mae"]})
+    model.compile(
+        optimizer="adam",
+        loss=LOSS,
+        balancer=NormalizedEMA(),
+        metrics={"task_1": ["mae"], "task_2": ["mae"]},
+    )
     history = model.fit(
-        x, y, validation_data=(x[:16], {k: v[:16] for k, v in y.items()}),
-        epochs=3, batch_size=16, verbose=0,
+        x,
+        y,
+        validation_data=(x[:16], {k: v[:16] for k, v in y.items()}),
+        epochs=3,
+        batch_size=16,
+        verbose=0,
         callbacks=[
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=5),
             keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), monitor="val_loss"),
             keras.callbacks.TensorBoard(str(tmp_path / "tb")),
         ],
     )
-    for key in ("loss", "task_1_loss", "task_2_weight", "task_1_mae", "val_loss",
-                "val_task_2_loss", "val_task_2_mae", "val_task_1_weight"):
+    for key in (
+        "loss",
+        "task_1_loss",
+        "task_2_weight",
+        "task_1_mae",
+        "val_loss",
+        "val_task_2_loss",
+        "val_task_2_mae",
+        "val_task_1_weight",
+    ):
         assert len(history.history[key]) == 3, key
     assert (tmp_path / "best.keras").exists()
     assert any((tmp_path / "tb").rglob("events.out.tfevents*"))
@@ -194,8 +227,12 @@ def test_graph_mode_with_jit_compile_matches_eager():
     results = []
     for jit in (False, True):
         model = build()
-        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS, balancer=NormalizedEMA(),
-                      jit_compile=jit)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=LOSS,
+            balancer=NormalizedEMA(),
+            jit_compile=jit,
+        )
         model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
         results.append([np.array(v) for v in model.trainable_variables])
     for a, b in zip(*results, strict=True):

@@ -1,0 +1,154 @@
+"""Training-step time of MultiTaskModel against plain Keras `fit`, in one process.
+
+Usage:
+    python benchmarks/step_time.py                      # ew and the gradient modes, T = 2, 5, 10
+    python benchmarks/step_time.py --tasks 2,10,40 --balancers pcgrad,mgda,db_mtl
+    python benchmarks/step_time.py --quick               # a smoke run in seconds
+
+Model: MLP trunk 500 -> 3 x 512 (ReLU), one tower per task (128 ReLU -> 1), batch 256, MSE losses.
+Every configuration is timed over whole epochs, repeated and interleaved with the others so that
+machine noise hits all alike; the table shows medians and ratios to plain `keras.Model.fit` with
+summed losses at the same T.
+
+Rows:
+    plain                Keras functional model, losses summed by Keras
+    ew                   MultiTaskModel with balancer="ew" (one backward pass)
+    loop / jacobian /    MultiTaskModel with a linear balancer that needs the Jacobian (weights 1,
+    representation       direction w^T J), so the row measures the gradient mode itself
+    <balancer>           MultiTaskModel with that balancer in gradient_mode="auto"
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+import keras_mtl  # noqa: E402
+from keras_mtl.balancers import BalanceResult, Balancer  # noqa: E402
+
+
+class LinearJacobian(Balancer):
+    """Equal weights computed from the Jacobian: isolates the cost of the gradient mode."""
+
+    requires_jacobian = True
+
+    def compute(self, jacobian, losses, representation=None):
+        weights = ops.ones_like(losses)
+        return BalanceResult(ops.matmul(weights[None], jacobian)[0], weights)
+
+
+def build(num_tasks: int, plain: bool, width: int, input_dim: int):
+    inputs = keras.Input((input_dim,))
+    h = inputs
+    for i in range(3):
+        h = keras.layers.Dense(width, activation="relu", name=f"trunk_{i}")(h)
+    if not plain:
+        h = keras_mtl.layers.SharedRepresentation(name="shared")(h)
+    outputs = {
+        f"t{t}": keras.layers.Dense(1, name=f"t{t}")(
+            keras.layers.Dense(128, activation="relu", name=f"tower_{t}")(h)
+        )
+        for t in range(num_tasks)
+    }
+    cls = keras.Model if plain else keras_mtl.MultiTaskModel
+    return cls(inputs=inputs, outputs=outputs)
+
+
+def configs(num_tasks: int, balancers: list[str], modes: list[str]):
+    rows = [("plain", None, None), ("ew", "ew", "auto")]
+    rows += [(mode, "linear", mode) for mode in modes]
+    rows += [(b, b, "auto") for b in balancers]
+    return rows
+
+
+def make(num_tasks, name, balancer, mode, width, input_dim):
+    keras.utils.set_random_seed(0)
+    model = build(num_tasks, plain=name == "plain", width=width, input_dim=input_dim)
+    loss = {f"t{t}": "mse" for t in range(num_tasks)}
+    if name == "plain":
+        model.compile(optimizer="sgd", loss=loss)
+    else:
+        model.compile(
+            optimizer="sgd",
+            loss=loss,
+            balancer=LinearJacobian() if balancer == "linear" else balancer,
+            gradient_mode=mode,
+        )
+    return model
+
+
+def measure(args) -> list[dict]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.batch * args.steps, args.input_dim)).astype("float32")
+    results = []
+    for num_tasks in args.tasks:
+        y = {f"t{t}": rng.normal(size=(len(x), 1)).astype("float32") for t in range(num_tasks)}
+        rows = configs(num_tasks, args.balancers, args.modes)
+        models = {}
+        for name, balancer, mode in rows:
+            models[name] = make(num_tasks, name, balancer, mode, args.width, args.input_dim)
+            # Warm-up epoch: tracing and first-call costs stay out of the timings.
+            models[name].fit(x, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
+        times = {name: [] for name, _, _ in rows}
+        for _ in range(args.repeats):
+            for name, _, _ in rows:
+                start = time.perf_counter()
+                models[name].fit(x, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
+                times[name].append((time.perf_counter() - start) / args.steps)
+        base = statistics.median(times["plain"])
+        for name, _, mode in rows:
+            median = statistics.median(times[name])
+            results.append(
+                {"T": num_tasks, "config": name, "ms": 1000 * median, "ratio": median / base}
+            )
+            print(
+                f"T={num_tasks:<3} {name:<16} {1000 * median:8.2f} ms/step  {median / base:5.2f}x",
+                flush=True,
+            )
+    return results
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| T | config | ms/step | vs plain fit |", "|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['T']} | {r['config']} | {r['ms']:.2f} | {r['ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", default="2,5,10", help="comma-separated task counts")
+    parser.add_argument("--balancers", default="", help="comma-separated balancer names")
+    parser.add_argument(
+        "--modes",
+        default="loop,jacobian,representation",
+        help="gradient modes measured with a linear Jacobian balancer",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions")
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--input-dim", type=int, default=500)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    args = parser.parse_args(argv)
+    args.tasks = [int(t) for t in args.tasks.split(",") if t]
+    args.balancers = [b for b in args.balancers.split(",") if b]
+    args.modes = [m for m in args.modes.split(",") if m]
+    if args.quick:
+        args.tasks, args.repeats, args.steps, args.width, args.input_dim = [2], 2, 3, 32, 16
+    results = measure(args)
+    print()
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

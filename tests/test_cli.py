@@ -1,0 +1,32 @@
+import subprocess
+import sys
+
+from keras_mtl.cli import main
+
+
+def test_demo_prints_a_table_with_a_row_per_balancer(capsys):
+    assert main(["demo", "--balancers", "ew,fixed", "--epochs", "1", "--samples", "512"]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[-4].split()[:3] == ["balancer", "task_1", "test"]
+    assert lines[-2].split()[0] == "ew" and lines[-1].split()[0] == "fixed"
+    assert lines[-2].split()[-1] == "1.00x"
+    # Equal weights and fixed weights of 1 are the same method: same test errors.
+    assert lines[-2].split()[1:3] == lines[-1].split()[1:3]
+    assert float(lines[-2].split()[1]) < 3.0
+
+
+def test_demo_rejects_unknown_balancers(capsys):
+    assert main(["demo", "--balancers", "nope"]) == 2
+    assert "Unknown balancers ['nope']" in capsys.readouterr().err
+
+
+def test_help_documents_the_options():
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_mtl.cli", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for option in ("--balancers", "--epochs", "--correlation", "--samples", "--seed"):
+        assert option in done.stdout
