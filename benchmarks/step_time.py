@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 import keras_mtl  # noqa: E402
-from keras_mtl.balancers import BalanceResult, Balancer  # noqa: E402
+from keras_mtl.balancers import Balancer, BalanceResult  # noqa: E402
 
 
 class LinearJacobian(Balancer):
@@ -104,7 +104,7 @@ def measure(args) -> list[dict]:
                 models[name].fit(x, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
                 times[name].append((time.perf_counter() - start) / args.steps)
         base = statistics.median(times["plain"])
-        for name, _, mode in rows:
+        for name, _, _ in rows:
             median = statistics.median(times[name])
             results.append(
                 {"T": num_tasks, "config": name, "ms": 1000 * median, "ratio": median / base}

@@ -75,7 +75,7 @@ def test_gradient_method_needs_a_jacobian():
 
 def test_aggregate_runs_inside_tf_function():
     b = StaticWeighting([1.0, 0.5])
-    fn = tf.function(lambda j, l: b.aggregate(j, l).direction, jit_compile=True)
+    fn = tf.function(lambda jac, losses: b.aggregate(jac, losses).direction, jit_compile=True)
     np.testing.assert_allclose(
         fn(tf.constant(J, tf.float32), tf.constant([1.0, 1.0])), [-1.0, 1.5, 1.5]
     )

@@ -5,7 +5,7 @@ import numpy as np
 from keras import ops
 
 import keras_mtl
-from keras_mtl.balancers import BalanceResult, Balancer
+from keras_mtl.balancers import Balancer, BalanceResult
 
 TASKS = ("task_1", "task_2")
 

@@ -40,7 +40,9 @@ devices = ["/cpu:0", "/cpu:1"]
 single_vars, single_ema = run(tf.distribute.OneDeviceStrategy("/cpu:0"), x, y, weight)
 mirror_vars, mirror_ema = run(tf.distribute.MirroredStrategy(devices), x, y, weight)
 report = {
-    "max_var_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single_vars, mirror_vars)),
+    "max_var_diff": max(
+        float(np.max(np.abs(a - b))) for a, b in zip(single_vars, mirror_vars, strict=True)
+    ),
     "max_update": max(float(np.max(np.abs(a))) for a in single_vars),
     "ema_diff": float(np.max(np.abs(single_ema - mirror_ema))),
 }

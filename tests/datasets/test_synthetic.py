@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from keras_mtl.datasets import synthetic
+
+
+def test_same_seed_same_data_and_different_seed_different_data():
+    a = synthetic.load_data(num_train=50, num_test=10, seed=3)
+    b = synthetic.load_data(num_train=50, num_test=10, seed=3)
+    c = synthetic.load_data(num_train=50, num_test=10, seed=4)
+    np.testing.assert_array_equal(a[0][0], b[0][0])
+    np.testing.assert_array_equal(a[1][1]["task_2"], b[1][1]["task_2"])
+    assert not np.allclose(a[0][0], c[0][0])
+
+
+def test_without_sines_and_noise_labels_are_the_paper_linear_tasks():
+    # With m = 0 and no noise, y_t = w_t^T x: the cosine of the two weight
+    # vectors is the correlation p, which least squares recovers exactly.
+    for p in (0.5, 0.9, -0.3):
+        x, y = synthetic.generate(400, correlation=p, input_dim=8, num_sin=0, noise_std=0.0)
+        w1 = np.linalg.lstsq(x, y["task_1"][:, 0], rcond=None)[0]
+        w2 = np.linalg.lstsq(x, y["task_2"][:, 0], rcond=None)[0]
+        assert np.linalg.norm(w1) == pytest.approx(1.0, abs=1e-4)
+        assert np.linalg.norm(w2) == pytest.approx(1.0, abs=1e-4)
+        assert w1 @ w2 == pytest.approx(p, abs=1e-4)
+
+
+def test_label_correlation_falls_with_the_task_correlation():
+    corr = []
+    for p in (1.0, 0.9, 0.5):
+        _, y = synthetic.generate(20000, correlation=p, seed=0)
+        corr.append(np.corrcoef(y["task_1"][:, 0], y["task_2"][:, 0])[0, 1])
+    # p = 1: the tasks differ only by the noise (variance 0.01 each).
+    assert corr[0] > 0.97 and corr[0] > corr[1] > corr[2] > 0.3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_samples": 0}, "num_samples=0"),
+        ({"num_samples": 5, "correlation": 1.5}, "correlation=1.5"),
+        ({"num_samples": 5, "input_dim": 1}, "input_dim=1"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        synthetic.generate(**kwargs)

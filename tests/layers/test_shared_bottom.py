@@ -1,0 +1,76 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_mtl
+from keras_mtl.layers import SharedBottom, SharedRepresentation
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 5), (2, 3, 5)])
+def test_any_input_rank(shape):
+    layer = SharedBottom(units=(7, 4))
+    out = layer(np.ones((2, *shape), "float32"))
+    assert tuple(out.shape) == (2, *shape[:-1], 4)
+    assert layer.compute_output_shape((None, *shape)) == (None, *shape[:-1], 4)
+
+
+def test_matches_a_stack_of_dense_layers():
+    layer = SharedBottom(units=(6, 3), activation="tanh")
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
+    out = np.asarray(layer(x))
+    k0, b0, k1, b1 = (np.asarray(w) for w in layer.weights)
+    np.testing.assert_allclose(out, np.tanh(np.tanh(x @ k0 + b0) @ k1 + b1), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_and_dropout_are_training_aware():
+    layer = SharedBottom(units=(8,), batch_norm=True, dropout=0.5)
+    x = np.random.default_rng(0).normal(size=(16, 5)).astype("float32")
+    np.testing.assert_array_equal(
+        np.asarray(layer(x, training=False)), np.asarray(layer(x, training=False))
+    )
+    assert not np.allclose(
+        np.asarray(layer(x, training=True)), np.asarray(layer(x, training=False))
+    )
+    assert len(layer.non_trainable_weights) >= 2  # moving mean and variance
+
+
+def test_config_round_trip_and_keras_save(tmp_path):
+    layer = SharedBottom(
+        units=(6, 3), activation="gelu", dropout=0.1, batch_norm=True, kernel_regularizer="l2"
+    )
+    again = SharedBottom.from_config(layer.get_config())
+    assert again.get_config() == layer.get_config()
+    inputs = keras.Input((5,))
+    h = SharedRepresentation()(SharedBottom(units=(6,), kernel_regularizer="l2")(inputs))
+    model = keras_mtl.MultiTaskModel(
+        inputs=inputs,
+        outputs={"a": keras.layers.Dense(1, name="a")(h), "b": keras.layers.Dense(1, name="b")(h)},
+    )
+    model.compile(optimizer="adam", loss={"a": "mse", "b": "mse"})
+    x = np.random.default_rng(1).normal(size=(8, 5)).astype("float32")
+    model.fit(x, {"a": x[:, :1], "b": x[:, 1:2]}, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    for name in ("a", "b"):
+        np.testing.assert_allclose(
+            loaded.predict(x, verbose=0)[name], model.predict(x, verbose=0)[name], rtol=1e-6
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"units": 0}, "units=0"),
+        ({"units": ()}, r"units=\(\)"),
+        ({"units": (4, -1)}, r"units=\(4, -1\)"),
+        ({"dropout": 1.0}, "dropout=1.0"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SharedBottom(**kwargs)
+
+
+def test_shared_representation_is_identity():
+    x = np.arange(6, dtype="float32").reshape(2, 3)
+    np.testing.assert_array_equal(np.asarray(SharedRepresentation()(x)), x)
