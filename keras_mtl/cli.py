@@ -33,7 +33,72 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--samples", type=int, default=8000, help="training examples (default 8000)")
     demo.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    bench = commands.add_parser(
+        "bench",
+        help="train architectures x balancers (and STL baselines) on a dataset and report",
+        description="Trains every architecture x balancer combination over seeds, and the "
+        "single-task baselines (cached), then prints per-task test metrics (mean ± std), "
+        "Δm against STL and time per epoch relative to 'ew', and writes results.json, "
+        "results.csv and pareto.png.",
+    )
+    bench.add_argument("--dataset", default="census_income",
+                       help="census_income, census_income_group2, multi_mnist, multi_fashion, "
+                       "multi_fashion_mnist or synthetic (default census_income)")
+    bench.add_argument("--arch", default="mmoe",
+                       help="comma-separated architectures: shared_bottom, mmoe (default mmoe)")
+    bench.add_argument("--balancers", default=None,
+                       help="comma-separated balancer names (default ew; with --quick ew,mgda "
+                       "where available)")
+    bench.add_argument("--seeds", type=int, default=None, help="number of seeds (default 1)")
+    bench.add_argument("--epochs", type=int, default=None, help="epochs (default 5)")
+    bench.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
+    bench.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    bench.add_argument("--data-dir", default=None,
+                       help="data folder (default $KERAS_MTL_DATA_DIR, else download)")
+    bench.add_argument("--out", default="bench_out", help="output folder (default bench_out)")
+    bench.add_argument("--cache-dir", default=None,
+                       help="STL cache folder (default ~/.keras/keras_mtl/bench_cache)")
+    bench.add_argument("--max-train", type=int, default=None,
+                       help="use at most this many training examples")
+    bench.add_argument("--max-eval", type=int, default=None,
+                       help="use at most this many validation / test examples")
+    bench.add_argument("--no-stl", action="store_true", help="skip STL baselines and Δm")
+    bench.add_argument("--quick", action="store_true",
+                       help="tiny run (2000 train examples, 1 epoch, 1 seed), under a minute")
     return parser
+
+
+def _bench(args) -> int:
+    from keras_mtl import balancers as registry
+    from keras_mtl.bench import BenchConfig, run_bench
+
+    def names(text):
+        return tuple(n.strip() for n in text.split(",") if n.strip())
+
+    if args.balancers:
+        balancers = names(args.balancers)
+    elif args.quick:
+        balancers = tuple(b for b in ("ew", "mgda") if b in registry.available())
+    else:
+        balancers = ("ew",)
+    config = BenchConfig(
+        dataset=args.dataset,
+        archs=names(args.arch),
+        balancers=balancers,
+        seeds=args.seeds or 1,
+        epochs=args.epochs or (1 if args.quick else 5),
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        data_dir=args.data_dir,
+        out_dir=args.out,
+        cache_dir=args.cache_dir,
+        max_train=args.max_train or (2000 if args.quick else None),
+        max_eval=args.max_eval or (2000 if args.quick else None),
+        stl=not args.no_stl,
+    )
+    run_bench(config)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         except ValueError as error:
             print(f"keras-mtl demo: error: {error}", file=sys.stderr)
+            return 2
+    if args.command == "bench":
+        try:
+            return _bench(args)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"keras-mtl bench: error: {error}", file=sys.stderr)
             return 2
     return 0
 

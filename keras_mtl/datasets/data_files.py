@@ -217,3 +217,30 @@ def to_tf_dataset(
         first = next(iter(x.values())) if isinstance(x, dict) else x
         ds = ds.shuffle(len(first), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def read_numeric_csv(path: str) -> tuple[list[str], np.ndarray]:
+    """Reads a headed CSV of numbers (no quoting) into its column names and a float64 array.
+
+    Args:
+        path: the file.
+
+    Returns:
+        `(names, values)` with `values` of shape `(rows, len(names))`.
+
+    Raises:
+        ValueError: when a row has the wrong number of fields or a field is
+            not a number.
+    """
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    names = lines[0].split(",")
+    rows = [line.split(",") for line in lines[1:]]
+    for i, r in enumerate(rows):
+        if len(r) != len(names):
+            raise ValueError(f"{path}: row {i + 1} has {len(r)} fields, expected {len(names)}.")
+    try:
+        values = np.asarray(rows, dtype="float64").reshape(len(rows), len(names))
+    except ValueError as e:
+        raise ValueError(f"{path}: non-numeric field ({e}).") from e
+    return names, values

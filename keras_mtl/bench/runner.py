@@ -1,0 +1,216 @@
+"""Training loop, STL cache and result aggregation of `keras-mtl bench`."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import statistics
+import time
+
+import keras
+import numpy as np
+
+from keras_mtl import balancers as balancer_registry
+from keras_mtl.bench import report
+from keras_mtl.bench.architectures import ARCHITECTURES, build_model
+from keras_mtl.bench.problems import LOADERS, Problem, load_problem
+from keras_mtl.bench.scores import score
+
+CACHE_VERSION = 1
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """What `keras-mtl bench` runs.
+
+    Attributes:
+        dataset: a name from `keras_mtl.bench.problems.LOADERS`.
+        archs: architectures (`"shared_bottom"`, `"mmoe"`).
+        balancers: balancer names.
+        seeds: number of seeds (0, 1, ...).
+        epochs: training epochs.
+        batch_size: batch size.
+        learning_rate: Adam learning rate.
+        data_dir: data folder (default `$KERAS_MTL_DATA_DIR`).
+        out_dir: where results.json, results.csv and pareto.png go.
+        cache_dir: where STL baselines are cached.
+        max_train: cap on training examples (random subset), `None` for all.
+        max_eval: cap on validation/test examples.
+        stl: whether to train single-task baselines and report Δm.
+    """
+
+    dataset: str = "census_income"
+    archs: tuple = ("mmoe",)
+    balancers: tuple = ("ew",)
+    seeds: int = 1
+    epochs: int = 5
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    data_dir: str | None = None
+    out_dir: str = "bench_out"
+    cache_dir: str | None = None
+    max_train: int | None = None
+    max_eval: int | None = None
+    stl: bool = True
+
+    def validate(self) -> None:
+        """Raises `ValueError` naming the first invalid field."""
+        if self.dataset not in LOADERS:
+            raise ValueError(f"Unknown dataset {self.dataset!r}; expected one of {sorted(LOADERS)}. "
+                             f"Received: dataset={self.dataset!r}")
+        bad = [a for a in self.archs if a not in ARCHITECTURES]
+        if bad or not self.archs:
+            raise ValueError(f"Unknown architectures {bad}; expected names from "
+                             f"{list(ARCHITECTURES)}. Received: arch={list(self.archs)}")
+        known = balancer_registry.available()
+        bad = [b for b in self.balancers if b not in known]
+        if bad or not self.balancers:
+            raise ValueError(f"Unknown balancers {bad}; expected names from {known}. "
+                             f"Received: balancers={list(self.balancers)}")
+        for name in ("seeds", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Received an invalid value for `{name}`, expected a positive "
+                                 f"integer. Received: {name}={value!r}")
+
+
+class _EpochClock(keras.callbacks.Callback):
+    """Epoch wall times, and the weights of the epoch with the lowest summed validation loss."""
+
+    def __init__(self, val, tasks, batch_size):
+        super().__init__()
+        self.val, self.tasks, self.batch_size = val, tasks, batch_size
+        self.times: list[float] = []
+        self.best = (np.inf, None)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+        if self.val is None:
+            return
+        result = self.model.evaluate(self.val[0], self.val[1], batch_size=4 * self.batch_size,
+                                     verbose=0, return_dict=True)
+        # Summed task losses: the same selection rule whatever the balancer's weights.
+        total = sum(result[f"{t}_loss"] for t in self.tasks)
+        if total < self.best[0]:
+            self.best = (total, self.model.get_weights())
+
+
+def train_one(problem: Problem, arch: str, balancer: str, seed: int, config: BenchConfig,
+              tasks=None) -> dict:
+    """Trains one model and scores it on the test split.
+
+    Args:
+        problem: the loaded problem.
+        arch: architecture name.
+        balancer: balancer name.
+        seed: seed of the initial weights and data order.
+        config: the bench configuration (epochs, batch size, learning rate).
+        tasks: tasks to train (all by default; one for an STL baseline).
+
+    Returns:
+        A dict with `metrics` `{task: value}` and `epoch_seconds` (median,
+        the first epoch left out when there are several).
+    """
+    tasks = list(tasks or problem.tasks)
+    keras.utils.set_random_seed(seed)
+    model = build_model(problem, arch, tasks)
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss={t: problem.tasks[t].loss for t in tasks},
+        balancer=balancer,
+    )
+
+    def select(split):
+        return None if split is None else (split[0], {t: split[1][t] for t in tasks})
+
+    train, val, test = select(problem.train), select(problem.val), select(problem.test)
+    clock = _EpochClock(val, tasks, config.batch_size)
+    model.fit(train[0], train[1], batch_size=config.batch_size, epochs=config.epochs, verbose=0,
+              callbacks=[clock])
+    if clock.best[1] is not None:
+        model.set_weights(clock.best[1])
+    predictions = model.predict(test[0], batch_size=4 * config.batch_size, verbose=0)
+    metrics = {t: score(problem.tasks[t].metric, test[1][t], predictions[t]) for t in tasks}
+    steady = clock.times[1:] if len(clock.times) > 1 else clock.times
+    return {"metrics": metrics, "epoch_seconds": statistics.median(steady)}
+
+
+def _stl_key(config: BenchConfig, arch: str, task: str, seed: int) -> str:
+    fields = {
+        "v": CACHE_VERSION, "dataset": config.dataset, "arch": arch, "task": task, "seed": seed,
+        "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.learning_rate,
+        "max_train": config.max_train, "max_eval": config.max_eval,
+    }
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cache_dir(config: BenchConfig) -> str:
+    if config.cache_dir:
+        return config.cache_dir
+    return os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "keras_mtl",
+                        "bench_cache")
+
+
+def run_bench(config: BenchConfig, print_fn=print) -> dict:
+    """Runs every architecture x balancer x seed and the STL baselines, then reports.
+
+    Args:
+        config: what to run.
+        print_fn: where progress and the table go.
+
+    Returns:
+        The results dict also written to `results.json`.
+
+    Raises:
+        ValueError: for an invalid configuration.
+        FileNotFoundError: when the dataset's files are missing.
+    """
+    config.validate()
+    problem = load_problem(config.dataset, config.data_dir, config.max_train, config.max_eval)
+    tasks = list(problem.tasks)
+    print_fn(f"{config.dataset}: {len(problem.train[0])} train / "
+             f"{0 if problem.val is None else len(problem.val[0])} val / {len(problem.test[0])} test, "
+             f"tasks {tasks}, {config.epochs} epochs, {config.seeds} seed(s)")
+    stl_jobs = [(a, t, s) for a in config.archs for t in tasks for s in range(config.seeds)
+                if config.stl]
+    jobs = [(a, b, s) for a in config.archs for b in config.balancers for s in range(config.seeds)]
+    total, done = len(stl_jobs) + len(jobs), 0
+    start = time.perf_counter()
+    stl: dict = {}
+    cache = _cache_dir(config)
+    os.makedirs(cache, exist_ok=True)
+    for arch, task, seed in stl_jobs:
+        done += 1
+        path = os.path.join(cache, f"stl_{_stl_key(config, arch, task, seed)}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                value = json.load(f)
+            source = "cached"
+        else:
+            value = train_one(problem, arch, "ew", seed, config, tasks=[task])["metrics"][task]
+            with open(path, "w") as f:
+                json.dump(value, f)
+            source = "trained"
+        stl[(arch, task, seed)] = value
+        print_fn(f"[{done}/{total}] STL {arch} {task} seed {seed}: "
+                 f"{problem.tasks[task].metric}={value:.4f} ({source}, "
+                 f"{time.perf_counter() - start:.0f} s elapsed)")
+    runs = []
+    for arch, balancer, seed in jobs:
+        done += 1
+        result = train_one(problem, arch, balancer, seed, config)
+        runs.append({"arch": arch, "balancer": balancer, "seed": seed, **result})
+        shown = ", ".join(f"{t}={v:.4f}" for t, v in result["metrics"].items())
+        print_fn(f"[{done}/{total}] {arch} {balancer} seed {seed}: {shown} "
+                 f"({time.perf_counter() - start:.0f} s elapsed)")
+    results = report.summarize(problem, config, runs, stl)
+    os.makedirs(config.out_dir, exist_ok=True)
+    report.write(results, config.out_dir)
+    print_fn(report.table(results))
+    print_fn(f"Wrote {os.path.join(config.out_dir, 'results.json')}, results.csv and pareto.png")
+    return results
