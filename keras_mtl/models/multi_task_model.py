@@ -161,8 +161,11 @@ class MultiTaskModel(keras.Model):
             )
         if jit_compile == "auto" and not balancer.supports_jit:
             jit_compile = False
-        if self.balancer is not None and self.balancer is not balancer:
-            # Untrack the previous balancer so its variables leave the model.
+        previous = self.balancer
+        if previous is not None and previous is not balancer:
+            # Keras untracks only variables on `del`; the old balancer's
+            # variables would otherwise stay in the model's weights.
+            self._tracker.untrack(previous)
             del self.balancer
         self.balancer = balancer
         self.task_names = task_names

@@ -294,3 +294,21 @@ def test_nonfinite_loss_raises_by_default_and_skip_mode_counts():
     # A good batch afterwards trains normally.
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     assert not np.array_equal(before[0], np.array(model.trainable_variables[0]))
+
+
+def test_recompiling_replaces_the_balancer_and_its_variables():
+    class Trainable(keras_mtl.balancers.Balancer):
+        def build(self, num_tasks):
+            super().build(num_tasks)
+            self.s = self.add_weight(shape=(num_tasks,), initializer="zeros", name="s")
+
+        def compute(self, jacobian, losses, representation=None):
+            return keras_mtl.balancers.BalanceResult(None, keras.ops.exp(-self.s))
+
+    model = build()
+    count = len(model.trainable_variables)
+    model.compile(optimizer="adam", loss=LOSS, balancer=Trainable(name="trainable_balancer"))
+    assert len(model.trainable_variables) == count + 1
+    model.compile(optimizer="adam", loss=LOSS, balancer="ew")
+    assert len(model.trainable_variables) == count
+    assert not any("trainable_balancer" in v.path for v in model.weights)

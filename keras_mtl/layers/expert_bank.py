@@ -1,0 +1,254 @@
+"""A bank of E experts evaluated together with stacked kernels."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a positive integer. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
+def _check_units(name: str, value) -> tuple[int, ...]:
+    units = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        units = tuple(units)
+    except TypeError:
+        units = ()
+    if not units or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units):
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a positive integer or a "
+            f"non-empty sequence of them. Received: {name}={value!r}"
+        )
+    return units
+
+
+def _check_rate(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a float in [0, 1). "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def _stacked_initializer(initializer, num_experts: int):
+    """The initializer for a `(E, d_in, d_out)` kernel that gives each expert
+    the variance it would get as a `(d_in, d_out)` Dense kernel.
+
+    Keras computes fans of a 3-D shape as `E * d_in` and `E * d_out`, which
+    would shrink the variance of fan-scaled initializers (Glorot, He, LeCun)
+    by E; multiplying their scale by E restores the per-expert value. Other
+    initializers do not depend on the fans and are kept.
+    """
+    if isinstance(initializer, keras.initializers.VarianceScaling):
+        config = initializer.get_config()
+        config["scale"] = config["scale"] * num_experts
+        return keras.initializers.VarianceScaling.from_config(config)
+    return initializer
+
+
+def _clone_expert(template: keras.layers.Layer, name: str) -> keras.layers.Layer:
+    config = template.get_config()
+    config["name"] = name
+    return template.__class__.from_config(config)
+
+
+def mix_experts(weights, experts):
+    """Mixes expert outputs with gate weights.
+
+    Args:
+        weights: `(batch, ..., E)` gate weights.
+        experts: `(batch, ..., E, units)` expert outputs.
+
+    Returns:
+        `(batch, ..., units)`, the weighted sum over the experts, in the
+        experts' dtype.
+    """
+    weights = ops.cast(weights, experts.dtype)
+    return ops.sum(ops.expand_dims(weights, -1) * experts, axis=-2)
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class ExpertBank(keras.layers.Layer):
+    """E MLP experts that read the same input, computed as one batched op.
+
+    Each hidden layer of the E experts is one stacked kernel of shape
+    `(E, d_in, d_out)` (and a bias `(E, d_out)`) applied with `einsum`, instead
+    of E separate `Dense` layers, so the bank costs about as much as one
+    `Dense` layer with E times the units. Every layer, the last included, is
+    followed by the activation and dropout (as in `SharedBottom`). The experts
+    act on the last axis, so any input rank works.
+
+    A user-supplied `expert` layer (an instance or its serialized config)
+    replaces the built-in MLP: the bank then holds E independent clones made
+    with `from_config(get_config())` and stacks their outputs; the template
+    itself is not used and `units`, `activation`, `dropout` and the
+    initializers are ignored.
+
+    Args:
+        num_experts: number of experts E, a positive integer.
+        units: positive integer or sequence of them, the width of each layer
+            of an expert.
+        activation: activation after each layer.
+        dropout: dropout rate in `[0, 1)` after each layer.
+        use_bias: whether the layers have biases.
+        expert: `None`, a `keras.layers.Layer`, or a layer config as written
+            by `keras.layers.serialize`, to use instead of the MLP.
+        kernel_initializer: initializer of the kernels; fan-based
+            initializers see the fans of one expert.
+        bias_initializer: initializer of the biases.
+        kernel_regularizer: regularizer of the kernels.
+        bias_regularizer: regularizer of the biases.
+        **kwargs: other `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: tensor of shape `(batch, ..., features)`.
+        training: whether dropout is active.
+
+    Returns:
+        Tensor of shape `(batch, ..., E, units[-1])` (or the expert layer's
+        output features in the last axis).
+
+    Raises:
+        ValueError: for a non-positive `num_experts`, bad `units`, a
+            `dropout` outside `[0, 1)`, or an `expert` that is not a layer
+            or a layer config.
+
+    Example:
+
+    >>> import numpy as np, keras_mtl
+    >>> bank = keras_mtl.layers.ExpertBank(num_experts=3, units=(8, 4))
+    >>> tuple(bank(np.ones((2, 5), "float32")).shape)
+    (2, 3, 4)
+    >>> tuple(bank(np.ones((2, 7, 5), "float32")).shape)
+    (2, 7, 3, 4)
+
+    References:
+        Jacobs et al., "Adaptive Mixtures of Local Experts", Neural
+        Computation 3, 1991. Ma et al., "Modeling Task Relationships in
+        Multi-task Learning with Multi-gate Mixture-of-Experts", KDD 2018.
+    """
+
+    def __init__(
+        self,
+        num_experts: int,
+        units=(64,),
+        activation="relu",
+        dropout: float = 0.0,
+        use_bias: bool = True,
+        expert=None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_experts = _check_positive_int("num_experts", num_experts)
+        self.units = _check_units("units", units)
+        self.dropout = _check_rate("dropout", dropout)
+        if expert is not None and not isinstance(expert, keras.layers.Layer | dict):
+            raise ValueError(
+                "Received an invalid value for `expert`, expected None, a keras.layers.Layer "
+                f"or a layer config dict. Received: expert={expert!r}"
+            )
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        if expert is None:
+            self._expert_template = None
+            self.experts = []
+        else:
+            template = (
+                keras.layers.deserialize(expert) if isinstance(expert, dict) else expert
+            )
+            # Keep a serialized copy: the template object is never built or used.
+            self._expert_template = keras.layers.serialize(template)
+            self.experts = [
+                _clone_expert(template, f"expert_{i}") for i in range(self.num_experts)
+            ]
+        self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        if self.experts:
+            for expert in self.experts:
+                expert.build(shape)
+            return
+        self.kernels, self.biases = [], []
+        fan_in = shape[-1]
+        initializer = _stacked_initializer(self.kernel_initializer, self.num_experts)
+        for i, width in enumerate(self.units):
+            self.kernels.append(
+                self.add_weight(
+                    name=f"kernel_{i}",
+                    shape=(self.num_experts, fan_in, width),
+                    initializer=initializer,
+                    regularizer=self.kernel_regularizer,
+                )
+            )
+            if self.use_bias:
+                self.biases.append(
+                    self.add_weight(
+                        name=f"bias_{i}",
+                        shape=(self.num_experts, width),
+                        initializer=self.bias_initializer,
+                        regularizer=self.bias_regularizer,
+                    )
+                )
+            fan_in = width
+
+    def call(self, inputs, training=None):
+        if self.experts:
+            return ops.stack([expert(inputs, training=training) for expert in self.experts], -2)
+        x = inputs
+        for i, kernel in enumerate(self.kernels):
+            if i == 0:
+                # All experts read the same input: one matmul against the
+                # experts' kernels laid side by side.
+                flat = ops.reshape(ops.transpose(kernel, (1, 0, 2)), (kernel.shape[1], -1))
+                x = ops.matmul(x, flat)
+                x = ops.reshape(x, (*ops.shape(x)[:-1], self.num_experts, kernel.shape[2]))
+            else:
+                x = ops.einsum("...ed,edh->...eh", x, kernel)
+            if self.use_bias:
+                x = x + self.biases[i]
+            x = self.activation(x)
+            if self.dropout_layer is not None:
+                x = self.dropout_layer(x, training=training)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        if self.experts:
+            out = self.experts[0].compute_output_spec(keras.KerasTensor(shape)).shape
+            return tuple(out[:-1]) + (self.num_experts, out[-1])
+        return shape[:-1] + (self.num_experts, self.units[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_experts": self.num_experts,
+                "units": list(self.units),
+                "activation": keras.activations.serialize(self.activation),
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "expert": self._expert_template,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+            }
+        )
+        return config
