@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -42,30 +43,50 @@ def _parser() -> argparse.ArgumentParser:
         "Δm against STL and time per epoch relative to 'ew', and writes results.json, "
         "results.csv and pareto.png.",
     )
-    bench.add_argument("--dataset", default="census_income",
-                       help="census_income, census_income_group2, multi_mnist, multi_fashion, "
-                       "multi_fashion_mnist or synthetic (default census_income)")
-    bench.add_argument("--arch", default="mmoe",
-                       help="comma-separated architectures: shared_bottom, mmoe (default mmoe)")
-    bench.add_argument("--balancers", default=None,
-                       help="comma-separated balancer names (default ew; with --quick ew,mgda "
-                       "where available)")
+    bench.add_argument(
+        "--dataset",
+        default="census_income",
+        help="census_income, census_income_group2, multi_mnist, multi_fashion, "
+        "multi_fashion_mnist or synthetic (default census_income)",
+    )
+    bench.add_argument(
+        "--arch",
+        default="mmoe",
+        help="comma-separated architectures: shared_bottom, mmoe (default mmoe)",
+    )
+    bench.add_argument(
+        "--balancers",
+        default=None,
+        help="comma-separated balancer names (default ew; with --quick ew,mgda where available)",
+    )
     bench.add_argument("--seeds", type=int, default=None, help="number of seeds (default 1)")
     bench.add_argument("--epochs", type=int, default=None, help="epochs (default 5)")
     bench.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
     bench.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    bench.add_argument("--data-dir", default=None,
-                       help="data folder (default $KERAS_MTL_DATA_DIR, else download)")
+    bench.add_argument(
+        "--data-dir", default=None, help="data folder (default $KERAS_MTL_DATA_DIR, else download)"
+    )
     bench.add_argument("--out", default="bench_out", help="output folder (default bench_out)")
-    bench.add_argument("--cache-dir", default=None,
-                       help="STL cache folder (default ~/.keras/keras_mtl/bench_cache)")
-    bench.add_argument("--max-train", type=int, default=None,
-                       help="use at most this many training examples")
-    bench.add_argument("--max-eval", type=int, default=None,
-                       help="use at most this many validation / test examples")
+    bench.add_argument(
+        "--cache-dir",
+        default=None,
+        help="STL cache folder (default ~/.keras/keras_mtl/bench_cache)",
+    )
+    bench.add_argument(
+        "--max-train", type=int, default=None, help="use at most this many training examples"
+    )
+    bench.add_argument(
+        "--max-eval",
+        type=int,
+        default=None,
+        help="use at most this many validation / test examples",
+    )
     bench.add_argument("--no-stl", action="store_true", help="skip STL baselines and Δm")
-    bench.add_argument("--quick", action="store_true",
-                       help="tiny run (2000 train examples, 1 epoch, 1 seed), under a minute")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny run (2000 train examples, 1 epoch, 1 seed), under a minute",
+    )
     return parser
 
 
@@ -86,8 +107,8 @@ def _bench(args) -> int:
         dataset=args.dataset,
         archs=names(args.arch),
         balancers=balancers,
-        seeds=args.seeds or 1,
-        epochs=args.epochs or (1 if args.quick else 5),
+        seeds=1 if args.seeds is None else args.seeds,
+        epochs=(1 if args.quick else 5) if args.epochs is None else args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.lr,
         data_dir=args.data_dir,
@@ -112,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # Keras's per-model predict functions trigger TensorFlow's retracing warning
+    # when many models are trained in one process, as the commands do.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     if args.command == "demo":
         from keras_mtl.demo import run_demo
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -66,7 +68,7 @@ class UncertaintyWeighting(Balancer):
         if (
             isinstance(initial_log_variance, bool)
             or not isinstance(initial_log_variance, int | float)
-            or not abs(float(initial_log_variance)) < float("inf")
+            or not math.isfinite(initial_log_variance)
         ):
             raise ValueError(
                 "Received an invalid value for `initial_log_variance`, expected a finite "

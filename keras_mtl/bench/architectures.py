@@ -46,19 +46,23 @@ def build_model(problem: Problem, arch: str, tasks=None) -> MultiTaskModel:
     inputs = keras.Input(x.shape[1:], name="inputs")
     features = _lenet(inputs) if problem.trunk == "lenet" else inputs
     if arch == "shared_bottom":
-        shared = SharedRepresentation(name="shared")(SharedBottom(units=(64,), name="bottom")(features))
+        shared = SharedRepresentation(name="shared")(
+            SharedBottom(units=(64,), name="bottom")(features)
+        )
         per_task = [shared] * len(tasks)
     else:
         from keras_mtl.layers import MMoE
 
-        per_task = MMoE(num_tasks=len(tasks), num_experts=8, expert_units=(16,), name="mmoe")(features)
+        per_task = MMoE(num_tasks=len(tasks), num_experts=8, expert_units=(16,), name="mmoe")(
+            features
+        )
         if len(tasks) == 1 and not isinstance(per_task, list | tuple):
             per_task = [per_task]
     outputs = {}
     for task, h in zip(tasks, per_task, strict=True):
         spec = problem.tasks[task]
-        tower = keras.layers.Dense(8 if problem.trunk == "mlp" else 32, activation="relu",
-                                   name=f"{task}_tower")(h)
-        outputs[task] = keras.layers.Dense(spec.units, activation=spec.activation,
-                                           name=task)(tower)
+        tower = keras.layers.Dense(
+            8 if problem.trunk == "mlp" else 32, activation="relu", name=f"{task}_tower"
+        )(h)
+        outputs[task] = keras.layers.Dense(spec.units, activation=spec.activation, name=task)(tower)
     return MultiTaskModel(inputs=inputs, outputs=outputs)

@@ -91,8 +91,13 @@ LOADERS: dict[str, Callable] = {
 }
 
 
-def load_problem(name: str, data_dir=None, max_train: int | None = None,
-                 max_eval: int | None = None, seed: int = 0) -> Problem:
+def load_problem(
+    name: str,
+    data_dir=None,
+    max_train: int | None = None,
+    max_eval: int | None = None,
+    seed: int = 0,
+) -> Problem:
     """Loads a benchmark problem by name.
 
     Args:

@@ -58,14 +58,17 @@ def summarize(problem, config, runs: list[dict], stl: dict) -> dict:
     _mark_pareto(rows, problem, tasks)
     stl_rows = {
         f"{arch}/{t}": _mean_std([v for (a, task, _), v in stl.items() if a == arch and task == t])
-        for arch in config.archs for t in tasks if stl
+        for arch in config.archs
+        for t in tasks
+        if stl
     }
     return {
         "dataset": problem.name,
-        "config": {k: list(v) if isinstance(v, tuple) else v
-                   for k, v in vars(config).items()},
-        "tasks": {t: {"metric": s.metric, "higher_is_better": s.higher_is_better}
-                  for t, s in problem.tasks.items()},
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()},
+        "tasks": {
+            t: {"metric": s.metric, "higher_is_better": s.higher_is_better}
+            for t, s in problem.tasks.items()
+        },
         "stl": stl_rows,
         "rows": rows,
         "runs": runs,
@@ -74,13 +77,15 @@ def summarize(problem, config, runs: list[dict], stl: dict) -> dict:
 
 def _mark_pareto(rows, problem, tasks):
     """Flags rows whose mean metrics no other row dominates."""
+
     def oriented(row):
         return [row[t][0] if problem.tasks[t].higher_is_better else -row[t][0] for t in tasks]
 
     for row in rows:
         mine = oriented(row)
         row["pareto"] = not any(
-            all(o >= m for o, m in zip(oriented(other), mine, strict=True)) and oriented(other) != mine
+            all(o >= m for o, m in zip(oriented(other), mine, strict=True))
+            and oriented(other) != mine
             for other in rows
         )
 
@@ -94,8 +99,9 @@ def table(results: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arch_task, (mean, std) in results["stl"].items():
         arch, task = arch_task.split("/", 1)
-        cells = [arch, f"STL ({task})"] + [f"{mean:.4f} ± {std:.4f}" if t == task else ""
-                                           for t in tasks]
+        cells = [arch, f"STL ({task})"] + [
+            f"{mean:.4f} ± {std:.4f}" if t == task else "" for t in tasks
+        ]
         cells += ([""] if has_delta else []) + ["", "", ""]
         lines.append("| " + " | ".join(cells) + " |")
     for r in results["rows"]:
@@ -117,8 +123,15 @@ def write(results: dict, out_dir: str) -> None:
         writer = csv.writer(f)
         writer.writerow(["arch", "balancer", "seed", *tasks, "epoch_seconds"])
         for r in results["runs"]:
-            writer.writerow([r["arch"], r["balancer"], r["seed"],
-                             *[r["metrics"][t] for t in tasks], r["epoch_seconds"]])
+            writer.writerow(
+                [
+                    r["arch"],
+                    r["balancer"],
+                    r["seed"],
+                    *[r["metrics"][t] for t in tasks],
+                    r["epoch_seconds"],
+                ]
+            )
     plot_pareto(results, os.path.join(out_dir, "pareto.png"))
 
 
@@ -133,10 +146,21 @@ def plot_pareto(results: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for r in results["rows"]:
         x, y = r[tasks[0]][0], r[tasks[-1]][0]
-        ax.errorbar(x, y, xerr=r[tasks[0]][1], yerr=r[tasks[-1]][1],
-                    fmt="o" if r["pareto"] else "x", color="C3" if r["pareto"] else "C0")
-        ax.annotate(f"{r['arch']}/{r['balancer']}", (x, y), fontsize=7,
-                    textcoords="offset points", xytext=(3, 3))
+        ax.errorbar(
+            x,
+            y,
+            xerr=r[tasks[0]][1],
+            yerr=r[tasks[-1]][1],
+            fmt="o" if r["pareto"] else "x",
+            color="C3" if r["pareto"] else "C0",
+        )
+        ax.annotate(
+            f"{r['arch']}/{r['balancer']}",
+            (x, y),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(3, 3),
+        )
     for arch_task, (mean, _) in results["stl"].items():
         task = arch_task.split("/", 1)[1]
         if task == tasks[0]:

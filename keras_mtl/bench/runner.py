@@ -58,22 +58,30 @@ class BenchConfig:
     def validate(self) -> None:
         """Raises `ValueError` naming the first invalid field."""
         if self.dataset not in LOADERS:
-            raise ValueError(f"Unknown dataset {self.dataset!r}; expected one of {sorted(LOADERS)}. "
-                             f"Received: dataset={self.dataset!r}")
+            raise ValueError(
+                f"Unknown dataset {self.dataset!r}; expected one of {sorted(LOADERS)}. "
+                f"Received: dataset={self.dataset!r}"
+            )
         bad = [a for a in self.archs if a not in ARCHITECTURES]
         if bad or not self.archs:
-            raise ValueError(f"Unknown architectures {bad}; expected names from "
-                             f"{list(ARCHITECTURES)}. Received: arch={list(self.archs)}")
+            raise ValueError(
+                f"Unknown architectures {bad}; expected names from "
+                f"{list(ARCHITECTURES)}. Received: arch={list(self.archs)}"
+            )
         known = balancer_registry.available()
         bad = [b for b in self.balancers if b not in known]
         if bad or not self.balancers:
-            raise ValueError(f"Unknown balancers {bad}; expected names from {known}. "
-                             f"Received: balancers={list(self.balancers)}")
+            raise ValueError(
+                f"Unknown balancers {bad}; expected names from {known}. "
+                f"Received: balancers={list(self.balancers)}"
+            )
         for name in ("seeds", "epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Received an invalid value for `{name}`, expected a positive "
-                                 f"integer. Received: {name}={value!r}")
+                raise ValueError(
+                    f"Received an invalid value for `{name}`, expected a positive "
+                    f"integer. Received: {name}={value!r}"
+                )
 
 
 class _EpochClock(keras.callbacks.Callback):
@@ -92,16 +100,18 @@ class _EpochClock(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._start)
         if self.val is None:
             return
-        result = self.model.evaluate(self.val[0], self.val[1], batch_size=4 * self.batch_size,
-                                     verbose=0, return_dict=True)
+        result = self.model.evaluate(
+            self.val[0], self.val[1], batch_size=4 * self.batch_size, verbose=0, return_dict=True
+        )
         # Summed task losses: the same selection rule whatever the balancer's weights.
         total = sum(result[f"{t}_loss"] for t in self.tasks)
         if total < self.best[0]:
             self.best = (total, self.model.get_weights())
 
 
-def train_one(problem: Problem, arch: str, balancer: str, seed: int, config: BenchConfig,
-              tasks=None) -> dict:
+def train_one(
+    problem: Problem, arch: str, balancer: str, seed: int, config: BenchConfig, tasks=None
+) -> dict:
     """Trains one model and scores it on the test split.
 
     Args:
@@ -130,8 +140,14 @@ def train_one(problem: Problem, arch: str, balancer: str, seed: int, config: Ben
 
     train, val, test = select(problem.train), select(problem.val), select(problem.test)
     clock = _EpochClock(val, tasks, config.batch_size)
-    model.fit(train[0], train[1], batch_size=config.batch_size, epochs=config.epochs, verbose=0,
-              callbacks=[clock])
+    model.fit(
+        train[0],
+        train[1],
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        verbose=0,
+        callbacks=[clock],
+    )
     if clock.best[1] is not None:
         model.set_weights(clock.best[1])
     predictions = model.predict(test[0], batch_size=4 * config.batch_size, verbose=0)
@@ -142,9 +158,16 @@ def train_one(problem: Problem, arch: str, balancer: str, seed: int, config: Ben
 
 def _stl_key(config: BenchConfig, arch: str, task: str, seed: int) -> str:
     fields = {
-        "v": CACHE_VERSION, "dataset": config.dataset, "arch": arch, "task": task, "seed": seed,
-        "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.learning_rate,
-        "max_train": config.max_train, "max_eval": config.max_eval,
+        "v": CACHE_VERSION,
+        "dataset": config.dataset,
+        "arch": arch,
+        "task": task,
+        "seed": seed,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "lr": config.learning_rate,
+        "max_train": config.max_train,
+        "max_eval": config.max_eval,
     }
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -152,8 +175,9 @@ def _stl_key(config: BenchConfig, arch: str, task: str, seed: int) -> str:
 def _cache_dir(config: BenchConfig) -> str:
     if config.cache_dir:
         return config.cache_dir
-    return os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "keras_mtl",
-                        "bench_cache")
+    return os.path.join(
+        os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "keras_mtl", "bench_cache"
+    )
 
 
 def run_bench(config: BenchConfig, print_fn=print) -> dict:
@@ -173,11 +197,14 @@ def run_bench(config: BenchConfig, print_fn=print) -> dict:
     config.validate()
     problem = load_problem(config.dataset, config.data_dir, config.max_train, config.max_eval)
     tasks = list(problem.tasks)
-    print_fn(f"{config.dataset}: {len(problem.train[0])} train / "
-             f"{0 if problem.val is None else len(problem.val[0])} val / {len(problem.test[0])} test, "
-             f"tasks {tasks}, {config.epochs} epochs, {config.seeds} seed(s)")
-    stl_jobs = [(a, t, s) for a in config.archs for t in tasks for s in range(config.seeds)
-                if config.stl]
+    print_fn(
+        f"{config.dataset}: {len(problem.train[0])} train / "
+        f"{0 if problem.val is None else len(problem.val[0])} val / {len(problem.test[0])} test, "
+        f"tasks {tasks}, {config.epochs} epochs, {config.seeds} seed(s)"
+    )
+    stl_jobs = [
+        (a, t, s) for a in config.archs for t in tasks for s in range(config.seeds) if config.stl
+    ]
     jobs = [(a, b, s) for a in config.archs for b in config.balancers for s in range(config.seeds)]
     total, done = len(stl_jobs) + len(jobs), 0
     start = time.perf_counter()
@@ -197,17 +224,21 @@ def run_bench(config: BenchConfig, print_fn=print) -> dict:
                 json.dump(value, f)
             source = "trained"
         stl[(arch, task, seed)] = value
-        print_fn(f"[{done}/{total}] STL {arch} {task} seed {seed}: "
-                 f"{problem.tasks[task].metric}={value:.4f} ({source}, "
-                 f"{time.perf_counter() - start:.0f} s elapsed)")
+        print_fn(
+            f"[{done}/{total}] STL {arch} {task} seed {seed}: "
+            f"{problem.tasks[task].metric}={value:.4f} ({source}, "
+            f"{time.perf_counter() - start:.0f} s elapsed)"
+        )
     runs = []
     for arch, balancer, seed in jobs:
         done += 1
         result = train_one(problem, arch, balancer, seed, config)
         runs.append({"arch": arch, "balancer": balancer, "seed": seed, **result})
         shown = ", ".join(f"{t}={v:.4f}" for t, v in result["metrics"].items())
-        print_fn(f"[{done}/{total}] {arch} {balancer} seed {seed}: {shown} "
-                 f"({time.perf_counter() - start:.0f} s elapsed)")
+        print_fn(
+            f"[{done}/{total}] {arch} {balancer} seed {seed}: {shown} "
+            f"({time.perf_counter() - start:.0f} s elapsed)"
+        )
     results = report.summarize(problem, config, runs, stl)
     os.makedirs(config.out_dir, exist_ok=True)
     report.write(results, config.out_dir)

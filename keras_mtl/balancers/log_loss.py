@@ -1,0 +1,171 @@
+"""Loss-scale balancing by logarithm, alone or around another balancer."""
+
+from __future__ import annotations
+
+import math
+
+from keras import ops
+
+from keras_mtl.balancers.base import (
+    Balancer,
+    BalanceResult,
+    deserialize,
+    get,
+    register_balancer,
+    serialize,
+    weighted_direction,
+)
+
+
+class _LossTransform(Balancer):
+    """Base of balancers that transform each task loss `L_t -> f_t(L_t)` and
+    optionally hand the transformed problem to an inner balancer.
+
+    Since `grad f_t(L_t) = f_t'(L_t) grad L_t`, the inner balancer sees the
+    Jacobian with row `t` multiplied by `f_t'(L_t)` and the losses `f_t(L_t)`;
+    the effective weights are the inner weights times `f_t'(L_t)`.
+    Subclasses implement `_transform(losses)` returning `(f(L), f'(L))`
+    from the current state, and may update state in `_update(losses)`.
+    """
+
+    def __init__(self, inner=None, name: str | None = None, **kwargs):
+        if inner is not None and not isinstance(inner, Balancer | str | dict):
+            raise ValueError(
+                "Received an invalid value for `inner`, expected None, a balancer name, a "
+                f"config dict or a keras_mtl.balancers.Balancer. Received: inner={inner!r}"
+            )
+        super().__init__(name=name, **kwargs)
+        self.inner = None if inner is None else get(inner)
+        if self.inner is not None:
+            if isinstance(self.inner, _LossTransform) and self.inner is self:
+                raise ValueError("A balancer cannot wrap itself.")
+            # The engine reads these from the balancer it is given.
+            self.requires_jacobian = self.inner.requires_jacobian
+            self.jacobian_scope = self.inner.jacobian_scope
+            self.preferred_gradient_mode = self.inner.preferred_gradient_mode
+            self.supports_jit = self.inner.supports_jit
+
+    def set_task_names(self, task_names: list[str]) -> None:
+        super().set_task_names(task_names)
+        if self.inner is not None:
+            self.inner.set_task_names(task_names)
+
+    def build(self, num_tasks: int) -> None:
+        super().build(num_tasks)
+        if self.inner is not None and not self.inner.built:
+            self.inner.build(num_tasks)
+
+    def observe(self, y_true: dict, y_pred: dict, masks: dict) -> None:
+        if self.inner is not None:
+            self.inner.observe(y_true, y_pred, masks)
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        if self.inner is not None:
+            self.inner.on_epoch_begin(epoch)
+
+    def logs(self) -> dict:
+        return {} if self.inner is None else self.inner.logs()
+
+    def _update(self, losses) -> None:
+        del losses
+
+    def _transform(self, losses):
+        raise NotImplementedError
+
+    def compute(self, jacobian, losses, representation=None):
+        self._update(losses)
+        transformed, scales = self._transform(losses)
+        if self.inner is None:
+            return BalanceResult(weighted_direction(scales, jacobian), scales)
+        scaled = None if jacobian is None else jacobian * scales[:, None]
+        result = self.inner.aggregate(scaled, transformed, representation=representation)
+        return BalanceResult(result.direction, result.weights * scales)
+
+    def auxiliary_loss(self, losses):
+        if self.inner is None:
+            return super().auxiliary_loss(losses)
+        losses = ops.convert_to_tensor(losses, dtype="float32")
+        if not self.built:
+            self.build(int(losses.shape[0]))
+        return self.inner.auxiliary_loss(self._transform(losses)[0])
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["inner"] = None if self.inner is None else serialize(self.inner)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        if isinstance(config.get("inner"), dict):
+            config["inner"] = deserialize(config["inner"])
+        return cls(**config)
+
+
+@register_balancer("log", "log_loss")
+class LogLoss(_LossTransform):
+    """Loss-scale balancing of DB-MTL: optimise `log(L_t + epsilon)`.
+
+    Alone, the objective is `sum_t log(L_t + epsilon)`, whose gradient is
+    `sum_t grad L_t / (L_t + epsilon)`: the effective weights are
+    `1 / (L_t + epsilon)`, which makes the update invariant to the scale of
+    each loss.
+
+    Around another balancer (`LogLoss(inner)`), the inner method balances the
+    log-losses: it receives the Jacobian with row `t` divided by
+    `L_t + epsilon` (the gradient of `log(L_t + epsilon)`) and the losses
+    `log(L_t + epsilon)`; its direction is returned as is and the effective
+    weights are its weights divided by `L_t + epsilon`. Any balancer can be
+    wrapped, gradient methods included (DB-MTL's Fig. 1 combines it with
+    PCGrad, MGDA and others); the wrapper takes the inner balancer's
+    gradient needs and hooks. Inner methods that take logarithms or ratios of
+    the losses themselves (GLS, DWA, FAMO) see losses that are negative when
+    `L_t + epsilon < 1`.
+
+    Args:
+        inner: `None`, or the balancer to wrap (an instance, a name or a
+            config dict).
+        epsilon: positive offset inside the logarithm (1e-8 in DB-MTL).
+        name: name of the balancer.
+
+    Raises:
+        ValueError: for a non-positive `epsilon` or an invalid `inner`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers import LogLoss
+    >>> r = LogLoss().aggregate(None, np.array([2.0, 0.5]))
+    >>> np.asarray(r.weights).tolist()
+    [0.5, 2.0]
+    >>> r = LogLoss("ew").aggregate(np.array([[2.0, 0.0], [0.0, 1.0]]), [2.0, 0.5])
+    >>> np.asarray(r.direction).tolist()
+    [1.0, 2.0]
+
+    References:
+        Lin, Ye, Wang, Zhang, Xu and Kwok, "Dual-Balancing for Multi-Task
+        Learning", arXiv:2308.12029, 2023.
+    """
+
+    def __init__(self, inner=None, epsilon: float = 1e-8, name: str | None = None, **kwargs):
+        if (
+            isinstance(epsilon, bool)
+            or not isinstance(epsilon, int | float)
+            or not math.isfinite(epsilon)
+            or epsilon <= 0
+        ):
+            raise ValueError(
+                "Received an invalid value for `epsilon`, expected a positive float. "
+                f"Received: epsilon={epsilon!r}"
+            )
+        super().__init__(inner=inner, name=name, **kwargs)
+        self.epsilon = float(epsilon)
+
+    def _transform(self, losses):
+        shifted = losses + self.epsilon
+        return ops.log(shifted), 1.0 / shifted
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["epsilon"] = self.epsilon
+        return config

@@ -1,0 +1,206 @@
+"""DSelect-k: a differentiable gate that selects k experts."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_mtl.layers.expert_bank import _check_positive_int
+
+# Keeps log() finite on exact zeros of the selector outputs.
+_EPSILON = 1e-6
+
+
+def smooth_step(x, gamma: float):
+    """The cubic smooth-step of Hazimeh et al.: 0 below `-gamma/2`, 1 above
+    `gamma/2`, and `-2 x^3 / gamma^3 + 3 x / (2 gamma) + 1/2` in between.
+
+    Args:
+        x: tensor.
+        gamma: width of the non-constant region, a positive float.
+
+    Returns:
+        Tensor like `x` with values in `[0, 1]`.
+    """
+    cubic = -2.0 / gamma**3 * x**3 + 1.5 / gamma * x + 0.5
+    return ops.where(x <= -gamma / 2, ops.zeros_like(x), ops.where(x >= gamma / 2, 1.0, cubic))
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class DSelectK(keras.layers.Layer):
+    """Differentiable sparse gate choosing at most k of E experts per example.
+
+    Each of `k` single-expert selectors reads `m = ceil(log2 E)` logits
+    `z = W_z x + b_z`; after a smooth-step `S`, selector i puts weight
+    `r_j = prod_l S(z_l)^[bit l of j] (1 - S(z_l))^(1 - [bit l of j])` on
+    expert j, where the bits of j are its binary code (most significant
+    first). Once every `|z_l| >= gamma/2` the smooth-step is 0 or 1 and each
+    selector is one-hot. The selectors are mixed with
+    `softmax(W_a x + b_a)`, so the gate is
+
+        weights = sum_i softmax(alpha)_i r(z^(i)),
+
+    with at most k non-zero entries once saturated. In training the layer
+    adds `entropy_reg` times the per-example entropy of the selectors (summed
+    over selectors, averaged over examples) to the model losses, pushing each
+    selector to a single expert. When E is not a power of 2 the codes
+    E..2^m-1 are unreachable and a selector may put mass on them, so the
+    weights sum to at most 1; as in the authors' code a penalty
+    `1 / sum_j r_j` per selector (averaged over examples) is then added in
+    training, and the sum is 1 once the selectors have left those codes.
+
+    Args:
+        num_experts: number of experts E, a positive integer.
+        k: number of selectors (the maximal number of non-zero weights), an
+            integer in `[1, E]`.
+        gamma: positive width of the smooth-step's cubic region.
+        entropy_reg: non-negative weight of the entropy regulariser.
+        z_initializer: initializer of the selector logits' kernel and bias;
+            default uniform on `[-gamma/100, gamma/100]`, as in the paper's
+            code, so that training starts in the smooth region.
+        w_initializer: initializer of the selector-mixing kernel and bias;
+            default uniform on `[-0.05, 0.05]`.
+        **kwargs: other `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: tensor of shape `(batch, ..., features)`.
+        training: whether to add the regularisers.
+
+    Returns:
+        Float32 tensor of shape `(batch, ..., E)` of non-negative expert
+        weights.
+
+    Raises:
+        ValueError: for a non-positive `num_experts`, `k` outside `[1, E]`, a
+            non-positive `gamma` or a negative `entropy_reg`.
+
+    Example:
+
+    >>> import numpy as np, keras_mtl
+    >>> gate = keras_mtl.layers.DSelectK(num_experts=4, k=2)
+    >>> weights = np.asarray(gate(np.ones((3, 5), "float32")))
+    >>> weights.shape, bool(np.allclose(weights.sum(-1), 1.0, atol=1e-6))
+    ((3, 4), True)
+
+    References:
+        Hazimeh et al., "DSelect-k: Differentiable Selection in the Mixture
+        of Experts with Applications to Multi-Task Learning", NeurIPS 2021.
+    """
+
+    def __init__(
+        self,
+        num_experts: int,
+        k: int,
+        gamma: float = 1.0,
+        entropy_reg: float = 1e-6,
+        z_initializer=None,
+        w_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_experts = _check_positive_int("num_experts", num_experts)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_experts:
+            raise ValueError(
+                "Received an invalid value for `k`, expected an integer in [1, num_experts="
+                f"{num_experts}]. Received: k={k!r}"
+            )
+        if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not gamma > 0:
+            raise ValueError(
+                "Received an invalid value for `gamma`, expected a positive float. "
+                f"Received: gamma={gamma!r}"
+            )
+        if (
+            isinstance(entropy_reg, bool)
+            or not isinstance(entropy_reg, int | float)
+            or not entropy_reg >= 0
+        ):
+            raise ValueError(
+                "Received an invalid value for `entropy_reg`, expected a non-negative float. "
+                f"Received: entropy_reg={entropy_reg!r}"
+            )
+        self.k = k
+        self.gamma = float(gamma)
+        self.entropy_reg = float(entropy_reg)
+        self.num_binary = max(1, math.ceil(math.log2(num_experts)))
+        self.z_initializer = keras.initializers.get(
+            z_initializer
+            or keras.initializers.RandomUniform(-self.gamma / 100, self.gamma / 100)
+        )
+        self.w_initializer = keras.initializers.get(
+            w_initializer or keras.initializers.RandomUniform(-0.05, 0.05)
+        )
+        # Row j holds the binary code of expert j, most significant bit first.
+        codes = [list(np.binary_repr(j, width=self.num_binary)) for j in range(num_experts)]
+        self._codes = np.array(codes, dtype="int32").astype("float32")
+        self.z_dense = keras.layers.Dense(
+            self.k * self.num_binary,
+            kernel_initializer=self.z_initializer,
+            bias_initializer=_fresh(self.z_initializer),
+            dtype=self.dtype_policy,
+            name="selector_logits",
+        )
+        self.w_dense = keras.layers.Dense(
+            self.k,
+            kernel_initializer=self.w_initializer,
+            bias_initializer=_fresh(self.w_initializer),
+            dtype=self.dtype_policy,
+            name="selector_weights",
+        )
+
+    def build(self, input_shape):
+        self.z_dense.build(tuple(input_shape))
+        self.w_dense.build(tuple(input_shape))
+
+    def selector_outputs(self, inputs):
+        """The k selectors' weights over the experts, `(batch, ..., k, E)`."""
+        z = ops.cast(self.z_dense(inputs), "float32")
+        z = ops.reshape(z, (*ops.shape(z)[:-1], self.k, self.num_binary))
+        s = ops.expand_dims(smooth_step(z, self.gamma), -2)  # (..., k, 1, m)
+        codes = ops.convert_to_tensor(self._codes)  # (E, m)
+        return ops.prod(codes * s + (1.0 - codes) * (1.0 - s), axis=-1)
+
+    def call(self, inputs, training=None):
+        selectors = self.selector_outputs(inputs)
+        alpha = ops.softmax(ops.cast(self.w_dense(inputs), "float32"), axis=-1)
+        weights = ops.sum(ops.expand_dims(alpha, -1) * selectors, axis=-2)
+        if training:
+            self._add_regularisers(selectors)
+        return weights
+
+    def _add_regularisers(self, selectors):
+        per_example_axes = tuple(range(len(selectors.shape) - 2))
+        if self.entropy_reg > 0:
+            entropy = -ops.sum(selectors * ops.log(selectors + _EPSILON), axis=(-2, -1))
+            self.add_loss(self.entropy_reg * ops.mean(entropy, axis=per_example_axes))
+        if self.num_experts != 2**self.num_binary:
+            reach = ops.sum(1.0 / ops.sum(selectors, axis=-1), axis=-1)
+            self.add_loss(ops.mean(reach, axis=per_example_axes))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)[:-1] + (self.num_experts,)
+
+    def compute_output_spec(self, inputs, training=None):
+        return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype="float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_experts": self.num_experts,
+                "k": self.k,
+                "gamma": self.gamma,
+                "entropy_reg": self.entropy_reg,
+                "z_initializer": keras.initializers.serialize(self.z_initializer),
+                "w_initializer": keras.initializers.serialize(self.w_initializer),
+            }
+        )
+        return config
+
+
+def _fresh(initializer):
+    # Keras initializers repeat their values across calls; a copy built from
+    # the config draws its own (unless the user fixed a seed).
+    return initializer.__class__.from_config(initializer.get_config())

@@ -1,0 +1,172 @@
+"""Softmax gate of a mixture of experts."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_mtl.layers.expert_bank import _check_positive_int, _check_rate
+
+GATE_TYPES = ("softmax", "dselect_k")
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class Gate(keras.layers.Layer):
+    """Maps a gate input to one weight per expert with a softmax.
+
+    `weights = softmax(dropout(W x + b) / temperature)` over the last axis.
+    The weights are computed in float32 (also under mixed precision) so that
+    they sum to 1 up to float32 rounding.
+
+    Args:
+        num_experts: number of experts E, a positive integer.
+        temperature: positive float; above 1 flattens the weights, below 1
+            sharpens them.
+        dropout: dropout rate in `[0, 1)` applied to the logits in training.
+        use_bias: whether the logits have a bias (the MMoE paper's gate,
+            `softmax(W x)`, has none).
+        kernel_initializer: initializer of the gate kernel.
+        kernel_regularizer: regularizer of the gate kernel.
+        **kwargs: other `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: tensor of shape `(batch, ..., features)`.
+        training: whether dropout is active.
+
+    Returns:
+        Float32 tensor of shape `(batch, ..., E)` with non-negative entries
+        summing to 1 over the last axis.
+
+    Raises:
+        ValueError: for a non-positive `num_experts` or `temperature`, or a
+            `dropout` outside `[0, 1)`.
+
+    Example:
+
+    >>> import numpy as np, keras_mtl
+    >>> gate = keras_mtl.layers.Gate(num_experts=4, temperature=2.0)
+    >>> weights = np.asarray(gate(np.ones((3, 5), "float32")))
+    >>> weights.shape, bool(np.allclose(weights.sum(-1), 1.0))
+    ((3, 4), True)
+
+    References:
+        Ma et al., "Modeling Task Relationships in Multi-task Learning with
+        Multi-gate Mixture-of-Experts", KDD 2018.
+    """
+
+    def __init__(
+        self,
+        num_experts: int,
+        temperature: float = 1.0,
+        dropout: float = 0.0,
+        use_bias: bool = False,
+        kernel_initializer="glorot_uniform",
+        kernel_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_experts = _check_positive_int("num_experts", num_experts)
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, int | float)
+            or not temperature > 0
+        ):
+            raise ValueError(
+                "Received an invalid value for `temperature`, expected a positive float. "
+                f"Received: temperature={temperature!r}"
+            )
+        self.temperature = float(temperature)
+        self.dropout = _check_rate("dropout", dropout)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.dense = keras.layers.Dense(
+            self.num_experts,
+            use_bias=self.use_bias,
+            kernel_initializer=self.kernel_initializer,
+            kernel_regularizer=self.kernel_regularizer,
+            dtype=self.dtype_policy,
+            name="logits",
+        )
+        self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
+
+    def build(self, input_shape):
+        self.dense.build(tuple(input_shape))
+
+    def call(self, inputs, training=None):
+        logits = self.dense(inputs)
+        if self.dropout_layer is not None:
+            logits = self.dropout_layer(logits, training=training)
+        logits = ops.cast(logits, "float32") / self.temperature
+        return ops.softmax(logits, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)[:-1] + (self.num_experts,)
+
+    def compute_output_spec(self, inputs, training=None):
+        return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype="float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_experts": self.num_experts,
+                "temperature": self.temperature,
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            }
+        )
+        return config
+
+
+def make_gate(gate: str, num_experts: int, gate_kwargs: dict | None, name: str, dtype):
+    """Builds the gate named by `gate` (`"softmax"` or `"dselect_k"`).
+
+    Args:
+        gate: `"softmax"` for `Gate` or `"dselect_k"` for `DSelectK`.
+        num_experts: number of experts the gate weighs.
+        gate_kwargs: extra constructor arguments of the gate (for
+            `"dselect_k"` at least `k`).
+        name: layer name.
+        dtype: dtype policy.
+
+    Returns:
+        A `Gate` or `DSelectK` layer.
+
+    Raises:
+        ValueError: for an unknown `gate`.
+    """
+    kwargs = dict(gate_kwargs or {})
+    if gate == "softmax":
+        return Gate(num_experts, name=name, dtype=dtype, **kwargs)
+    if gate == "dselect_k":
+        from keras_mtl.layers.dselect_k import DSelectK
+
+        return DSelectK(num_experts, name=name, dtype=dtype, **kwargs)
+    raise ValueError(
+        f"Received an invalid value for `gate`, expected one of {list(GATE_TYPES)}. "
+        f"Received: gate={gate!r}"
+    )
+
+
+def check_gate(gate, gate_kwargs) -> tuple[str, dict]:
+    """Validates a `gate` name and its `gate_kwargs` (used by MMoE, CGC, PLE)."""
+    if gate not in GATE_TYPES:
+        raise ValueError(
+            f"Received an invalid value for `gate`, expected one of {list(GATE_TYPES)}. "
+            f"Received: gate={gate!r}"
+        )
+    if gate_kwargs is not None and not isinstance(gate_kwargs, dict):
+        raise ValueError(
+            "Received an invalid value for `gate_kwargs`, expected None or a dict of gate "
+            f"arguments. Received: gate_kwargs={gate_kwargs!r}"
+        )
+    kwargs = dict(gate_kwargs or {})
+    if gate == "dselect_k" and "k" not in kwargs:
+        raise ValueError(
+            "`gate='dselect_k'` needs the number of selected experts in `gate_kwargs`, e.g. "
+            f"gate_kwargs={{'k': 2}}. Received: gate_kwargs={gate_kwargs!r}"
+        )
+    return gate, kwargs
