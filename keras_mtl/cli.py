@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--quick",
         action="store_true",
-        help="tiny run (2000 train examples, 1 epoch, 1 seed), under a minute",
+        help="tiny run (10000 train examples, 2 epochs, 1 seed), under a minute",
     )
     return parser
 
@@ -108,14 +108,14 @@ def _bench(args) -> int:
         archs=names(args.arch),
         balancers=balancers,
         seeds=1 if args.seeds is None else args.seeds,
-        epochs=(1 if args.quick else 5) if args.epochs is None else args.epochs,
+        epochs=(2 if args.quick else 5) if args.epochs is None else args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.lr,
         data_dir=args.data_dir,
         out_dir=args.out,
         cache_dir=args.cache_dir,
-        max_train=args.max_train or (2000 if args.quick else None),
-        max_eval=args.max_eval or (2000 if args.quick else None),
+        max_train=args.max_train or (10000 if args.quick else None),
+        max_eval=args.max_eval or (5000 if args.quick else None),
         stl=not args.no_stl,
     )
     run_bench(config)

@@ -65,7 +65,8 @@ def test_bench_quick_on_census_income(tmp_path, capsys):
     )
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     row = results["rows"][0]
-    assert 0.5 < row["income"][0] <= 1.0 and 0.5 < row["marital"][0] <= 1.0
+    # Two epochs on 10,000 examples already come near the published 0.9447 / 0.9932.
+    assert row["income"][0] > 0.85 and row["marital"][0] > 0.95
 
 
 @pytest.mark.parametrize(

@@ -11,5 +11,15 @@ from keras_mtl.balancers.equal_weighting import EqualWeighting as EqualWeighting
 from keras_mtl.balancers.static_weighting import StaticWeighting as StaticWeighting
 
 # -- loss-weighting methods (issue 4): one import line per method, alphabetical --
+from keras_mtl.balancers.dtp import DTP as DTP
+from keras_mtl.balancers.dwa import DWA as DWA
+from keras_mtl.balancers.famo import FAMO as FAMO
+from keras_mtl.balancers.gls import GLS as GLS
+from keras_mtl.balancers.gradnorm import GradNorm as GradNorm
+from keras_mtl.balancers.imtl_l import IMTLL as IMTLL
+from keras_mtl.balancers.initial_loss_normalization import InitialLossNormalization as InitialLossNormalization
+from keras_mtl.balancers.log_loss import LogLoss as LogLoss
+from keras_mtl.balancers.rlw import RLW as RLW
+from keras_mtl.balancers.uncertainty_weighting import UncertaintyWeighting as UncertaintyWeighting
 
 # -- gradient methods (issue 5): one import line per method, alphabetical --

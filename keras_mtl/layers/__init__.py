@@ -4,3 +4,7 @@ from keras_mtl.layers.shared_bottom import SharedBottom as SharedBottom
 from keras_mtl.layers.shared_representation import SharedRepresentation as SharedRepresentation
 
 # -- expert and gating family (issue 3): one import line per layer, alphabetical --
+from keras_mtl.layers.dselect_k import DSelectK as DSelectK
+from keras_mtl.layers.expert_bank import ExpertBank as ExpertBank
+from keras_mtl.layers.gate import Gate as Gate
+from keras_mtl.layers.mmoe import MMoE as MMoE

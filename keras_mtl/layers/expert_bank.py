@@ -48,9 +48,12 @@ def _stacked_initializer(initializer, num_experts: int):
     initializers do not depend on the fans and are kept.
     """
     if isinstance(initializer, keras.initializers.VarianceScaling):
-        config = initializer.get_config()
-        config["scale"] = config["scale"] * num_experts
-        return keras.initializers.VarianceScaling.from_config(config)
+        return keras.initializers.VarianceScaling(
+            scale=initializer.scale * num_experts,
+            mode=initializer.mode,
+            distribution=initializer.distribution,
+            seed=initializer.get_config().get("seed"),
+        )
     return initializer
 
 

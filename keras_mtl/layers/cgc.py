@@ -1,0 +1,235 @@
+"""Customized Gate Control (CGC): shared and task-specific experts with task gates."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_mtl.layers.expert_bank import ExpertBank, _check_positive_int, _check_rate, mix_experts
+from keras_mtl.layers.gate import check_gate, make_gate
+
+
+def check_task_experts(num_task_experts, num_tasks: int) -> tuple[int, ...]:
+    """Validates `num_task_experts` (an int, or one positive int per task)."""
+    if isinstance(num_task_experts, int) and not isinstance(num_task_experts, bool):
+        counts = (num_task_experts,) * num_tasks
+    else:
+        try:
+            counts = tuple(num_task_experts)
+        except TypeError:
+            counts = ()
+    if len(counts) != num_tasks or any(
+        isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts
+    ):
+        raise ValueError(
+            "Received an invalid value for `num_task_experts`, expected a positive integer or "
+            f"one positive integer per task (num_tasks={num_tasks}). "
+            f"Received: num_task_experts={num_task_experts!r}"
+        )
+    return counts
+
+
+def _is_shape_list(input_shape) -> bool:
+    return bool(input_shape) and isinstance(input_shape[0], list | tuple)
+
+
+@keras.saving.register_keras_serializable(package="keras_mtl")
+class CGC(keras.layers.Layer):
+    """Customized Gate Control: shared experts plus experts owned by each task.
+
+    Task t mixes its own experts and the shared experts with a gate that
+    reads the task's input: `y_t = g_t(x_t) . [E_t(x_t), E_s(x_s)]` (gate
+    weights ordered as the task's experts, then the shared experts, as in
+    the paper). With `shared_output=True` the layer also returns the shared
+    path of a PLE extraction level: a gate reading the shared input mixes
+    all experts (every task's, in task order, then the shared ones). This is
+    how `PLE` stacks CGC levels.
+
+    While `_gate_recording` is set (by `keras_mtl.callbacks.GateMonitor`),
+    eager calls store the task gates' weights in `_recorded_gate_weights`.
+
+    Args:
+        num_tasks: number of tasks, a positive integer.
+        num_shared_experts: number of shared experts, a positive integer.
+        num_task_experts: positive integer (the same for every task) or one
+            positive integer per task.
+        expert_units: positive integer or sequence, widths of each expert's
+            layers.
+        expert_activation: activation of the expert layers.
+        expert_dropout: dropout rate in `[0, 1)` inside the experts.
+        expert: `None`, or a Keras layer (or layer config) cloned for every
+            expert instead of the built-in MLP.
+        gate: `"softmax"` (`Gate`) or `"dselect_k"` (`DSelectK`; its `k` must
+            not exceed any gate's number of experts).
+        gate_kwargs: extra arguments of each gate.
+        shared_output: whether to add the shared gate and output.
+        return_gate_weights: whether to also return the gate weights.
+        kernel_initializer: initializer of the expert kernels.
+        kernel_regularizer: regularizer of the expert kernels.
+        **kwargs: other `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: one tensor `(batch, ..., features)` read by every task and
+            the shared experts, or a list of `num_tasks + 1` tensors (the
+            task inputs in task order, then the shared input).
+        training: whether dropout and gate regularisers are active.
+
+    Returns:
+        A list of `num_tasks` tensors `(batch, ..., expert_units[-1])` in task
+        order, followed by the shared output when `shared_output=True`. With
+        `return_gate_weights=True` the tuple `(outputs, gate_weights)`, one
+        float32 weight tensor per output.
+
+    Raises:
+        ValueError: for non-positive task or expert counts, a
+            `num_task_experts` list whose length is not `num_tasks`, bad
+            expert or gate arguments, or a list input of the wrong length.
+
+    Example:
+
+    >>> import keras, keras_mtl
+    >>> x = keras.Input((10,))
+    >>> h = keras_mtl.layers.CGC(num_tasks=2, num_shared_experts=2, num_task_experts=1,
+    ...                          expert_units=(8,))(x)
+    >>> [tuple(t.shape) for t in h]
+    [(None, 8), (None, 8)]
+
+    References:
+        Tang et al., "Progressive Layered Extraction (PLE): A Novel Multi-Task
+        Learning (MTL) Model for Personalized Recommendations", RecSys 2020.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        num_shared_experts: int = 1,
+        num_task_experts=1,
+        expert_units=(64,),
+        expert_activation="relu",
+        expert_dropout: float = 0.0,
+        expert=None,
+        gate: str = "softmax",
+        gate_kwargs: dict | None = None,
+        shared_output: bool = False,
+        return_gate_weights: bool = False,
+        kernel_initializer="glorot_uniform",
+        kernel_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_tasks = _check_positive_int("num_tasks", num_tasks)
+        self.num_shared_experts = _check_positive_int("num_shared_experts", num_shared_experts)
+        self.num_task_experts = check_task_experts(num_task_experts, num_tasks)
+        _check_rate("expert_dropout", expert_dropout)
+        self.gate, self.gate_kwargs = check_gate(gate, gate_kwargs)
+        self.shared_output = bool(shared_output)
+        self.return_gate_weights = bool(return_gate_weights)
+
+        def bank(count, name):
+            return ExpertBank(
+                count,
+                units=expert_units,
+                activation=expert_activation,
+                dropout=expert_dropout,
+                expert=expert,
+                kernel_initializer=kernel_initializer,
+                kernel_regularizer=kernel_regularizer,
+                dtype=self.dtype_policy,
+                name=name,
+            )
+
+        self.shared_experts = bank(self.num_shared_experts, "shared_experts")
+        self.task_experts = [
+            bank(count, f"task_{t}_experts") for t, count in enumerate(self.num_task_experts)
+        ]
+        self.gates = [
+            make_gate(
+                self.gate,
+                count + self.num_shared_experts,
+                self.gate_kwargs,
+                f"gate_{t}",
+                self.dtype_policy,
+            )
+            for t, count in enumerate(self.num_task_experts)
+        ]
+        self.shared_gate = (
+            make_gate(
+                self.gate,
+                sum(self.num_task_experts) + self.num_shared_experts,
+                self.gate_kwargs,
+                "shared_gate",
+                self.dtype_policy,
+            )
+            if self.shared_output
+            else None
+        )
+        self._gate_recording = False
+        self._recorded_gate_weights = None
+
+    def _split(self, inputs):
+        if isinstance(inputs, list | tuple):
+            if len(inputs) != self.num_tasks + 1:
+                raise ValueError(
+                    f"`{type(self).__name__}` expects one tensor or a list of num_tasks + 1 = "
+                    f"{self.num_tasks + 1} tensors (task inputs, then the shared input). "
+                    f"Received: a list of {len(inputs)} inputs"
+                )
+            return list(inputs[:-1]), inputs[-1]
+        return [inputs] * self.num_tasks, inputs
+
+    def build(self, input_shape):
+        task_shapes, shared_shape = self._split(
+            list(input_shape) if _is_shape_list(input_shape) else tuple(input_shape)
+        )
+        self.shared_experts.build(tuple(shared_shape))
+        for shape, bank, gate in zip(task_shapes, self.task_experts, self.gates, strict=True):
+            bank.build(tuple(shape))
+            gate.build(tuple(shape))
+        if self.shared_gate is not None:
+            self.shared_gate.build(tuple(shared_shape))
+
+    def call(self, inputs, training=None):
+        task_inputs, shared_input = self._split(inputs)
+        shared = self.shared_experts(shared_input, training=training)
+        own = [bank(x, training=training) for bank, x in zip(self.task_experts, task_inputs)]
+        outputs, weights = [], []
+        for t, x in enumerate(task_inputs):
+            w = self.gates[t](x, training=training)
+            outputs.append(mix_experts(w, ops.concatenate([own[t], shared], axis=-2)))
+            weights.append(w)
+        if self._gate_recording:
+            self._recorded_gate_weights = list(weights)
+        if self.shared_gate is not None:
+            w = self.shared_gate(shared_input, training=training)
+            outputs.append(mix_experts(w, ops.concatenate([*own, shared], axis=-2)))
+            weights.append(w)
+        if self.return_gate_weights:
+            return outputs, weights
+        return outputs
+
+    def gate_weights(self, inputs, training: bool = False) -> list:
+        """The task gates' weights for `inputs` (a list of `(batch, ..., E_t)`)."""
+        task_inputs, _ = self._split(inputs)
+        return [gate(x, training=training) for gate, x in zip(self.gates, task_inputs)]
+
+    def get_config(self):
+        config = super().get_config()
+        bank = self.shared_experts.get_config()
+        config.update(
+            {
+                "num_tasks": self.num_tasks,
+                "num_shared_experts": self.num_shared_experts,
+                "num_task_experts": list(self.num_task_experts),
+                "expert_units": bank["units"],
+                "expert_activation": bank["activation"],
+                "expert_dropout": bank["dropout"],
+                "expert": bank["expert"],
+                "gate": self.gate,
+                "gate_kwargs": self.gate_kwargs,
+                "shared_output": self.shared_output,
+                "return_gate_weights": self.return_gate_weights,
+                "kernel_initializer": bank["kernel_initializer"],
+                "kernel_regularizer": bank["kernel_regularizer"],
+            }
+        )
+        return config

@@ -1,0 +1,135 @@
+import gzip
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_mtl.datasets import multi_fashion, multi_fashion_mnist, multi_mnist
+
+
+def reference_image(left, right, offset):
+    """Independent reference: paste with PIL (max where they overlap), resize with PIL NEAREST."""
+    canvas = np.zeros((36, 36), dtype="uint8")
+    canvas[:28, :28] = left
+    for i in range(28):
+        for j in range(28):
+            canvas[offset + i, offset + j] = max(canvas[offset + i, offset + j], right[i, j])
+    return np.asarray(Image.fromarray(canvas).resize((28, 28), Image.NEAREST))
+
+
+def test_overlay_matches_a_pil_reference():
+    rng = np.random.default_rng(0)
+    left = rng.integers(0, 256, size=(5, 28, 28), dtype="uint8")
+    right = rng.integers(0, 256, size=(5, 28, 28), dtype="uint8")
+    for offset in (6, 8, 0):
+        out = multi_mnist.overlay(left, right, right_offset=offset)
+        for k in range(5):
+            np.testing.assert_array_equal(out[k], reference_image(left[k], right[k], offset))
+
+
+def test_overlay_places_items_top_left_and_bottom_right():
+    left = np.zeros((1, 28, 28), "uint8")
+    right = np.zeros((1, 28, 28), "uint8")
+    left[0, :4, :4] = 255  # top-left corner of the left item
+    right[0, -4:, -4:] = 128  # bottom-right corner of the right item
+    out = multi_mnist.overlay(left, right, right_offset=8)[0]
+    assert out[:3, :3].min() == 255 and out[-3:, -3:].min() == 128
+    assert out[8:20, 8:20].max() == 0
+
+
+def test_overlay_validates_arguments():
+    a = np.zeros((2, 28, 28), "uint8")
+    with pytest.raises(ValueError, match="right_offset=9"):
+        multi_mnist.overlay(a, a, right_offset=9)
+    with pytest.raises(ValueError, match="same shape"):
+        multi_mnist.overlay(a, a[:1])
+
+
+def _write_idx(path, array):
+    header = (0x800 + array.ndim).to_bytes(4, "big")
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype("uint8").tobytes())
+
+
+def _write_sources(folder, n_train=40, n_test=10):
+    rng = np.random.default_rng(1)
+    os.makedirs(folder / "mnist")
+    os.makedirs(folder / "fashion_mnist")
+    mnist = {
+        "x_train": rng.integers(0, 256, (n_train, 28, 28), dtype="uint8"),
+        "y_train": rng.integers(0, 10, n_train).astype("uint8"),
+        "x_test": rng.integers(0, 256, (n_test, 28, 28), dtype="uint8"),
+        "y_test": rng.integers(0, 10, n_test).astype("uint8"),
+    }
+    np.savez(folder / "mnist" / "mnist.npz", **mnist)
+    fashion = {k: rng.permutation(v) for k, v in mnist.items()}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        _write_idx(folder / "fashion_mnist" / f"{prefix}-images-idx3-ubyte.gz", fashion[f"x_{split}"])
+        _write_idx(folder / "fashion_mnist" / f"{prefix}-labels-idx1-ubyte.gz", fashion[f"y_{split}"])
+    return mnist, fashion
+
+
+@pytest.mark.parametrize("variant", multi_mnist.VARIANTS)
+def test_generated_images_and_labels_come_from_the_named_sources(tmp_path, variant):
+    mnist, fashion = _write_sources(tmp_path)
+    left_src = fashion if variant == "fashion" else mnist
+    right_src = mnist if variant == "mnist" else fashion
+    (x, y), (xt, yt), info = multi_mnist.load_data(
+        tmp_path, variant=variant, seed=3, normalize=False, return_info=True, download=False
+    )
+    assert x.shape == (40, 28, 28, 1) and xt.shape == (10, 28, 28, 1) and x.dtype == np.uint8
+    r = info["train_right_index"]
+    assert sorted(r.tolist()) == list(range(40))  # each right item used once
+    np.testing.assert_array_equal(y["left"], left_src["y_train"])
+    np.testing.assert_array_equal(y["right"], right_src["y_train"][r])
+    np.testing.assert_array_equal(yt["right"], right_src["y_test"][info["test_right_index"]])
+    for k in (0, 17, 39):
+        expected = reference_image(left_src["x_train"][k], right_src["x_train"][r[k]], 6)
+        np.testing.assert_array_equal(x[k, ..., 0], expected)
+
+
+def test_thin_modules_are_the_variants(tmp_path):
+    _write_sources(tmp_path)
+    kw = dict(seed=2, download=False)
+    for module, variant in ((multi_fashion, "fashion"), (multi_fashion_mnist, "fashion_mnist")):
+        (a, ya), _ = module.load_data(tmp_path, **kw)
+        (b, yb), _ = multi_mnist.load_data(tmp_path, variant=variant, **kw)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ya["right"], yb["right"])
+    with pytest.raises(ValueError, match="variant='kmnist'"):
+        multi_mnist.load_data(tmp_path, variant="kmnist", download=False)
+
+
+def test_real_multi_mnist_is_deterministic_and_labelled_from_the_source(data_dir):
+    (x, y), (xt, yt), info = multi_mnist.load_data(data_dir, seed=0, return_info=True)
+    assert x.shape == (60000, 28, 28, 1) and xt.shape == (10000, 28, 28, 1)
+    assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() == 1.0
+    (x2, y2), (xt2, _) = multi_mnist.load_data(data_dir, seed=0)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(xt, xt2)
+    np.testing.assert_array_equal(y["right"], y2["right"])
+    (x3, y3), _ = multi_mnist.load_data(data_dir, seed=1)
+    assert not np.array_equal(y["right"], y3["right"]) and not np.array_equal(x, x3)
+
+    (src_x, src_y), (src_xt, src_yt) = multi_mnist.load_source("mnist", data_dir)
+    np.testing.assert_array_equal(y["left"], src_y)
+    np.testing.assert_array_equal(y["right"], src_y[info["train_right_index"]])
+    np.testing.assert_array_equal(yt["right"], src_yt[info["test_right_index"]])
+    # Both tasks are 10-class with the MNIST class frequencies.
+    np.testing.assert_array_equal(np.bincount(y["right"]), np.bincount(src_y))
+    for k in (0, 12345, 59999):
+        expected = reference_image(src_x[k], src_x[info["train_right_index"][k]], 6)
+        np.testing.assert_array_equal(np.round(x[k, ..., 0] * 255).astype("uint8"), expected)
+
+
+def test_real_fashion_sources_have_the_official_sizes(data_dir):
+    (x, y), (xt, yt) = multi_mnist.load_source("fashion", data_dir)
+    assert x.shape == (60000, 28, 28) and xt.shape == (10000, 28, 28)
+    np.testing.assert_array_equal(np.bincount(y), [6000] * 10)
+    np.testing.assert_array_equal(np.bincount(yt), [1000] * 10)
+    (mx, my), _ = multi_fashion_mnist.load_data(data_dir, normalize=False)
+    mnist_y = multi_mnist.load_source("mnist", data_dir)[0][1]
+    np.testing.assert_array_equal(my["left"], mnist_y)
+    np.testing.assert_array_equal(np.bincount(my["right"]), [6000] * 10)
