@@ -85,8 +85,8 @@ class DTP(Balancer):
     >>> from keras_mtl.balancers import DTP
     >>> b = DTP(gamma=1.0)
     >>> w = np.asarray(b.aggregate(None, np.array([np.log(2.0), np.log(10.0)])).weights)
-    >>> np.round(w, 4).tolist()  # -(1 - k) log(k) with k = 1/2 and 1/10
-    [0.3466, 2.0723]
+    >>> print(np.round(w, 4))  # -(1 - k) log(k) with k = 1/2 and 1/10
+    [0.3466 2.0723]
 
     References:
         Guo, Haque, Huang, Yeung and Fei-Fei, "Dynamic Task Prioritization for

@@ -48,8 +48,8 @@ class DWA(Balancer):
     >>> for losses in ([1.0, 1.0], [0.5, 1.0]):
     ...     _ = b.aggregate(None, np.array(losses))
     >>> w = np.asarray(b.aggregate(None, np.array([0.5, 1.0])).weights)
-    >>> np.round(w, 4).tolist()  # 2 softmax([0.5, 1.0] / 2)
-    [0.7551, 1.2449]
+    >>> print(np.round(w, 4))  # 2 softmax([0.5 / 1.0, 1.0 / 1.0] / 2)
+    [0.8756 1.1244]
 
     References:
         Liu, Johns and Davison, "End-to-End Multi-Task Learning with

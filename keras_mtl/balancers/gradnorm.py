@@ -56,8 +56,8 @@ class GradNorm(Balancer):
     >>> jacobian = np.array([[3.0, 0.0], [0.0, 1.0]])
     >>> np.asarray(b.aggregate(jacobian, np.array([1.0, 1.0])).weights).tolist()
     [1.0, 1.0]
-    >>> np.round(np.asarray(b.weights_state), 4).tolist()  # [1 - 0.3, 1 + 0.1], sum to 2
-    [0.7778, 1.2222]
+    >>> print(np.round(np.asarray(b.weights_state), 4))  # [1 - 0.3, 1 + 0.1], sum to 2
+    [0.7778 1.2222]
 
     References:
         Chen, Badrinarayanan, Lee and Rabinovich, "GradNorm: Gradient
@@ -113,7 +113,7 @@ class GradNorm(Balancer):
         self.initial_losses.assign(initial)
         self.initialized.assign(initialized)
 
-        weights = ops.convert_to_tensor(self.weights_state)
+        weights = ops.copy(self.weights_state)
         norms = ops.sqrt(ops.sum(jacobian * jacobian, axis=1))
         ratios = ops.where(initialized > 0.0, losses / ops.maximum(initial, 1e-30), 1.0)
         rates = ratios / ops.maximum(ops.mean(ratios), 1e-30)

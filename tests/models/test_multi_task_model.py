@@ -312,3 +312,31 @@ def test_recompiling_replaces_the_balancer_and_its_variables():
     model.compile(optimizer="adam", loss=LOSS, balancer="ew")
     assert len(model.trainable_variables) == count
     assert not any("trainable_balancer" in v.path for v in model.weights)
+
+
+def test_scoped_jacobian_covers_the_last_shared_layer_only():
+    class Scoped(Capture):
+        jacobian_scope = "last_shared_layer"
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((6,))
+    h = keras_mtl.layers.SharedBottom(units=(8, 5), name="trunk")(inputs)
+    model = keras_mtl.MultiTaskModel(
+        inputs=inputs, outputs={t: keras.layers.Dense(1, name=t)(h) for t in TASKS}
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(1.0), loss=LOSS, balancer=Scoped(), run_eagerly=True
+    )
+    x, y = data(n=16)
+    before = [np.array(v) for v in model.trainable_variables]
+    expected = _brute_force_grads(model, x, y, [0.3, 0.7])
+    last = [v for v in model.trainable_variables if v.path.startswith("trunk/dense_1/")]
+    rows = []
+    for name in TASKS:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x, training=True)[name] - y[name]))
+        rows.append(np.concatenate([np.ravel(g) for g in tape.gradient(loss, last)]))
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    np.testing.assert_allclose(Capture.last[0], np.stack(rows), atol=1e-5)
+    for b, v, g in zip(before, model.trainable_variables, expected, strict=True):
+        np.testing.assert_allclose(b - np.array(v), np.asarray(g), atol=1e-5)
