@@ -116,6 +116,9 @@ class GradNorm(Balancer):
         weights = ops.copy(self.weights_state)
         norms = ops.sqrt(ops.sum(jacobian * jacobian, axis=1))
         ratios = ops.where(initialized > 0.0, losses / ops.maximum(initial, 1e-30), 1.0)
+        # A negative loss (e.g. a log-loss below 0 when wrapped) has rate 0, so
+        # that `rates ** alpha` stays real.
+        ratios = ops.maximum(ratios, 0.0)
         rates = ratios / ops.maximum(ops.mean(ratios), 1e-30)
         weighted_norms = weights * norms
         targets = ops.mean(weighted_norms) * ops.power(rates, self.alpha)

@@ -129,14 +129,16 @@ def project_onto_simplex(v):
     >>> np.round(np.asarray(project_onto_simplex(np.array([0.5, 2.0, -1.0]))), 6).tolist()
     [0.0, 1.0, 0.0]
     """
-    v = ops.cast(ops.convert_to_tensor(v), "float32")
+    v = ops.convert_to_tensor(v)
+    if v.dtype not in ("float32", "float64"):
+        v = ops.cast(v, "float32")
     num = v.shape[-1]
     u = -ops.sort(-v, axis=-1)
     css = ops.cumsum(u, axis=-1) - 1.0
-    k = ops.arange(1, num + 1, dtype="float32")
+    k = ops.arange(1, num + 1, dtype=v.dtype)
     support = ops.cast(u - css / k > 0, "int32")
     rho = ops.maximum(ops.sum(support, axis=-1, keepdims=True), 1)
-    theta = ops.take_along_axis(css, rho - 1, axis=-1) / ops.cast(rho, "float32")
+    theta = ops.take_along_axis(css, rho - 1, axis=-1) / ops.cast(rho, v.dtype)
     return ops.maximum(v - theta, 0.0)
 
 
@@ -145,6 +147,14 @@ def _loop(num_iters, body, state):
 
 
 # ------------------------------------------------------ min-norm (simplex QP)
+
+_DTYPE = "float64"
+# Relative tolerance of the active-set solvers' optimality tests.
+_TOL = 1e-11
+
+
+def _as64(x):
+    return ops.cast(ops.convert_to_tensor(x), _DTYPE)
 
 
 def _min_norm_two(gram):
@@ -156,73 +166,33 @@ def _min_norm_two(gram):
     return ops.stack([w1, 1.0 - w1])
 
 
-def simplex_qp(gram, linear=None, num_iters: int = 200, polish: bool = True):
-    """Minimises `0.5 w^T G w + c^T w` over the probability simplex.
-
-    Accelerated projected gradient with adaptive restart for `num_iters`
-    iterations, then a polish step on the detected support.
-
-    Args:
-        gram: `(T, T)` positive semi-definite tensor.
-        linear: optional `(T,)` linear term `c`.
-        num_iters: number of iterations (static).
-        polish: whether to solve the KKT system on the support at the end.
-
-    Returns:
-        `(T,)` weights on the simplex.
-    """
-    gram = ops.cast(gram, "float32")
+def _affine_min_norm(gram, corral, ridge):
+    """Min-norm point of the affine hull of the corral (KKT system)."""
     num = gram.shape[-1]
-    lin = ops.zeros((num,)) if linear is None else ops.cast(linear, "float32")
-    step = 1.0 / lipschitz_bound(gram)
-
-    def objective(w):
-        return 0.5 * ops.sum(w * ops.matmul(gram, w)) + ops.sum(lin * w)
-
-    def body(state):
-        x, y, t = state
-        grad = ops.matmul(gram, y) + lin
-        x_new = project_onto_simplex(y - step * grad)
-        restart = ops.sum((y - x_new) * (x_new - x)) > 0
-        t_new = 0.5 * (1.0 + ops.sqrt(1.0 + 4.0 * t * t))
-        y_new = x_new + ((t - 1.0) / t_new) * (x_new - x)
-        y_new = ops.where(restart, x_new, y_new)
-        t_new = ops.where(restart, 1.0, t_new)
-        return x_new, y_new, t_new
-
-    x0 = ops.ones((num,)) / num
-    x, _, _ = _loop(num_iters, body, (x0, x0, ops.convert_to_tensor(1.0)))
-    if not polish:
-        return x
-    # KKT on the support S: G_SS w_S + c_S = mu 1, sum w_S = 1.
-    m = ops.cast(x > 0, "float32")
-    outer = m[:, None] * m[None, :]
-    eye = ops.eye(num)
-    top = ops.concatenate([gram * outer + eye * (1.0 - m)[None, :], -m[:, None]], axis=1)
-    bottom = ops.concatenate([m[None, :], ops.zeros((1, 1))], axis=1)
-    kkt = ops.concatenate([top, bottom], axis=0)
-    rhs = ops.concatenate([-lin * m, ops.ones((1,))])[:, None]
-    sol, ok = guarded_solve(kkt, rhs)
-    w = sol[:num, 0] * m
-    feasible = ops.logical_and(ok, ops.min(w) >= -1e-6)
-    w = ops.maximum(w, 0.0)
-    w = w / ops.where(ops.sum(w) > 0, ops.sum(w), 1.0)
-    better = objective(w) <= objective(x) + 1e-7 * ops.abs(objective(x))
-    return ops.where(ops.logical_and(feasible, better), w, x)
+    eye = ops.eye(num, dtype=_DTYPE)
+    outer = corral[:, None] * corral[None, :]
+    block = gram * outer + eye * (1.0 - corral)[None, :] + ridge * eye * corral[None, :]
+    top = ops.concatenate([block, -corral[:, None]], axis=1)
+    bottom = ops.concatenate([corral[None, :], ops.zeros((1, 1), dtype=_DTYPE)], axis=1)
+    rhs = ops.concatenate([ops.zeros((num,), dtype=_DTYPE), ops.ones((1,), dtype=_DTYPE)])
+    sol, ok = guarded_solve(ops.concatenate([top, bottom], axis=0), rhs[:, None])
+    return sol[:num, 0] * corral, ok
 
 
-def min_norm_weights(gram, num_iters: int = 200):
+def min_norm_weights(gram, max_iters: int | None = None):
     """Weights of the minimum-norm point in the convex hull of the gradients.
 
     Solves `min_{w in simplex} w^T G w`; the point is `w^T J`. Closed form for
-    one and two tasks, accelerated projected gradient plus polish otherwise.
+    one and two tasks; Wolfe's active-set ("corral") algorithm otherwise,
+    in float64 and inside a `while_loop` that stops at optimality (or after
+    `max_iters` steps), which is exact up to rounding.
 
     Args:
         gram: `(T, T)` Gramian of the task gradients.
-        num_iters: iterations for `T > 2` (static).
+        max_iters: bound on the number of steps (default `5 T + 50`).
 
     Returns:
-        `(T,)` weights on the simplex.
+        `(T,)` float32 weights on the simplex.
 
     Example:
 
@@ -231,70 +201,161 @@ def min_norm_weights(gram, num_iters: int = 200):
     >>> jac = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
     >>> np.round(np.asarray(min_norm_weights(jac @ jac.T)), 4).tolist()
     [0.6, 0.4]
+
+    References:
+        Wolfe, "Finding the nearest point in a polytope", Mathematical
+        Programming 11, 1976.
     """
-    gram = normalize_gramian(ops.convert_to_tensor(gram))
+    gram = _as64(normalize_gramian(ops.convert_to_tensor(gram)))
     num = gram.shape[-1]
     if num == 1:
         return ops.ones((1,))
     if num == 2:
-        return _min_norm_two(gram)
-    return simplex_qp(gram, num_iters=num_iters)
+        return ops.cast(_min_norm_two(gram), "float32")
+    max_iters = 5 * num + 50 if max_iters is None else max_iters
+    diag = ops.diagonal(gram)
+    scale = ops.maximum(ops.max(diag), 1e-300)
+    ridge = 1e-13 * scale
+    first = ops.one_hot(ops.argmin(diag), num, dtype=_DTYPE)
+
+    def body(i, x, corral, done):
+        y, ok = _affine_min_norm(gram, corral, ridge)
+        interior = ops.all(ops.logical_or(corral == 0, y > 0))
+        # Major step: y is the new iterate; add the most violating vertex.
+        gy = ops.matmul(gram, y)
+        fy = ops.sum(y * gy)
+        j = ops.argmin(gy)
+        improve = gy[j] < fy - _TOL * scale
+        corral_major = ops.maximum(corral, ops.one_hot(j, num, dtype=_DTYPE) * ops.cast(improve, _DTYPE))
+        # Minor step: move towards y until a weight hits zero, drop it.
+        blocking = ops.logical_and(corral > 0, y <= 0)
+        ratio = ops.where(blocking, x / ops.where(blocking, x - y, 1.0), 1.0)
+        theta = ops.clip(ops.min(ratio), 0.0, 1.0)
+        x_minor = x + theta * (y - x)
+        hit = ops.one_hot(ops.argmin(ratio), num, dtype=_DTYPE)
+        keep = ops.cast(x_minor > 1e-14, _DTYPE) * corral * (1.0 - hit)
+        x_minor = ops.maximum(x_minor, 0.0) * keep
+        x_minor = x_minor / ops.sum(x_minor)
+        x_new = ops.where(interior, y, x_minor)
+        corral_new = ops.where(interior, corral_major, keep)
+        done_new = ops.logical_or(ops.logical_and(interior, ops.logical_not(improve)), ops.logical_not(ok))
+        x_new = ops.where(ok, x_new, x)
+        return i + 1, x_new, ops.where(ok, corral_new, corral), done_new
+
+    _, x, _, _ = ops.while_loop(
+        lambda i, x, c, d: ops.logical_and(i < max_iters, ops.logical_not(d)),
+        lambda i, x, c, d: body(i, x, c, d),
+        (ops.convert_to_tensor(0), first, first, ops.convert_to_tensor(False)),
+    )
+    x = ops.maximum(x, 0.0)
+    return ops.cast(x / ops.sum(x), "float32")
+
+
+def simplex_qp(gram, linear=None, num_iters: int = 200):
+    """Minimises `0.5 w^T G w + c^T w` over the probability simplex
+    (accelerated projected gradient with adaptive restart, `num_iters` steps).
+
+    Args:
+        gram: `(T, T)` positive semi-definite tensor.
+        linear: optional `(T,)` linear term `c`.
+        num_iters: number of iterations (static).
+
+    Returns:
+        `(T,)` float32 weights on the simplex.
+    """
+    gram = _as64(gram)
+    num = gram.shape[-1]
+    lin = ops.zeros((num,), dtype=_DTYPE) if linear is None else _as64(linear)
+    step = 1.0 / lipschitz_bound(gram)
+
+    def body(state):
+        x, y, t = state
+        x_new = project_onto_simplex(y - step * (ops.matmul(gram, y) + lin))
+        restart = ops.sum((y - x_new) * (x_new - x)) > 0
+        t_new = 0.5 * (1.0 + ops.sqrt(1.0 + 4.0 * t * t))
+        y_new = ops.where(restart, x_new, x_new + ((t - 1.0) / t_new) * (x_new - x))
+        return x_new, y_new, ops.where(restart, ops.ones_like(t), t_new)
+
+    x0 = ops.ones((num,), dtype=_DTYPE) / num
+    x, _, _ = _loop(num_iters, body, (x0, x0, ops.ones((), dtype=_DTYPE)))
+    return ops.cast(x, "float32")
 
 
 # ------------------------------------------------------- lower-bounded QP
 
 
-def lower_bounded_qp(gram, lower, num_iters: int = 200, polish: bool = True):
+def lower_bounded_qp(gram, lower, max_iters: int | None = None):
     """Solves `min_v 0.5 v^T G v  s.t.  v >= u` for each row `u` of `lower`.
 
     This is the dual of projecting `u^T J` onto the dual cone of the rows of
     `J` (UPGrad, DualProj): at the optimum `G v >= 0`, so `v^T J` conflicts
-    with no task.
+    with no task. Written `v = u + l`, it is a non-negative least-squares
+    problem in `l`, solved by the Lawson-Hanson active-set method in float64,
+    all rows at once, until every row is optimal (or `max_iters` steps).
 
     Args:
         gram: `(T, T)` positive semi-definite tensor.
         lower: `(m, T)` lower bounds (one problem per row).
-        num_iters: iterations (static).
-        polish: whether to solve the KKT system on the free set at the end.
+        max_iters: bound on the number of steps (default `5 T + 50`).
 
     Returns:
-        `(m, T)` solutions.
+        `(m, T)` float32 solutions.
+
+    References:
+        Lawson & Hanson, "Solving Least Squares Problems", 1974, chapter 23.
     """
-    gram = ops.cast(gram, "float32")
-    lower = ops.cast(lower, "float32")
+    gram = _as64(gram)
+    gram = 0.5 * (gram + ops.transpose(gram))
+    lower = _as64(lower)
     num = gram.shape[-1]
-    step = 1.0 / lipschitz_bound(gram)
+    rows = lower.shape[0]
+    max_iters = 5 * num + 50 if max_iters is None else max_iters
+    eye = ops.eye(num, dtype=_DTYPE)
+    scale = ops.maximum(ops.max(ops.diagonal(gram)), 1e-300)
+    ridge = 1e-13 * scale
+    gu = ops.matmul(lower, gram)
+    tol = _TOL * scale * ops.maximum(ops.max(ops.abs(lower), axis=-1), 1e-300)
 
-    def objective(v):
-        return 0.5 * ops.sum(v * ops.matmul(v, gram), axis=-1)
+    def body(i, lam, passive, done):
+        outer = passive[:, :, None] * passive[:, None, :]
+        matrix = gram[None] * outer + eye[None] * (1.0 - passive)[:, None, :]
+        matrix = matrix + ridge * eye[None] * passive[:, None, :]
+        sol, ok = guarded_solve(matrix, (-gu * passive)[:, :, None])
+        s = sol[:, :, 0] * passive
+        feasible = ops.all(ops.logical_or(passive == 0, s > 0), axis=-1)
+        # Feasible: accept s, then add the most violated constraint.
+        neg_grad = -(gu + ops.matmul(s, gram))
+        candidates = ops.where(passive > 0, -1e300, neg_grad)
+        j = ops.argmax(candidates, axis=-1)
+        best = ops.max(candidates, axis=-1)
+        improve = best > tol
+        add = ops.one_hot(j, num, dtype=_DTYPE) * ops.cast(improve, _DTYPE)[:, None]
+        # Infeasible: step towards s until a variable hits zero, release it.
+        blocking = ops.logical_and(passive > 0, s <= 0)
+        ratio = ops.where(blocking, lam / ops.where(blocking, lam - s, 1.0), 1.0)
+        alpha = ops.clip(ops.min(ratio, axis=-1), 0.0, 1.0)[:, None]
+        lam_b = lam + alpha * (s - lam)
+        # The blocking variable leaves exactly (rounding may leave ~1e-20).
+        hit = ops.one_hot(ops.argmin(ratio, axis=-1), num, dtype=_DTYPE)
+        tiny = 1e-14 * ops.max(ops.abs(lam_b), axis=-1, keepdims=True)
+        keep = ops.cast(lam_b > tiny, _DTYPE) * passive * (1.0 - hit)
+        lam_b = ops.maximum(lam_b, 0.0) * keep
+        f = feasible[:, None]
+        lam_new = ops.where(f, s, lam_b)
+        passive_new = ops.where(f, ops.maximum(passive, add), keep)
+        finished = ops.logical_or(ops.logical_and(feasible, ops.logical_not(improve)), ops.logical_not(ok))
+        active = ops.logical_and(ops.logical_not(done), ok)[:, None]
+        lam = ops.where(active, lam_new, lam)
+        passive = ops.where(active, passive_new, passive)
+        return i + 1, lam, passive, ops.logical_or(done, finished)
 
-    def body(state):
-        x, y, t = state
-        x_new = ops.maximum(y - step * ops.matmul(y, gram), lower)
-        restart = ops.sum((y - x_new) * (x_new - x), axis=-1, keepdims=True) > 0
-        t_new = 0.5 * (1.0 + ops.sqrt(1.0 + 4.0 * t * t))
-        y_new = x_new + ((t - 1.0) / t_new) * (x_new - x)
-        y_new = ops.where(restart, x_new, y_new)
-        t_new = ops.where(restart, 1.0, t_new)
-        return x_new, y_new, t_new
-
-    t0 = ops.ones((lower.shape[0], 1))
-    x, _, _ = _loop(num_iters, body, (lower, lower, t0))
-    if not polish:
-        return x
-    # Free set F (v > u): (G v)_F = 0 with v fixed to u elsewhere.
-    free = ops.cast(x > lower, "float32")
-    fixed = 1.0 - free
-    outer = free[:, :, None] * free[:, None, :]
-    matrix = gram[None] * outer + ops.eye(num)[None] * fixed[:, None, :]
-    rhs = -ops.matmul(lower * fixed, gram) * free + lower * fixed
-    sol, ok = guarded_solve(matrix, rhs[:, :, None])
-    v = sol[:, :, 0]
-    feasible = ops.logical_and(ok, ops.all(v >= lower - 1e-6, axis=-1))
-    v = ops.maximum(v, lower)
-    ox = objective(x)
-    better = objective(v) <= ox + 1e-7 * ops.abs(ox)
-    return ops.where(ops.logical_and(feasible, better)[:, None], v, x)
+    zeros = ops.zeros((rows, num), dtype=_DTYPE)
+    _, lam, _, _ = ops.while_loop(
+        lambda i, lam, p, d: ops.logical_and(i < max_iters, ops.logical_not(ops.all(d))),
+        lambda i, lam, p, d: body(i, lam, p, d),
+        (ops.convert_to_tensor(0), zeros, zeros, ops.zeros((rows,), dtype="bool")),
+    )
+    return ops.cast(lower + lam, "float32")
 
 
 # ------------------------------------------------------------- CAGrad dual
@@ -317,13 +378,13 @@ def cagrad_weights(gram, c: float, num_iters: int = 300):
     Returns:
         `(T,)` weights `w` on the simplex.
     """
-    gram = normalize_gramian(gram)
+    gram = _as64(normalize_gramian(gram))
     num = gram.shape[-1]
-    b = ops.ones((num,)) / num
+    b = ops.ones((num,), dtype=_DTYPE) / num
     gb = ops.matmul(gram, b)
     g0_norm = ops.sqrt(ops.maximum(ops.sum(b * gb), 0.0) + 1e-12)
     radius = c * g0_norm
-    w_mn = min_norm_weights(gram)
+    w_mn = _as64(min_norm_weights(gram))
     m2 = ops.maximum(ops.sum(w_mn * ops.matmul(gram, w_mn)), 1e-8)
     lmax = lipschitz_bound(gram)
     curvature = radius * lmax / ops.sqrt(m2) + 1e-12
@@ -346,14 +407,14 @@ def cagrad_weights(gram, c: float, num_iters: int = 300):
         return x_new, y_new, t_new
 
     # Start from the min-norm point: the dual's optimum lies between it and b.
-    x, _, _ = _loop(num_iters, body, (w_mn, w_mn, ops.convert_to_tensor(1.0)))
-    return x
+    x, _, _ = _loop(num_iters, body, (w_mn, w_mn, ops.ones((), dtype=_DTYPE)))
+    return ops.cast(x, "float32")
 
 
 # ---------------------------------------------------------------- Nash-MTL
 
 
-def nash_weights(gram, init=None, num_iters: int = 20):
+def nash_weights(gram, init=None, num_iters: int = 100):
     """Solves Nash-MTL's bargaining condition `alpha_i (G alpha)_i = 1`.
 
     The condition is the stationarity of the convex function
@@ -366,27 +427,28 @@ def nash_weights(gram, init=None, num_iters: int = 20):
     Args:
         gram: `(T, T)` Gramian (the caller normalises it).
         init: optional `(T,)` previous solution.
-        num_iters: Newton iterations (static).
+        num_iters: maximum number of Newton iterations (it stops once
+            `max |alpha_i (G alpha)_i - 1| < 1e-9`).
 
     Returns:
         `(alpha, ok)`: the weights, and whether a bargaining solution exists
         (`False` when no direction improves every task, e.g. opposite
         gradients; `alpha` is then the start point).
     """
-    gram = ops.cast(gram, "float32")
+    gram = _as64(gram)
     num = gram.shape[-1]
-    w_mn = min_norm_weights(gram)
+    w_mn = _as64(min_norm_weights(gram))
     m2 = ops.sum(w_mn * ops.matmul(gram, w_mn))
     start = w_mn / ops.sqrt(ops.maximum(m2, 1e-30))
     if init is not None:
-        init = ops.cast(init, "float32")
+        init = _as64(init)
         init_ok = ops.logical_and(
             ops.all(ops.matmul(gram, init) > 0), ops.all(ops.isfinite(init))
         )
         start = ops.where(init_ok, init, start)
     solvable = ops.logical_and(m2 > 1e-10, ops.all(ops.isfinite(gram)))
     trace = ops.sum(ops.diagonal(gram))
-    ridge = 1e-7 * ops.maximum(trace, 1e-30) * ops.eye(num)
+    ridge = 1e-12 * ops.maximum(trace, 1e-300) * ops.eye(num, dtype=_DTYPE)
 
     def body(alpha):
         galpha = ops.matmul(gram, alpha)
@@ -400,8 +462,15 @@ def nash_weights(gram, init=None, num_iters: int = 20):
         good = ops.logical_and(ops.all(ops.matmul(gram, new) > 0), ops.all(ops.isfinite(new)))
         return ops.where(good, new, alpha)
 
-    alpha = ops.fori_loop(0, num_iters, lambda i, a: body(a), start)
-    return alpha, solvable
+    def residual(alpha):
+        return ops.max(ops.abs(alpha * ops.matmul(gram, alpha) - 1.0))
+
+    _, alpha = ops.while_loop(
+        lambda i, a: ops.logical_and(i < num_iters, residual(a) > 1e-9),
+        lambda i, a: (i + 1, body(a)),
+        (ops.convert_to_tensor(0), start),
+    )
+    return ops.cast(alpha, "float32"), solvable
 
 
 # ------------------------------------------------------------ cvxpy (host)

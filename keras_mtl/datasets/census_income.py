@@ -153,9 +153,9 @@ def load_data(
     file is split 1:1 at random (seeded) into validation and test, as in the
     paper.
 
-    Features: the 40 attributes minus the instance weight (a survey weight)
+    Features: the 41 attributes minus the instance weight (a survey weight)
     and minus the columns that define the group's labels (the income label
-    is never a feature). The 7 continuous attributes are standardised with
+    is never a feature); 503 columns for group 1, 486 for group 2. The 7 continuous attributes are standardised with
     the training mean and standard deviation; every other attribute is
     one-hot encoded with the categories seen in training (`"?"` is a
     category; a category seen only in validation/test encodes as all zeros).

@@ -83,9 +83,7 @@ def read_arff(path: str) -> tuple[list[tuple[str, str]], np.ndarray]:
             except ValueError as e:
                 raise ValueError(f"{path}:{number}: cannot read the data row ({e}).") from e
             if len(row) != len(attributes):
-                raise ValueError(
-                    f"{path}:{number}: {len(row)} values, expected {len(attributes)}."
-                )
+                raise ValueError(f"{path}:{number}: {len(row)} values, expected {len(attributes)}.")
             rows.append(row)
     if not in_data:
         raise ValueError(f"{path}: no @data section.")

@@ -88,8 +88,14 @@ def load_source(
     if name == "fashion":
         p = locate_files("fashion_mnist", FASHION_FILES, data_dir, download, cache_dir)
         return (
-            (_read_idx(p["train-images-idx3-ubyte.gz"], 3), _read_idx(p["train-labels-idx1-ubyte.gz"], 1)),
-            (_read_idx(p["t10k-images-idx3-ubyte.gz"], 3), _read_idx(p["t10k-labels-idx1-ubyte.gz"], 1)),
+            (
+                _read_idx(p["train-images-idx3-ubyte.gz"], 3),
+                _read_idx(p["train-labels-idx1-ubyte.gz"], 1),
+            ),
+            (
+                _read_idx(p["t10k-images-idx3-ubyte.gz"], 3),
+                _read_idx(p["t10k-labels-idx1-ubyte.gz"], 1),
+            ),
         )
     raise ValueError(
         "Received an invalid value for `name`, expected 'mnist' or 'fashion'. "
@@ -273,7 +279,9 @@ def load_data(
         "fashion_mnist": ("mnist", "fashion"),
     }[variant]
     left = load_source(left_name, data_dir, download, cache_dir)
-    right = left if right_name == left_name else load_source(right_name, data_dir, download, cache_dir)
+    right = (
+        left if right_name == left_name else load_source(right_name, data_dir, download, cache_dir)
+    )
     splits, info = [], {}
     for i, split in enumerate(("train", "test")):
         (li, ll), (ri, rl) = left[i], right[i]

@@ -228,9 +228,7 @@ def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict
         try:
             with np.load(cache, allow_pickle=False) as f:
                 data = {k: f[k] for k in f.files}
-            data["adjacency"] = np.unpackbits(data.pop("adjacency_bits"), axis=-1)[
-                ..., :MAX_ATOMS
-            ]
+            data["adjacency"] = np.unpackbits(data.pop("adjacency_bits"), axis=-1)[..., :MAX_ATOMS]
             return data
         except (OSError, ValueError, KeyError) as e:
             warnings.warn(f"Ignoring the unreadable QM9 cache {cache}: {e}", stacklevel=2)
@@ -265,6 +263,7 @@ def load_data(
     features: str = "descriptors",
     targets=None,
     standardize: bool = True,
+    num_train: int | None = None,
     as_dataset: bool = False,
     batch_size: int = 128,
     return_info: bool = False,
@@ -306,6 +305,10 @@ def load_data(
         targets: task names to return (a subset of `TARGETS`, in that
             order); `None` for all 11.
         standardize: standardise the targets with training statistics.
+        num_train: keep only the first `num_train` molecules of the
+            (randomly ordered) training split, for reduced CPU settings;
+            statistics still come from the whole training split, and
+            validation and test are unchanged. `None` keeps all 110,831.
         as_dataset: return batched `tf.data.Dataset`s.
         batch_size: batch size when `as_dataset`.
         return_info: also return a dict with `tasks`, `mean`, `std` (per
@@ -349,6 +352,11 @@ def load_data(
             f"Received an invalid value for `targets`, expected a non-empty subset of "
             f"{tuple(TARGETS)}. Received: targets={targets!r}"
         )
+    if num_train is not None and not (isinstance(num_train, int) and num_train > 0):
+        raise ValueError(
+            "Received an invalid value for `num_train`, expected a positive integer or None. "
+            f"Received: num_train={num_train!r}"
+        )
     paths = locate_files(SUBDIR, FILES, data_dir=data_dir, download=download, cache_dir=cache_dir)
     data = parse(paths, cache_dir=cache_dir, use_cache=use_cache)
     n = len(data["mol_id"])
@@ -387,6 +395,8 @@ def load_data(
         x = {k: v[idx] for k, v in x_all.items()} if isinstance(x_all, dict) else x_all[idx]
         return x, {t: y[idx] for t, y in y_all.items()}
 
+    if num_train is not None:
+        index["train"] = index["train"][:num_train]
     splits = tuple(take(index[s]) for s in ("train", "val", "test"))
     if as_dataset:
         splits = tuple(

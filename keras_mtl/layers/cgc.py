@@ -178,9 +178,10 @@ class CGC(keras.layers.Layer):
         return [inputs] * self.num_tasks, inputs
 
     def build(self, input_shape):
-        task_shapes, shared_shape = self._split(
-            list(input_shape) if _is_shape_list(input_shape) else tuple(input_shape)
-        )
+        if _is_shape_list(input_shape):
+            task_shapes, shared_shape = self._split(list(input_shape))
+        else:
+            task_shapes, shared_shape = [input_shape] * self.num_tasks, input_shape
         self.shared_experts.build(tuple(shared_shape))
         for shape, bank, gate in zip(task_shapes, self.task_experts, self.gates, strict=True):
             bank.build(tuple(shape))
@@ -191,7 +192,10 @@ class CGC(keras.layers.Layer):
     def call(self, inputs, training=None):
         task_inputs, shared_input = self._split(inputs)
         shared = self.shared_experts(shared_input, training=training)
-        own = [bank(x, training=training) for bank, x in zip(self.task_experts, task_inputs)]
+        own = [
+            bank(x, training=training)
+            for bank, x in zip(self.task_experts, task_inputs, strict=True)
+        ]
         outputs, weights = [], []
         for t, x in enumerate(task_inputs):
             w = self.gates[t](x, training=training)
@@ -210,7 +214,7 @@ class CGC(keras.layers.Layer):
     def gate_weights(self, inputs, training: bool = False) -> list:
         """The task gates' weights for `inputs` (a list of `(batch, ..., E_t)`)."""
         task_inputs, _ = self._split(inputs)
-        return [gate(x, training=training) for gate, x in zip(self.gates, task_inputs)]
+        return [gate(x, training=training) for gate, x in zip(self.gates, task_inputs, strict=True)]
 
     def get_config(self):
         config = super().get_config()

@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from keras_mtl.layers.expert_bank import _check_positive_int
+from keras_mtl.layers.gate import softmax_last_axis
 
 # Keeps log() finite on exact zeros of the selector outputs.
 _EPSILON = 1e-6
@@ -126,8 +127,7 @@ class DSelectK(keras.layers.Layer):
         self.entropy_reg = float(entropy_reg)
         self.num_binary = max(1, math.ceil(math.log2(num_experts)))
         self.z_initializer = keras.initializers.get(
-            z_initializer
-            or keras.initializers.RandomUniform(-self.gamma / 100, self.gamma / 100)
+            z_initializer or keras.initializers.RandomUniform(-self.gamma / 100, self.gamma / 100)
         )
         self.w_initializer = keras.initializers.get(
             w_initializer or keras.initializers.RandomUniform(-0.05, 0.05)
@@ -164,7 +164,7 @@ class DSelectK(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         selectors = self.selector_outputs(inputs)
-        alpha = ops.softmax(ops.cast(self.w_dense(inputs), "float32"), axis=-1)
+        alpha = softmax_last_axis(ops.cast(self.w_dense(inputs), "float32"))
         weights = ops.sum(ops.expand_dims(alpha, -1) * selectors, axis=-2)
         if training:
             self._add_regularisers(selectors)

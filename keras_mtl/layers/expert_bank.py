@@ -172,14 +172,10 @@ class ExpertBank(keras.layers.Layer):
             self._expert_template = None
             self.experts = []
         else:
-            template = (
-                keras.layers.deserialize(expert) if isinstance(expert, dict) else expert
-            )
+            template = keras.layers.deserialize(expert) if isinstance(expert, dict) else expert
             # Keep a serialized copy: the template object is never built or used.
             self._expert_template = keras.layers.serialize(template)
-            self.experts = [
-                _clone_expert(template, f"expert_{i}") for i in range(self.num_experts)
-            ]
+            self.experts = [_clone_expert(template, f"expert_{i}") for i in range(self.num_experts)]
         self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
 
     def build(self, input_shape):

@@ -10,6 +10,13 @@ from keras_mtl.layers.expert_bank import _check_positive_int, _check_rate
 GATE_TYPES = ("softmax", "dselect_k")
 
 
+def softmax_last_axis(logits):
+    """Softmax over the last axis, written out because `ops.softmax` warns on
+    an axis of size 1 (one expert, or DSelect-k with k = 1)."""
+    exp = ops.exp(logits - ops.max(logits, axis=-1, keepdims=True))
+    return exp / ops.sum(exp, axis=-1, keepdims=True)
+
+
 @keras.saving.register_keras_serializable(package="keras_mtl")
 class Gate(keras.layers.Layer):
     """Maps a gate input to one weight per expert with a softmax.
@@ -98,7 +105,7 @@ class Gate(keras.layers.Layer):
         if self.dropout_layer is not None:
             logits = self.dropout_layer(logits, training=training)
         logits = ops.cast(logits, "float32") / self.temperature
-        return ops.softmax(logits, axis=-1)
+        return softmax_last_axis(logits)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-1] + (self.num_experts,)

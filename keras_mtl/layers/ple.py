@@ -128,9 +128,7 @@ class PLE(keras.layers.Layer):
         for j, level in enumerate(self.levels):
             level.build(shape)
             out = level.compute_output_spec(
-                keras.KerasTensor(shape)
-                if j == 0
-                else [keras.KerasTensor(s) for s in shape]
+                keras.KerasTensor(shape) if j == 0 else [keras.KerasTensor(s) for s in shape]
             )[0]
             shape = [tuple(t.shape) for t in out]
 

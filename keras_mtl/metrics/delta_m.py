@@ -122,9 +122,7 @@ def _relative_changes(results, baselines, higher_is_better) -> dict[Any, dict[An
                     f"Non-finite value for {name}: result {value}, baseline {reference}."
                 )
             if reference == 0:
-                raise ValueError(
-                    f"The baseline of {name} is 0; a relative change is undefined."
-                )
+                raise ValueError(f"The baseline of {name} is 0; a relative change is undefined.")
             sign = 1.0 if _direction(higher_is_better, task, metric, position) else -1.0
             # |baseline| keeps "positive is better" for negative baselines; for the
             # usual positive metrics it is exactly the published formula.
@@ -150,8 +148,9 @@ def delta_m_per_task(results, baselines, higher_is_better) -> dict:
 
     Example:
 
-    >>> delta_m_per_task({"a": 0.9, "b": 0.5}, {"a": 0.8, "b": 0.4}, {"a": True, "b": False})
-    {'a': 12.5, 'b': -25.0}
+    >>> per_task = delta_m_per_task({"a": 0.9, "b": 0.5}, {"a": 0.8, "b": 0.4}, True)
+    >>> {task: round(value, 6) for task, value in per_task.items()}
+    {'a': 12.5, 'b': 25.0}
     """
     changes = _relative_changes(results, baselines, higher_is_better)
     return {task: 100.0 * float(np.mean(list(m.values()))) for task, m in changes.items()}

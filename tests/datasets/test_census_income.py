@@ -6,6 +6,7 @@ import pytest
 
 from keras_mtl.datasets import census_income
 from keras_mtl.datasets.census_income import COLUMNS
+from tests.datasets.fit_helpers import fit_tiny
 
 
 def _row(**values):
@@ -67,9 +68,7 @@ def test_encoding_on_a_tiny_file(tmp_path):
     # Validation and test hold one row each; the unseen category encodes as zeros.
     unseen = rest_x[rest_income == 1][0]
     assert unseen[[names.index(n) for n in names if n.startswith("sex=")]].sum() == 0
-    np.testing.assert_allclose(
-        unseen[names.index("age")], (50 - 40) / np.sqrt(800 / 3), rtol=1e-6
-    )
+    np.testing.assert_allclose(unseen[names.index("age")], (50 - 40) / np.sqrt(800 / 3), rtol=1e-6)
 
 
 def test_instance_weight_does_not_change_the_features(tmp_path):
@@ -155,3 +154,14 @@ def test_tf_dataset_option(tmp_path):
     assert tuple(xb.shape)[0] == 2 and set(yb) == {"income", "marital"}
     total = sum(float(yb["income"].numpy().sum()) for _, yb in train_ds)
     assert total == 3.0
+
+
+def test_census_slice_trains_end_to_end(census):
+    (x, y), _, _, _ = census
+    history = fit_tiny(
+        x[:512],
+        {t: v[:512] for t, v in y.items()},
+        {"income": "binary_crossentropy", "marital": "binary_crossentropy"},
+        balancer="uw",
+    )
+    assert {"income_loss", "marital_loss", "income_weight"} <= set(history)

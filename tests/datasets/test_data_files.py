@@ -34,7 +34,10 @@ def test_finds_files_in_data_dir_and_in_its_dataset_subfolder(tmp_path):
     a = _touch(str(tmp_path / "a.csv"))
     b = _touch(str(tmp_path / "toy" / "b.csv"))
     paths = locate_files(
-        "toy", [DataFile("a.csv"), DataFile("b.csv")], data_dir=tmp_path, download=False,
+        "toy",
+        [DataFile("a.csv"), DataFile("b.csv")],
+        data_dir=tmp_path,
+        download=False,
         cache_dir=tmp_path / "cache",
     )
     assert paths == {"a.csv": a, "b.csv": b}
@@ -114,7 +117,9 @@ def test_files_without_an_official_download_are_not_fetched(tmp_path):
     # The autouse fixture fails the test if get_file is called.
     with pytest.raises(FileNotFoundError, match="no official single-file download"):
         locate_files(
-            "toy", [DataFile("a.csv", note="get it by hand")], data_dir=tmp_path,
+            "toy",
+            [DataFile("a.csv", note="get it by hand")],
+            data_dir=tmp_path,
             cache_dir=tmp_path / "cache",
         )
 

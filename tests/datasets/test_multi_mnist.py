@@ -1,11 +1,13 @@
 import gzip
 import os
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
 from keras_mtl.datasets import multi_fashion, multi_fashion_mnist, multi_mnist
+from tests.datasets.fit_helpers import fit_tiny
 
 
 def reference_image(left, right, offset):
@@ -66,8 +68,12 @@ def _write_sources(folder, n_train=40, n_test=10):
     np.savez(folder / "mnist" / "mnist.npz", **mnist)
     fashion = {k: rng.permutation(v) for k, v in mnist.items()}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        _write_idx(folder / "fashion_mnist" / f"{prefix}-images-idx3-ubyte.gz", fashion[f"x_{split}"])
-        _write_idx(folder / "fashion_mnist" / f"{prefix}-labels-idx1-ubyte.gz", fashion[f"y_{split}"])
+        _write_idx(
+            folder / "fashion_mnist" / f"{prefix}-images-idx3-ubyte.gz", fashion[f"x_{split}"]
+        )
+        _write_idx(
+            folder / "fashion_mnist" / f"{prefix}-labels-idx1-ubyte.gz", fashion[f"y_{split}"]
+        )
     return mnist, fashion
 
 
@@ -133,3 +139,18 @@ def test_real_fashion_sources_have_the_official_sizes(data_dir):
     mnist_y = multi_mnist.load_source("mnist", data_dir)[0][1]
     np.testing.assert_array_equal(my["left"], mnist_y)
     np.testing.assert_array_equal(np.bincount(my["right"]), [6000] * 10)
+
+
+def test_multi_mnist_slice_trains_end_to_end(tmp_path):
+    _write_sources(tmp_path, n_train=128, n_test=8)
+    (x, y), _ = multi_mnist.load_data(tmp_path, download=False)
+    inputs = keras.Input((28, 28, 1))
+
+    def trunk(t):
+        t = keras.layers.Conv2D(4, 5, activation="relu")(t)
+        t = keras.layers.MaxPooling2D(2)(t)
+        return keras.layers.Flatten()(t)
+
+    loss = "sparse_categorical_crossentropy"
+    history = fit_tiny(x, y, {"left": loss, "right": loss}, inputs=inputs, trunk=trunk)
+    assert {"left_loss", "right_loss"} <= set(history)

@@ -1,0 +1,218 @@
+"""Gate utilisation of MMoE / CGC / PLE layers, logged each epoch."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from keras_mtl.layers.cgc import CGC
+from keras_mtl.layers.mmoe import MMoE
+from keras_mtl.layers.ple import PLE
+
+GATED_LAYERS = (MMoE, CGC, PLE)
+
+
+def find_gated_layers(model) -> list:
+    """The outermost MMoE, CGC and PLE layers of `model` (PLE's own CGC
+    levels are not listed separately).
+
+    Args:
+        model: a Keras model or layer.
+
+    Returns:
+        The layers, in the model's layer order.
+    """
+    found = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, GATED_LAYERS)
+    ]
+    inner = {
+        id(sub)
+        for layer in found
+        for sub in layer._flatten_layers(include_self=False, recursive=True)
+    }
+    return [layer for layer in found if id(layer) not in inner]
+
+
+class GateMonitor(keras.callbacks.Callback):
+    """Reports how each task's gate uses the experts, every epoch.
+
+    At the end of each epoch the monitor runs the model on
+    `validation_data` (eagerly, in batches, `training=False`) while the gated
+    layers (`MMoE`, `CGC`, `PLE`) record their task gate weights, and
+    computes per task:
+
+    - the mean weight of each expert over examples (and positions, for
+      sequence or image inputs), logged as `<prefix>/<task>/expert_<i>`;
+    - the gate entropy `-sum_i w_i log w_i`, averaged over examples, logged
+      as `<prefix>/<task>/entropy` (0 for a gate that always picks one
+      expert, `log E` for uniform weights).
+
+    The scalars go into the epoch `logs`, so `History` and a `TensorBoard`
+    callback placed after this one record them. With several gated layers
+    the keys are `<prefix>/<layer name>/<task>/...`. Expert indices follow
+    the gate's order: MMoE's experts; for CGC (and PLE's top level) the
+    task's own experts first, then the shared experts.
+
+    Recording instead of a sub-model on the gate outputs: the gate weights
+    are internal to the layer, not nodes of the functional graph, and a
+    recorded eager call works the same for functional, subclassed and nested
+    models. The recording flag is read in Python during the eager call only,
+    so compiled training and inference functions are unaffected.
+
+    Args:
+        validation_data: the inputs `x` (array, list or dict of arrays), a
+            tuple `(x, y)` or `(x, y, sample_weight)` as given to `fit`, or a
+            `tf.data.Dataset` yielding `x` or such tuples.
+        batch_size: batch size for array inputs.
+        task_names: names of the gated layers' tasks in their output order
+            (default `task_0`, `task_1`, ...).
+        layers: `None` for every gated layer found in the model, or a list of
+            layers or layer names.
+        prefix: first component of the log keys.
+
+    Raises:
+        ValueError: when the model has no gated layer, or `task_names` does
+            not match a layer's number of tasks.
+
+    Example:
+
+    >>> import keras, numpy as np, keras_mtl
+    >>> x = keras.Input((4,))
+    >>> h = keras_mtl.layers.MMoE(num_tasks=2, num_experts=3, expert_units=(4,))(x)
+    >>> model = keras_mtl.MultiTaskModel(
+    ...     inputs=x, outputs={"a": keras.layers.Dense(1, name="a")(h[0]),
+    ...                        "b": keras.layers.Dense(1, name="b")(h[1])})
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> data = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    >>> monitor = keras_mtl.callbacks.GateMonitor(data, task_names=["a", "b"])
+    >>> history = model.fit(data, {"a": data[:, :1], "b": data[:, 1:2]}, epochs=2,
+    ...                     callbacks=[monitor], verbose=0)
+    >>> monitor.get_history()["a"]["weights"].shape
+    (2, 3)
+    >>> "gate/b/entropy" in history.history
+    True
+
+    References:
+        Ma et al., "Modeling Task Relationships in Multi-task Learning with
+        Multi-gate Mixture-of-Experts", KDD 2018 (Sec. 5, gate analysis).
+    """
+
+    def __init__(
+        self,
+        validation_data,
+        batch_size: int = 1024,
+        task_names=None,
+        layers=None,
+        prefix: str = "gate",
+    ):
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(
+                "Received an invalid value for `batch_size`, expected a positive integer. "
+                f"Received: batch_size={batch_size!r}"
+            )
+        self.validation_data = validation_data
+        self.batch_size = batch_size
+        self.task_names = None if task_names is None else [str(t) for t in task_names]
+        self.layer_selection = layers
+        self.prefix = prefix
+        self.epochs: list[int] = []
+        self._weights: dict[str, list] = {}
+        self._entropy: dict[str, list] = {}
+
+    # ------------------------------------------------------------ data
+    def _batches(self):
+        data = self.validation_data
+        if hasattr(data, "as_numpy_iterator"):
+            for element in data:
+                yield element[0] if isinstance(element, tuple) else element
+            return
+        if isinstance(data, tuple) and len(data) in (2, 3):
+            data = data[0]
+        sizes = [len(a) for a in keras.tree.flatten(data)]
+        for start in range(0, sizes[0], self.batch_size):
+            stop = start + self.batch_size
+            yield keras.tree.map_structure(lambda a, s=start, e=stop: a[s:e], data)
+
+    def _layers(self) -> list:
+        found = find_gated_layers(self.model)
+        if self.layer_selection is not None:
+            wanted = [getattr(x, "name", x) for x in self.layer_selection]
+            found = [layer for layer in found if layer.name in wanted]
+        if not found:
+            raise ValueError(
+                "GateMonitor found no MMoE, CGC or PLE layer in the model. Received: "
+                f"layers={self.layer_selection!r}"
+            )
+        return found
+
+    def _keys(self, layer, num_tasks: int, single: bool) -> list[str]:
+        names = self.task_names or [f"task_{t}" for t in range(num_tasks)]
+        if len(names) != num_tasks:
+            raise ValueError(
+                f"Received an invalid value for `task_names`, expected {num_tasks} names for "
+                f"layer '{layer.name}'. Received: task_names={self.task_names!r}"
+            )
+        return names if single else [f"{layer.name}/{name}" for name in names]
+
+    # ------------------------------------------------------------ stats
+    def compute(self) -> dict[str, dict[str, np.ndarray]]:
+        """Gate statistics on the validation data for the current weights.
+
+        Returns:
+            `{task_key: {"weights": (E,) mean expert weights, "entropy":
+            scalar mean gate entropy}}`, `task_key` being the task name (or
+            `<layer>/<task>` with several gated layers).
+        """
+        layers = self._layers()
+        collected = {id(layer): [] for layer in layers}
+        try:
+            for layer in layers:
+                layer._gate_recording = True
+            for batch in self._batches():
+                self.model(batch, training=False)
+                for layer in layers:
+                    weights = [np.asarray(w, dtype="float64") for w in layer._recorded_gate_weights]
+                    collected[id(layer)].append(weights)
+        finally:
+            for layer in layers:
+                layer._gate_recording = False
+                layer._recorded_gate_weights = None
+        stats = {}
+        for layer in layers:
+            per_batch = collected[id(layer)]
+            num_tasks = len(per_batch[0])
+            keys = self._keys(layer, num_tasks, single=len(layers) == 1)
+            for t, key in enumerate(keys):
+                w = np.concatenate([b[t].reshape(-1, b[t].shape[-1]) for b in per_batch])
+                entropy = -np.sum(np.where(w > 0, w * np.log(np.maximum(w, 1e-300)), 0.0), -1)
+                stats[key] = {"weights": w.mean(axis=0), "entropy": float(entropy.mean())}
+        return stats
+
+    def on_epoch_end(self, epoch, logs=None):
+        stats = self.compute()
+        self.epochs.append(int(epoch))
+        for key, value in stats.items():
+            self._weights.setdefault(key, []).append(value["weights"])
+            self._entropy.setdefault(key, []).append(value["entropy"])
+            if logs is not None:
+                for i, w in enumerate(value["weights"]):
+                    logs[f"{self.prefix}/{key}/expert_{i}"] = float(w)
+                logs[f"{self.prefix}/{key}/entropy"] = value["entropy"]
+
+    def get_history(self) -> dict[str, dict[str, np.ndarray]]:
+        """The statistics of every epoch seen so far.
+
+        Returns:
+            `{task_key: {"weights": (num_epochs, E), "entropy": (num_epochs,)}}`;
+            the epoch indices are in `self.epochs`.
+        """
+        return {
+            key: {
+                "weights": np.stack(self._weights[key]),
+                "entropy": np.asarray(self._entropy[key]),
+            }
+            for key in self._weights
+        }

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_mtl import balancers
+from keras_mtl.balancers import FAMO
+
+
+class _ReferenceFAMO:
+    """NumPy version of the paper's equations with torch.optim.Adam's update
+    (L2 weight decay added to the gradient), logits updated from the losses of
+    consecutive steps before the weights of the current step are formed."""
+
+    def __init__(self, num_tasks, lr=0.025, weight_decay=1e-3, min_losses=None, eps=1e-8):
+        self.xi = np.zeros(num_tasks)
+        self.m = np.zeros(num_tasks)
+        self.v = np.zeros(num_tasks)
+        self.t = 0
+        self.prev = None
+        self.lr, self.wd, self.eps = lr, weight_decay, eps
+        self.min = np.zeros(num_tasks) if min_losses is None else np.asarray(min_losses)
+
+    def step(self, losses):
+        losses = np.asarray(losses, float)
+        if self.prev is not None:
+            delta = np.log(self.prev - self.min + self.eps) - np.log(losses - self.min + self.eps)
+            z = np.exp(self.xi) / np.exp(self.xi).sum()
+            # Vector-Jacobian product of the softmax: J_z^T delta.
+            jac = np.diag(z) - np.outer(z, z)
+            grad = jac.T @ delta + self.wd * self.xi
+            self.t += 1
+            self.m = 0.9 * self.m + 0.1 * grad
+            self.v = 0.999 * self.v + 0.001 * grad**2
+            m_hat = self.m / (1 - 0.9**self.t)
+            v_hat = self.v / (1 - 0.999**self.t)
+            self.xi = self.xi - self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+        self.prev = losses
+        z = np.exp(self.xi) / np.exp(self.xi).sum()
+        d = losses - self.min + self.eps
+        c = np.sum(z / d)
+        return z / (c * d)
+
+
+def _loss_sequence(steps=12, tasks=3, seed=0):
+    rng = np.random.default_rng(seed)
+    # Tasks that fall at different rates, with noise.
+    decay = np.exp(-np.arange(steps)[:, None] * np.array([0.3, 0.05, 0.15])[:tasks])
+    return (rng.uniform(0.5, 3.0, tasks) * decay * rng.uniform(0.9, 1.1, (steps, tasks))).astype(
+        "float32"
+    )
+
+
+@pytest.mark.parametrize("min_losses", [None, [0.01, 0.0, 0.02]])
+def test_logit_updates_and_weights_match_numpy(min_losses):
+    seq = _loss_sequence()
+    assert np.all(seq.min(0) > [0.01, 0.0, 0.02])  # the bounds hold
+    ref = _ReferenceFAMO(3, min_losses=min_losses)
+    b = FAMO(min_losses=min_losses)
+    for losses in seq:
+        np.testing.assert_allclose(b.aggregate(None, losses).weights, ref.step(losses), rtol=2e-4)
+        np.testing.assert_allclose(np.array(b.logits), ref.xi, rtol=2e-4, atol=1e-6)
+    # The slowest-falling task (index 1) ends with the largest logit.
+    assert np.argmax(np.array(b.logits)) == 1
+
+
+def test_first_step_weights_are_normalised_inverse_losses():
+    w = np.asarray(FAMO().aggregate(None, [1.0, 2.0, 4.0]).weights)
+    np.testing.assert_allclose(w, np.array([4.0, 2.0, 1.0]) / 7.0, rtol=1e-5)
+
+
+def test_graph_mode_matches_eager_and_state_restore_continues():
+    seq = _loss_sequence(seed=1)
+    eager = FAMO()
+    expected = [np.asarray(eager.aggregate(None, losses).weights) for losses in seq]
+    b = FAMO()
+    b.build(3)
+    step = tf.function(lambda losses: b.aggregate(None, losses).weights)
+    for losses, w in zip(seq[:6], expected[:6], strict=True):
+        np.testing.assert_allclose(step(tf.constant(losses)), w, rtol=1e-5)
+    copy = balancers.deserialize(balancers.serialize(b))
+    if not copy.built:
+        copy.build(3)
+    for v, w in zip(copy.variables, b.variables, strict=True):
+        v.assign(w)
+    for losses, w in zip(seq[6:], expected[6:], strict=True):
+        np.testing.assert_allclose(copy.aggregate(None, losses).weights, w, rtol=1e-5)
+
+
+def test_zero_and_extreme_losses_are_finite():
+    b = FAMO()
+    for losses in ([0.0, 1.0], [1e-8, 1e6], [1e6, 0.0], [0.0, 0.0], [1.0, 1e-8]):
+        w = np.asarray(b.aggregate(None, losses).weights)
+        assert np.all(np.isfinite(w)) and abs(w.sum() - 1.0) < 1e-5
+    assert np.all(np.isfinite(np.array(b.logits)))
+
+
+def test_config_and_validation():
+    b = FAMO(learning_rate=0.01, weight_decay=0.0, min_losses=[0.0, 0.1])
+    again = balancers.get(balancers.serialize(b))
+    assert isinstance(again, FAMO) and again.get_config() == b.get_config()
+    with pytest.raises(ValueError, match="Received: learning_rate=0"):
+        FAMO(learning_rate=0)
+    with pytest.raises(ValueError, match="Received: weight_decay=-0.1"):
+        FAMO(weight_decay=-0.1)
+    with pytest.raises(ValueError, match="Expected 3 `min_losses`"):
+        FAMO(min_losses=[0.0, 0.0]).aggregate(None, [1.0, 1.0, 1.0])

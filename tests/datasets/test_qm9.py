@@ -1,0 +1,205 @@
+import csv
+import gzip
+import io
+import os
+
+import numpy as np
+import pytest
+
+from keras_mtl.datasets import qm9
+from keras_mtl.datasets.data_files import locate_files
+from tests.datasets.fit_helpers import fit_tiny
+
+TARGET_HEADER = (
+    "mol_id,smiles,n_atoms,n_H,n_C,n_N,n_O,n_F,A_GHz,B_GHz,C_GHz,mu_D,alpha_bohr3,homo_Ha,"
+    "lumo_Ha,gap_Ha,r2_bohr2,zpve_Ha,U0_Ha,U_Ha,H_Ha,G_Ha,Cv_cal_molK,U0_atom_Ha,U_atom_Ha,"
+    "H_atom_Ha,G_atom_Ha"
+)
+# Three molecules, deliberately not in mol_id order: HF (id 5), methane (id 1), water (id 3).
+MOLECULES = {
+    5: (["H", "F"], [[0.0, 0.0, 0.0], [0.92, 0.0, 0.0]]),
+    1: (
+        ["C", "H", "H", "H", "H"],
+        [
+            [0, 0, 0],
+            [0.63, 0.63, 0.63],
+            [-0.63, -0.63, 0.63],
+            [-0.63, 0.63, -0.63],
+            [0.63, -0.63, -0.63],
+        ],
+    ),
+    3: (["O", "H", "H"], [[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]),
+}
+
+
+def _write_tables(folder):
+    os.makedirs(folder, exist_ok=True)
+    targets, geometry = [TARGET_HEADER], ["mol_id,Elements,XYZ_Ang,Mulliken_pop"]
+    for mol_id, (elements, xyz) in MOLECULES.items():
+        values = [mol_id + 0.5] * 25  # every numeric column: id + 0.5
+        targets.append(f"{mol_id},X," + ",".join(str(v) for v in values))
+        el = "[" + ",".join(f"'{e}'" for e in elements) + "]"
+        pos = "[" + ",".join("[" + ",".join(repr(float(c)) for c in p) + "]" for p in xyz) + "]"
+        charges = "[" + ",".join("0.0" for _ in elements) + "]"
+        geometry.append(f'{mol_id},"{el}","{pos}","{charges}"')
+    for name, lines in (("qm9_targets.csv.gz", targets), ("qm9_geometry.csv.gz", geometry)):
+        with gzip.open(folder / name, "wt") as f:
+            f.write("\n".join(lines) + "\n")
+    np.save(folder / "libmtl_qm9_random_split.npy", np.array([2, 0, 1]))
+
+
+def test_parse_on_tiny_tables(tmp_path):
+    _write_tables(tmp_path / "qm9")
+    paths = locate_files("qm9", qm9.FILES, data_dir=tmp_path, download=False)
+    data = qm9.parse(paths, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(data["mol_id"], [1, 3, 5])
+    np.testing.assert_array_equal(data["homo_Ha"], [1.5, 3.5, 5.5])
+    # Types: 1..5 = H, C, N, O, F, 0 = padding.
+    np.testing.assert_array_equal(data["types"][0, :6], [2, 1, 1, 1, 1, 0])
+    np.testing.assert_array_equal(data["types"][2, :3], [1, 5, 0])
+    np.testing.assert_allclose(data["positions"][1, 2], [-0.24, 0.93, 0.0], rtol=1e-6)
+    assert data["types"].shape == (3, 29) and data["positions"].shape == (3, 29, 3)
+    # Bonds: methane 4 C-H, water 2 O-H (H...H 1.5 A apart is not a bond), HF one.
+    adj = data["adjacency"]
+    assert (adj == adj.transpose(0, 2, 1)).all()
+    assert adj[0].sum() == 8 and adj[1].sum() == 4 and adj[2].sum() == 2
+    names = qm9.DESCRIPTOR_NAMES
+    d = dict(zip(names, data["descriptors"][0], strict=True))
+    assert (d["n_H"], d["n_C"], d["n_atoms"], d["bonds_HC"], d["bonds_CC"]) == (4, 1, 5, 4, 0)
+    d = dict(zip(names, data["descriptors"][1], strict=True))
+    assert (d["n_O"], d["bonds_HO"], d["bonds_HH"]) == (1, 2, 0)
+    # HF: the 2 x 2 Coulomb matrix [[0.5, 9/r], [9/r, 0.5 * 9^2.4]] (r in bohr).
+    d = dict(zip(names, data["descriptors"][2], strict=True))
+    r = 0.92 / 0.529177
+    a, b, c = 0.5, 9.0 / r, 0.5 * 9**2.4
+    root = np.sqrt(((a - c) / 2) ** 2 + b * b)
+    np.testing.assert_allclose(
+        [d["coulomb_eig_0"], d["coulomb_eig_1"], d["coulomb_eig_2"]],
+        [(a + c) / 2 + root, (a + c) / 2 - root, 0.0],
+        rtol=1e-5,
+    )
+    # Two points 0.92 apart: radius of gyration 0.46, gyration eigenvalues (0.46^2, 0, 0).
+    np.testing.assert_allclose(
+        [d["radius_of_gyration"], d["gyration_eig_0"], d["gyration_eig_1"]],
+        [0.46, 0.46**2, 0.0],
+        atol=1e-6,
+    )
+    # The cache is written and read back identically.
+    cached = qm9.parse(paths, cache_dir=tmp_path / "cache")
+    for key, value in data.items():
+        np.testing.assert_array_equal(cached[key], value)
+
+
+def test_argument_and_file_errors(tmp_path):
+    _write_tables(tmp_path)
+    kw = dict(download=False, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="features='atoms'"):
+        qm9.load_data(tmp_path, features="atoms", **kw)
+    with pytest.raises(ValueError, match="targets=\\['gap'\\]"):
+        qm9.load_data(tmp_path, targets=["gap"], **kw)
+    with pytest.raises(ValueError, match="num_train=0"):
+        qm9.load_data(tmp_path, num_train=0, **kw)
+    np.save(tmp_path / "libmtl_qm9_random_split.npy", np.array([0, 1]))
+    with pytest.raises(ValueError, match="permutation of 0..2"):
+        qm9.load_data(tmp_path, **kw)
+
+
+@pytest.fixture(scope="module")
+def qm9_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("qm9_cache")
+
+
+@pytest.fixture(scope="module")
+def loaded(data_dir, qm9_cache):
+    return qm9.load_data(data_dir, cache_dir=qm9_cache, return_info=True)
+
+
+@pytest.fixture(scope="module")
+def raw_targets(data_dir):
+    """The targets table read independently with the csv module, in file order."""
+    path = os.path.join(data_dir, "qm9", "qm9_targets.csv.gz")
+    with gzip.open(path, "rt") as f:
+        rows = list(csv.DictReader(io.StringIO(f.read())))
+    return rows
+
+
+def test_row_count_and_libmtl_split_sizes(loaded, data_dir):
+    (x, y), (xv, yv), (xt, yt), info = loaded
+    assert len(x) + len(xv) + len(xt) == 130_831
+    assert (len(x), len(xv), len(xt)) == (110_831, 10_000, 10_000)
+    ids = np.concatenate([info["train_mol_id"], info["val_mol_id"], info["test_mol_id"]])
+    assert len(np.unique(ids)) == 130_831
+    perm = np.load(os.path.join(data_dir, "qm9", "libmtl_qm9_random_split.npy"))
+    all_ids = np.sort(ids)
+    np.testing.assert_array_equal(info["test_mol_id"], all_ids[perm[:10000]])
+    assert x.shape == (110_831, len(qm9.DESCRIPTOR_NAMES)) and np.isfinite(x).all()
+    assert set(y) == set(qm9.TARGETS) and len(y) == 11
+
+
+def test_targets_are_in_ev_and_standardised_with_training_statistics(loaded, raw_targets):
+    (_, y), _, (_, yt), info = loaded
+    for task in qm9.TARGETS:
+        np.testing.assert_allclose(y[task].mean(), 0.0, atol=1e-4)
+        np.testing.assert_allclose(y[task].std(), 1.0, atol=1e-4)
+    by_id = {int(r["mol_id"]): r for r in raw_targets}
+    test_rows = [by_id[int(i)] for i in info["test_mol_id"][:200]]
+    for task, column, factor in (
+        ("homo", "homo_Ha", 27.2114),
+        ("U0_atom", "U0_atom_Ha", 27.2114),
+        ("zpve", "zpve_Ha", 27.2114),
+        ("mu", "mu_D", 1.0),
+        ("Cv", "Cv_cal_molK", 1.0),
+    ):
+        expected = np.array([float(r[column]) * factor for r in test_rows])
+        got = yt[task][:200, 0] * info["std"][task] + info["mean"][task]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert info["units"]["homo"] == "eV" and info["units"]["alpha"] == "bohr^3"
+    # HOMO energies of these organic molecules are a few eV below zero.
+    assert -7.5 < info["mean"]["homo"] < -5.5
+
+
+def test_descriptor_counts_match_the_table_and_graph_form(loaded, data_dir, qm9_cache, raw_targets):
+    paths = locate_files("qm9", qm9.FILES, data_dir=data_dir, download=False)
+    data = qm9.parse(paths, cache_dir=qm9_cache)  # read from the cache the fixture wrote
+    assert os.listdir(os.path.join(qm9_cache, "qm9"))
+    names = list(qm9.DESCRIPTOR_NAMES)
+    for element in qm9.ELEMENTS:
+        expected = np.array([int(r[f"n_{element}"]) for r in raw_targets])
+        np.testing.assert_array_equal(data["descriptors"][:, names.index(f"n_{element}")], expected)
+    # Every hydrogen has exactly one bond.
+    degree = data["adjacency"].sum(-1)
+    assert (degree[data["types"] == 1] == 1).all()
+
+    (g, y), _, _, info = qm9.load_data(
+        data_dir,
+        features="graph",
+        targets=["homo", "lumo"],
+        cache_dir=qm9_cache,
+        return_info=True,
+    )
+    assert set(y) == {"homo", "lumo"}
+    assert g["atom_types"].shape == (110_831, 29) and g["positions"].shape == (110_831, 29, 3)
+    assert g["adjacency"].shape == (110_831, 29, 29) and g["mask"].dtype == np.float32
+    n_atoms = {int(r["mol_id"]): int(r["n_atoms"]) for r in raw_targets}
+    expected = np.array([n_atoms[int(i)] for i in info["train_mol_id"]])
+    np.testing.assert_array_equal(g["mask"].sum(1).astype(int), expected)
+    np.testing.assert_array_equal(g["mask"] > 0, g["atom_types"] > 0)
+
+
+def test_qm9_descriptor_slice_trains_end_to_end(loaded):
+    (x, y), _, _, _ = loaded
+    tasks = ["mu", "homo", "U0_atom"]
+    history = fit_tiny(x[:512], {t: y[t][:512] for t in tasks}, {t: "mse" for t in tasks})
+    assert {"mu_loss", "homo_loss", "U0_atom_loss"} <= set(history)
+
+
+def test_reduced_training_split_keeps_statistics_and_evaluation_splits(loaded, data_dir, qm9_cache):
+    (x, y), (xv, yv), _, info = loaded
+    (xs, ys), (xvs, yvs), _, info_s = qm9.load_data(
+        data_dir, num_train=1000, cache_dir=qm9_cache, return_info=True
+    )
+    assert len(xs) == 1000
+    np.testing.assert_array_equal(info_s["train_mol_id"], info["train_mol_id"][:1000])
+    np.testing.assert_array_equal(xs, x[:1000])
+    np.testing.assert_array_equal(yvs["homo"], yv["homo"])
+    assert info_s["std"] == info["std"]

@@ -1,0 +1,109 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_mtl.layers import DSelectK
+from keras_mtl.layers.dselect_k import smooth_step
+from tests.layers import reference
+
+
+def test_smooth_step_matches_the_paper_and_is_continuous():
+    gamma = 0.8
+    x = np.linspace(-1.0, 1.0, 201).astype("float32")
+    np.testing.assert_allclose(
+        np.asarray(smooth_step(x, gamma)), reference.smooth_step(x, gamma), atol=1e-6
+    )
+    edges = np.asarray(smooth_step(np.array([-0.4, 0.4, 0.0], "float32"), gamma))
+    np.testing.assert_allclose(edges, [0.0, 1.0, 0.5], atol=1e-6)
+
+
+@pytest.mark.parametrize("num_experts, k", [(4, 2), (5, 3), (8, 1)])
+def test_weights_match_brute_force(num_experts, k):
+    gate = DSelectK(
+        num_experts, k, gamma=2.0, z_initializer="random_normal", w_initializer="random_normal"
+    )
+    x = np.random.default_rng(0).normal(size=(7, 3)).astype("float32")
+    weights = np.asarray(gate(x))
+    expected, selectors = reference.dselect_k(gate, x)
+    np.testing.assert_allclose(weights, expected, rtol=1e-4, atol=1e-6)
+    if num_experts & (num_experts - 1) == 0:
+        # Every code is an expert: each selector is a distribution.
+        np.testing.assert_allclose(selectors.sum(-1), 1.0, atol=1e-6)
+        np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+
+
+def test_exactly_k_nonzero_once_saturated():
+    # Selector logits fixed by the bias at +-gamma: the smooth-step is 0 or 1,
+    # and the three selectors point at experts 1, 4 and 6 (codes 001, 100, 110).
+    gate = DSelectK(num_experts=8, k=3, gamma=1.0)
+    x = np.random.default_rng(1).normal(size=(10, 4)).astype("float32")
+    gate.build(x.shape)
+    codes = np.array([[0, 0, 1], [1, 0, 0], [1, 1, 0]], "float32")
+    gate.z_dense.kernel.assign(np.zeros((4, 9), "float32"))
+    gate.z_dense.bias.assign(((2 * codes - 1) * 1.0).ravel())
+    weights = np.asarray(gate(x))
+    assert ((weights > 0).sum(-1) == 3).all()
+    assert set(np.flatnonzero(weights[0])) == {1, 4, 6}
+    alpha = reference.softmax(
+        x @ np.asarray(gate.w_dense.kernel, "float64") + np.asarray(gate.w_dense.bias)
+    )
+    np.testing.assert_allclose(weights[:, [1, 4, 6]], alpha, rtol=1e-5)
+
+
+def test_saturated_random_gate_has_at_most_k_nonzero():
+    gate = DSelectK(num_experts=16, k=3, gamma=1e-3, z_initializer="random_normal")
+    x = np.random.default_rng(2).normal(size=(50, 6)).astype("float32")
+    gate.build(x.shape)
+    _, selectors = reference.dselect_k(gate, x)
+    # Keep the examples whose selector logits all lie outside [-gamma/2, gamma/2].
+    saturated = (selectors.max(-1) == 1.0).all(-1)
+    assert saturated.sum() >= 40
+    x, selectors = x[saturated], selectors[saturated]
+    weights = np.asarray(gate(x))
+    distinct = np.array([len({int(s.argmax()) for s in row}) for row in selectors])
+    np.testing.assert_array_equal((weights > 0).sum(-1), distinct)
+    assert distinct.max() == 3
+
+
+def test_entropy_regulariser_is_a_training_loss():
+    gate = DSelectK(num_experts=4, k=2, entropy_reg=0.1, z_initializer="random_normal")
+    x = np.random.default_rng(3).normal(size=(6, 3)).astype("float32")
+    gate(x)
+    assert gate.losses == []
+    gate(x, training=True)
+    _, selectors = reference.dselect_k(gate, x)
+    entropy = -(selectors * np.log(selectors + 1e-6)).sum(axis=(1, 2)).mean()
+    assert len(gate.losses) == 1
+    np.testing.assert_allclose(float(gate.losses[0]), 0.1 * entropy, rtol=1e-4)
+
+
+def test_unreachable_codes_penalty_when_not_a_power_of_two():
+    gate = DSelectK(num_experts=3, k=2, entropy_reg=0.0, z_initializer="random_normal")
+    x = np.random.default_rng(4).normal(size=(6, 3)).astype("float32")
+    gate(x, training=True)
+    _, selectors = reference.dselect_k(gate, x)
+    expected = (1.0 / selectors.sum(-1)).sum(-1).mean()
+    assert len(gate.losses) == 1
+    np.testing.assert_allclose(float(gate.losses[0]), expected, rtol=1e-4)
+
+
+def test_regulariser_reaches_the_model_losses():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, DSelectK(4, 2, entropy_reg=1.0)(inputs))
+    model(np.ones((2, 3), "float32"), training=True)
+    assert len(model.losses) == 1 and float(model.losses[0]) > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_experts": 4, "k": 5}, "k=5"),
+        ({"num_experts": 4, "k": 0}, "k=0"),
+        ({"num_experts": 0, "k": 1}, "num_experts=0"),
+        ({"num_experts": 4, "k": 2, "gamma": -1.0}, "gamma=-1.0"),
+        ({"num_experts": 4, "k": 2, "entropy_reg": -1.0}, "entropy_reg=-1.0"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DSelectK(**kwargs)

@@ -1,0 +1,87 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_mtl.layers import ExpertBank
+from tests.layers import reference
+
+
+def test_matches_per_expert_mlps():
+    bank = ExpertBank(num_experts=4, units=(6, 3), bias_initializer="random_normal")
+    x = np.random.default_rng(0).normal(size=(5, 7)).astype("float32")
+    out = np.asarray(bank(x))
+    np.testing.assert_allclose(out, reference.expert_bank(bank, x), rtol=1e-5, atol=1e-5)
+
+
+def test_higher_rank_inputs_apply_the_experts_per_position():
+    bank = ExpertBank(num_experts=3, units=(4, 2), activation="tanh")
+    x = np.random.default_rng(1).normal(size=(2, 3, 4, 5)).astype("float32")
+    out = np.asarray(bank(x))
+    expected = reference.expert_bank(bank, x.reshape(-1, 5), activation=np.tanh)
+    np.testing.assert_allclose(out.reshape(-1, 3, 2), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_experts_are_distinct_and_initialised_like_one_dense_kernel():
+    keras.utils.set_random_seed(0)
+    bank = ExpertBank(num_experts=8, units=(64,))
+    bank.build((None, 100))
+    kernel = np.asarray(bank.kernels[0])
+    # Glorot uniform for a (100, 64) kernel: std sqrt(2 / (100 + 64)).
+    expected_std = np.sqrt(2.0 / 164.0)
+    for e in range(8):
+        assert abs(kernel[e].std() / expected_std - 1.0) < 0.05
+    assert abs(np.corrcoef(kernel[0].ravel(), kernel[1].ravel())[0, 1]) < 0.05
+
+
+def test_dropout_only_in_training():
+    bank = ExpertBank(num_experts=2, units=(16,), dropout=0.5)
+    x = np.random.default_rng(2).normal(size=(8, 4)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(bank(x)), np.asarray(bank(x, training=False)))
+    trained = np.asarray(bank(x, training=True))
+    assert (trained == 0).mean() > (np.asarray(bank(x)) == 0).mean()
+
+
+@pytest.mark.parametrize("as_config", [False, True])
+def test_user_supplied_expert_is_cloned(as_config, tmp_path):
+    template = keras.layers.Dense(3, activation="tanh", name="my_expert")
+    expert = keras.layers.serialize(template) if as_config else template
+    bank = ExpertBank(num_experts=4, expert=expert)
+    x = np.random.default_rng(3).normal(size=(5, 6)).astype("float32")
+    out = np.asarray(bank(x))
+    assert out.shape == (5, 4, 3)
+    assert not template.built  # the template is only a recipe
+    kernels = [np.asarray(e.kernel) for e in bank.experts]
+    assert len({k.tobytes() for k in kernels}) == 4  # independent clones
+    for e, expert_layer in enumerate(bank.experts):
+        expected = np.tanh(x @ kernels[e] + np.asarray(expert_layer.bias))
+        np.testing.assert_allclose(out[:, e], expected, rtol=1e-5, atol=1e-6)
+    assert ExpertBank.from_config(bank.get_config()).get_config() == bank.get_config()
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, bank(inputs))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), out, rtol=1e-6)
+
+
+def test_user_expert_on_image_feature_maps():
+    conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu")
+    bank = ExpertBank(num_experts=2, expert=conv)
+    x = np.random.default_rng(4).normal(size=(2, 6, 6, 3)).astype("float32")
+    assert tuple(bank(x).shape) == (2, 6, 6, 2, 4)
+    assert tuple(bank(keras.Input((6, 6, 3))).shape) == (None, 6, 6, 2, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_experts": 0}, "num_experts=0"),
+        ({"num_experts": -2}, "num_experts=-2"),
+        ({"num_experts": 2, "units": ()}, r"units=\(\)"),
+        ({"num_experts": 2, "units": (3, 0)}, r"units=\(3, 0\)"),
+        ({"num_experts": 2, "dropout": 1.5}, "dropout=1.5"),
+        ({"num_experts": 2, "expert": "dense"}, "expert='dense'"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ExpertBank(**kwargs)

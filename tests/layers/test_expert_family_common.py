@@ -1,0 +1,103 @@
+"""Checks every expert-family layer goes through: symbolic and eager calls, the
+three input ranks, config round trip, .keras save/load, mixed precision."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_mtl.layers import CGC, ESMM, PLE, CustomizedSharing, DSelectK, ExpertBank, Gate, MMoE
+
+BUILDERS = {
+    "expert_bank": lambda: ExpertBank(num_experts=3, units=(6, 4), dropout=0.1),
+    "gate": lambda: Gate(num_experts=3, temperature=0.5, dropout=0.2, use_bias=True),
+    "dselect_k": lambda: DSelectK(num_experts=5, k=2, gamma=0.5, entropy_reg=1e-3),
+    "mmoe": lambda: MMoE(num_tasks=2, num_experts=3, expert_units=(4,)),
+    "mmoe_dselect_k": lambda: MMoE(
+        num_tasks=2, num_experts=4, expert_units=(4,), gate="dselect_k", gate_kwargs={"k": 2}
+    ),
+    "cgc": lambda: CGC(num_tasks=2, num_shared_experts=2, num_task_experts=[1, 2], expert_units=4),
+    "ple": lambda: PLE(num_tasks=2, num_levels=2, num_shared_experts=1, expert_units=(4,)),
+    "esmm": lambda: ESMM(tower_units=(4,), shared_units=(5,), return_cvr=True),
+    "customized_sharing": lambda: CustomizedSharing(
+        num_tasks=2, num_shared_experts=1, num_task_experts=2, expert_units=(3,)
+    ),
+}
+
+# Last-axis width of each output for an input with 5 features.
+EXPECTED = {
+    "expert_bank": [(3, 4)],
+    "gate": [(3,)],
+    "dselect_k": [(5,)],
+    "mmoe": [(4,), (4,)],
+    "mmoe_dselect_k": [(4,), (4,)],
+    "cgc": [(4,), (4,)],
+    "ple": [(4,), (4,)],
+    "esmm": [(1,), (1,), (1,)],
+    "customized_sharing": [(9,), (9,)],
+}
+
+
+def _outputs(result):
+    if isinstance(result, dict):
+        return [result[k] for k in sorted(result)]
+    if isinstance(result, list | tuple):
+        return list(result)
+    return [result]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("leading", [(), (3,), (2, 3)], ids=["tabular", "sequence", "image"])
+def test_shapes_for_three_input_ranks(name, leading):
+    layer = BUILDERS[name]()
+    x = np.random.default_rng(0).normal(size=(2, *leading, 5)).astype("float32")
+    eager = _outputs(layer(x))
+    symbolic = _outputs(layer(keras.Input((*leading, 5))))
+    assert [tuple(t.shape) for t in eager] == [(2, *leading, *e) for e in EXPECTED[name]]
+    assert [tuple(t.shape) for t in symbolic] == [(None, *leading, *e) for e in EXPECTED[name]]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_config_round_trip(name):
+    layer = BUILDERS[name]()
+    config = layer.get_config()
+    again = type(layer).from_config(config)
+    assert again.get_config() == config
+    x = np.ones((2, 5), "float32")
+    again(x)
+    layer(x)
+    assert [w.shape for w in again.weights] == [w.shape for w in layer.weights]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_keras_save_and_load_give_equal_predictions(name, tmp_path):
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, BUILDERS[name]()(inputs))
+    x = np.random.default_rng(1).normal(size=(4, 5)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    expected, actual = model.predict(x, verbose=0), loaded.predict(x, verbose=0)
+    for a, b in zip(_outputs(expected), _outputs(actual), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(model.weights, loaded.weights, strict=True)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_mixed_precision_runs(name):
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        layer = BUILDERS[name]()
+        x = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
+        outputs = _outputs(layer(x, training=True))
+        assert all(np.isfinite(np.asarray(t, "float32")).all() for t in outputs)
+        assert all(w.dtype == "float32" for w in layer.weights)
+        if name in ("gate", "dselect_k", "esmm"):
+            # Probabilities and gate weights stay in float32.
+            assert all(t.dtype == "float32" for t in outputs)
+        else:
+            assert all(t.dtype == "float16" for t in outputs)
+    finally:
+        keras.config.set_dtype_policy("float32")

@@ -1,0 +1,108 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl
+from keras_mtl.callbacks import GateMonitor
+from keras_mtl.layers import CGC, PLE, MMoE
+
+
+def _model(layer, num_tasks=2, d=4, extra_layer=None):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((d,))
+    h = layer(inputs)
+    if extra_layer is not None:
+        h = extra_layer(h[0])
+    outputs = {f"t{t}": keras.layers.Dense(1, name=f"t{t}")(h[t]) for t in range(num_tasks)}
+    model = keras_mtl.MultiTaskModel(inputs=inputs, outputs=outputs)
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+def _data(n=40, d=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype("float32")
+    return x, {"t0": x[:, :1], "t1": x[:, 1:2]}
+
+
+def _stats(weights):
+    w = np.asarray(weights, "float64")
+    return w.mean(0), float((-(w * np.log(w)).sum(-1)).mean())
+
+
+def test_logs_mean_weights_and_entropy_per_task():
+    layer = MMoE(num_tasks=2, num_experts=3, expert_units=(4,), name="mmoe")
+    model = _model(layer)
+    x, y = _data()
+    x_val = x[:25]
+    monitor = GateMonitor(x_val, batch_size=10, task_names=["t0", "t1"])
+    history = model.fit(x, y, epochs=2, batch_size=20, callbacks=[monitor], verbose=0)
+    for t, task in enumerate(["t0", "t1"]):
+        mean, entropy = _stats(layer.gate_weights(x_val)[t])
+        for i in range(3):
+            np.testing.assert_allclose(
+                history.history[f"gate/{task}/expert_{i}"][-1], mean[i], rtol=1e-5
+            )
+        np.testing.assert_allclose(history.history[f"gate/{task}/entropy"][-1], entropy, rtol=1e-5)
+        assert 0.0 <= entropy <= np.log(3) + 1e-9
+    record = monitor.get_history()
+    assert record["t0"]["weights"].shape == (2, 3) and record["t1"]["entropy"].shape == (2,)
+    np.testing.assert_allclose(record["t0"]["weights"].sum(-1), 1.0, atol=1e-6)
+    assert monitor.epochs == [0, 1]
+    assert layer._gate_recording is False
+
+
+def test_two_gated_layers_are_named_and_tf_data_works():
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((4,))
+    first = PLE(num_tasks=2, num_levels=2, expert_units=(3,), name="ple")
+    second = MMoE(num_tasks=2, num_experts=2, expert_units=(3,), name="mmoe")
+    h = first(inputs)
+    g = second(h[0])
+    model = keras_mtl.MultiTaskModel(
+        inputs=inputs,
+        outputs={
+            "t0": keras.layers.Dense(1, name="t0")(g[0]),
+            "t1": keras.layers.Dense(1, name="t1")(h[1] + g[1]),
+        },
+    )
+    x, y = _data()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    monitor = GateMonitor(dataset)
+    monitor.set_model(model)
+    stats = monitor.compute()
+    # PLE's own CGC levels are not reported separately; PLE reports its top level.
+    assert sorted(stats) == ["mmoe/task_0", "mmoe/task_1", "ple/task_0", "ple/task_1"]
+    mean, entropy = _stats(first.gate_weights(x)[1])
+    np.testing.assert_allclose(stats["ple/task_1"]["weights"], mean, rtol=1e-5)
+    np.testing.assert_allclose(stats["ple/task_1"]["entropy"], entropy, rtol=1e-5)
+
+
+def test_sequence_inputs_average_over_positions():
+    layer = CGC(num_tasks=2, num_shared_experts=1, num_task_experts=2, expert_units=(3,))
+    inputs = keras.Input((5, 4))
+    h = layer(inputs)
+    model = keras.Model(inputs, [keras.layers.Dense(1)(t) for t in h])
+    x = np.random.default_rng(2).normal(size=(6, 5, 4)).astype("float32")
+    monitor = GateMonitor((x, None), task_names=["a", "b"])
+    monitor.set_model(model)
+    stats = monitor.compute()
+    mean, _ = _stats(np.asarray(layer.gate_weights(x)[0]).reshape(-1, 3))
+    np.testing.assert_allclose(stats["a"]["weights"], mean, rtol=1e-5)
+
+
+def test_errors():
+    inputs = keras.Input((4,))
+    plain = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    monitor = GateMonitor(np.ones((2, 4), "float32"))
+    monitor.set_model(plain)
+    with pytest.raises(ValueError, match="no MMoE, CGC or PLE"):
+        monitor.compute()
+    model = _model(MMoE(num_tasks=2, num_experts=2, expert_units=(2,)))
+    monitor = GateMonitor(np.ones((2, 4), "float32"), task_names=["only_one"])
+    monitor.set_model(model)
+    with pytest.raises(ValueError, match="task_names"):
+        monitor.compute()
+    with pytest.raises(ValueError, match="batch_size=0"):
+        GateMonitor(np.ones((2, 4)), batch_size=0)

@@ -1,0 +1,100 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_mtl.layers import MMoE, SharedBottom
+from tests.layers import reference
+
+
+def test_matches_numpy_mixture_of_experts():
+    layer = MMoE(num_tasks=3, num_experts=4, expert_units=(5, 3), return_gate_weights=True)
+    x = np.random.default_rng(0).normal(size=(6, 7)).astype("float32")
+    outputs, weights = layer(x)
+    experts = reference.expert_bank(layer.experts, x)
+    for t in range(3):
+        w = reference.gate(layer.gates[t], x)
+        np.testing.assert_allclose(np.asarray(weights[t]), w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(weights[t]).sum(-1), 1.0, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(outputs[t]), reference.mix(w, experts), rtol=1e-4, atol=1e-5
+        )
+    # Different gates give the tasks different mixtures.
+    assert not np.allclose(np.asarray(outputs[0]), np.asarray(outputs[1]))
+
+
+def test_one_expert_equals_a_shared_bottom_with_the_same_weights():
+    layer = MMoE(num_tasks=2, num_experts=1, expert_units=(6, 3))
+    bottom = SharedBottom(units=(6, 3))
+    x = np.random.default_rng(1).normal(size=(5, 4)).astype("float32")
+    layer(x)
+    bottom(x)
+    bank = layer.experts
+    for i, dense in enumerate(bottom.dense_layers):
+        bank.kernels[i].assign(np.asarray(dense.kernel)[None])
+        bank.biases[i].assign(np.random.default_rng(i).normal(size=(1, dense.units)))
+        dense.bias.assign(np.asarray(bank.biases[i])[0])
+    expected = np.asarray(bottom(x))
+    for out in layer(x):
+        np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_one_gate_is_the_omoe_baseline():
+    layer = MMoE(num_tasks=1, num_experts=3, expert_units=4)
+    outputs = layer(np.ones((2, 5), "float32"))
+    assert isinstance(outputs, list) and len(outputs) == 1
+
+
+def test_dselect_k_gate():
+    layer = MMoE(
+        num_tasks=2,
+        num_experts=4,
+        expert_units=(3,),
+        gate="dselect_k",
+        gate_kwargs={"k": 2, "entropy_reg": 0.5},
+        return_gate_weights=True,
+    )
+    x = np.random.default_rng(2).normal(size=(5, 6)).astype("float32")
+    outputs, weights = layer(x, training=True)
+    experts = reference.expert_bank(layer.experts, x)
+    for t in range(2):
+        w, _ = reference.dselect_k(layer.gates[t], x)
+        np.testing.assert_allclose(np.asarray(weights[t]), w, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(outputs[t]), reference.mix(w, experts), rtol=1e-4, atol=1e-5
+        )
+    assert len(layer.losses) == 2  # one entropy term per gate
+
+
+def test_gate_options_reach_the_gates():
+    layer = MMoE(num_tasks=2, num_experts=3, gate_kwargs={"temperature": 2.0, "dropout": 0.1})
+    assert all(g.temperature == 2.0 and g.dropout == 0.1 for g in layer.gates)
+
+
+def test_user_supplied_expert_layer():
+    layer = MMoE(num_tasks=2, num_experts=3, expert=keras.layers.Dense(4, activation="tanh"))
+    x = np.random.default_rng(3).normal(size=(5, 6)).astype("float32")
+    outputs = layer(x)
+    experts = np.stack(
+        [np.tanh(x @ np.asarray(e.kernel) + np.asarray(e.bias)) for e in layer.experts.experts], 1
+    )
+    for t in range(2):
+        w = reference.gate(layer.gates[t], x)
+        np.testing.assert_allclose(
+            np.asarray(outputs[t]), reference.mix(w, experts), rtol=1e-4, atol=1e-5
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_tasks": 2, "num_experts": 0}, "num_experts=0"),
+        ({"num_tasks": 0, "num_experts": 2}, "num_tasks=0"),
+        ({"num_tasks": 2, "num_experts": 2, "gate": "topk"}, "gate='topk'"),
+        ({"num_tasks": 2, "num_experts": 2, "gate": "dselect_k"}, "gate_kwargs=None"),
+        ({"num_tasks": 2, "num_experts": 3, "gate": "dselect_k", "gate_kwargs": {"k": 4}}, "k=4"),
+        ({"num_tasks": 2, "num_experts": 2, "expert_dropout": 1.0}, "expert_dropout=1.0"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MMoE(**kwargs)
