@@ -23,3 +23,15 @@ from keras_mtl.balancers.rlw import RLW as RLW
 from keras_mtl.balancers.uncertainty_weighting import UncertaintyWeighting as UncertaintyWeighting
 
 # -- gradient methods (issue 5): one import line per method, alphabetical --
+from keras_mtl.balancers.aligned_mtl import AlignedMTL as AlignedMTL
+from keras_mtl.balancers.cagrad import CAGrad as CAGrad
+from keras_mtl.balancers.db_mtl import DBMTL as DBMTL
+from keras_mtl.balancers.dualproj import DualProj as DualProj
+from keras_mtl.balancers.graddrop import GradDrop as GradDrop
+from keras_mtl.balancers.gradvac import GradVac as GradVac
+from keras_mtl.balancers.imtl import IMTL as IMTL
+from keras_mtl.balancers.mgda import MGDA as MGDA
+from keras_mtl.balancers.mgda_ub import MGDAUB as MGDAUB
+from keras_mtl.balancers.nash_mtl import NashMTL as NashMTL
+from keras_mtl.balancers.pcgrad import PCGrad as PCGrad
+from keras_mtl.balancers.upgrad import UPGrad as UPGrad

@@ -38,6 +38,11 @@ class InitialLossNormalization(_LossTransform):
     [0.5, 2.0]
     >>> np.asarray(b.aggregate(None, np.array([1.0, 1.0])).weights).tolist()
     [0.5, 2.0]
+
+    References:
+        The loss ratio `L_t / L_t(0)` is the inverse training rate of Chen et
+        al., "GradNorm: Gradient Normalization for Adaptive Loss Balancing in
+        Deep Multitask Networks", ICML 2018.
     """
 
     def build(self, num_tasks: int) -> None:

@@ -37,8 +37,6 @@ class _LossTransform(Balancer):
         super().__init__(name=name, **kwargs)
         self.inner = None if inner is None else get(inner)
         if self.inner is not None:
-            if isinstance(self.inner, _LossTransform) and self.inner is self:
-                raise ValueError("A balancer cannot wrap itself.")
             # The engine reads these from the balancer it is given.
             self.requires_jacobian = self.inner.requires_jacobian
             self.jacobian_scope = self.inner.jacobian_scope

@@ -26,7 +26,9 @@ class RLW(Balancer):
     The draws come from a `keras.random.SeedGenerator` whose state is a
     variable of the balancer: a seeded balancer gives the same sequence of
     weights in every run, inside or outside `tf.function`, and continues it
-    after saving and loading.
+    after saving and loading. Under XLA the random algorithm differs, so the
+    sequence differs from the one without XLA (each is reproducible); the
+    Dirichlet sampler cannot run under XLA (`supports_jit` is then `False`).
 
     Args:
         distribution: one of `"normal"`, `"uniform"`, `"dirichlet"`.
@@ -84,6 +86,8 @@ class RLW(Balancer):
         self.distribution = distribution
         self.concentration = float(concentration)
         self.seed = seed
+        # XLA has no kernel for the stateless Gamma sampler.
+        self.supports_jit = distribution != "dirichlet"
 
     def build(self, num_tasks: int) -> None:
         super().build(num_tasks)

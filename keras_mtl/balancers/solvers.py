@@ -199,7 +199,7 @@ def min_norm_weights(gram, max_iters: int | None = None):
     >>> import numpy as np
     >>> from keras_mtl.balancers.solvers import min_norm_weights
     >>> jac = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
-    >>> np.round(np.asarray(min_norm_weights(jac @ jac.T)), 4).tolist()
+    >>> np.round(np.asarray(min_norm_weights(jac @ jac.T), dtype=float), 4).tolist()
     [0.6, 0.4]
 
     References:

@@ -19,9 +19,7 @@ def test_loss_fallback_with_moving_average():
     for losses in steps:
         kpi = np.exp(-losses)
         k = kpi if k is None else 0.3 * kpi + 0.7 * k
-        np.testing.assert_allclose(
-            b.aggregate(None, losses).weights, _focal(k, 2.0), rtol=1e-5
-        )
+        np.testing.assert_allclose(b.aggregate(None, losses).weights, _focal(k, 2.0), rtol=1e-5)
     np.testing.assert_allclose(np.array(b.kpi_average), k, rtol=1e-5)
 
 

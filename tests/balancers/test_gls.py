@@ -9,9 +9,7 @@ from keras_mtl.balancers import GLS
 def test_weights_are_geometric_mean_over_task_loss():
     losses = np.array([0.3, 2.0, 7.5])
     gm = np.prod(losses) ** (1 / 3)
-    np.testing.assert_allclose(
-        GLS().aggregate(None, losses).weights, gm / (3 * losses), rtol=1e-5
-    )
+    np.testing.assert_allclose(GLS().aggregate(None, losses).weights, gm / (3 * losses), rtol=1e-5)
 
 
 def test_direction_is_the_gradient_of_the_geometric_mean():
@@ -19,7 +17,11 @@ def test_direction_is_the_gradient_of_the_geometric_mean():
 
     def task_losses():
         return tf.stack(
-            [tf.reduce_sum(tf.square(theta)), tf.exp(theta[0] - theta[2]) + 0.1, 1.0 + theta[1] ** 2]
+            [
+                tf.reduce_sum(tf.square(theta)),
+                tf.exp(theta[0] - theta[2]) + 0.1,
+                1.0 + theta[1] ** 2,
+            ]
         )
 
     with tf.GradientTape(persistent=True) as tape:

@@ -79,19 +79,19 @@ def test_first_positive_loss_is_the_initial_loss_and_zero_rows_are_safe():
 def test_state_restore_graph_mode_config_and_validation():
     steps = _toy(seed=1)
     eager = GradNorm()
-    expected = [np.asarray(eager.aggregate(j, l).weights) for j, l in steps]
+    expected = [np.asarray(eager.aggregate(j, loss).weights) for j, loss in steps]
     b = GradNorm()
     b.build(2)
-    fn = tf.function(lambda j, l: b.aggregate(j, l).weights)
-    for (j, l), w in zip(steps[:4], expected[:4], strict=True):
-        np.testing.assert_allclose(fn(j, l), w, rtol=1e-5)
+    fn = tf.function(lambda j, loss: b.aggregate(j, loss).weights)
+    for (j, loss), w in zip(steps[:4], expected[:4], strict=True):
+        np.testing.assert_allclose(fn(j, loss), w, rtol=1e-5)
     copy = balancers.deserialize(balancers.serialize(b))
     if not copy.built:
         copy.build(2)
     for v, w in zip(copy.variables, b.variables, strict=True):
         v.assign(w)
-    for (j, l), w in zip(steps[4:], expected[4:], strict=True):
-        np.testing.assert_allclose(copy.aggregate(j, l).weights, w, rtol=1e-5)
+    for (j, loss), w in zip(steps[4:], expected[4:], strict=True):
+        np.testing.assert_allclose(copy.aggregate(j, loss).weights, w, rtol=1e-5)
     assert GradNorm.requires_jacobian and b.jacobian_scope == "last_shared_layer"
     shared = GradNorm(jacobian_scope="shared", alpha=0.12)
     again = balancers.get(balancers.serialize(shared))

@@ -22,8 +22,7 @@ def test_same_seed_same_sequence_different_seed_differs():
 def test_normal_default_is_softmax_of_standard_normal_draws():
     generator = keras.random.SeedGenerator(3)
     expected = [
-        np.asarray(keras.ops.softmax(keras.random.normal((4,), seed=generator)))
-        for _ in range(3)
+        np.asarray(keras.ops.softmax(keras.random.normal((4,), seed=generator))) for _ in range(3)
     ]
     np.testing.assert_allclose(_draws(RLW(seed=3), 3, tasks=4), expected, rtol=1e-6)
 

@@ -22,7 +22,7 @@ def expert_bank(bank, x, activation=relu):
     for e in range(bank.num_experts):
         h = np.asarray(x, "float64")
         for i, k in enumerate(kernels):
-            h = h @ k[e] + (biases[i][e] if biases else 0.0)
+            h = h @ k[:, e] + (biases[i][e] if biases else 0.0)
             h = activation(h)
         outputs.append(h)
     return np.stack(outputs, axis=-2)

@@ -28,9 +28,11 @@ def test_experts_are_distinct_and_initialised_like_one_dense_kernel():
     kernel = np.asarray(bank.kernels[0])
     # Glorot uniform for a (100, 64) kernel: std sqrt(2 / (100 + 64)).
     expected_std = np.sqrt(2.0 / 164.0)
+    assert kernel.shape == (100, 8, 64)
     for e in range(8):
-        assert abs(kernel[e].std() / expected_std - 1.0) < 0.05
-    assert abs(np.corrcoef(kernel[0].ravel(), kernel[1].ravel())[0, 1]) < 0.05
+        assert abs(kernel[:, e].std() / expected_std - 1.0) < 0.05
+        assert np.abs(kernel[:, e]).max() <= np.sqrt(6.0 / 164.0)  # the uniform's bound
+    assert abs(np.corrcoef(kernel[:, 0].ravel(), kernel[:, 1].ravel())[0, 1]) < 0.05
 
 
 def test_dropout_only_in_training():

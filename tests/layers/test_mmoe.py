@@ -30,7 +30,7 @@ def test_one_expert_equals_a_shared_bottom_with_the_same_weights():
     bottom(x)
     bank = layer.experts
     for i, dense in enumerate(bottom.dense_layers):
-        bank.kernels[i].assign(np.asarray(dense.kernel)[None])
+        bank.kernels[i].assign(np.asarray(dense.kernel)[:, None, :])
         bank.biases[i].assign(np.random.default_rng(i).normal(size=(1, dense.units)))
         dense.bias.assign(np.asarray(bank.biases[i])[0])
     expected = np.asarray(bottom(x))

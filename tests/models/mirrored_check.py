@@ -4,17 +4,11 @@ configured before TensorFlow initialises, which pytest's process has already don
 import json
 import sys
 
+import keras
+import numpy as np
 import tensorflow as tf
 
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(
-    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
-)
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tests.models.helpers import NormalizedEMA, build, data  # noqa: E402
+from tests.models.helpers import NormalizedEMA, build, data
 
 LOSS = {"task_1": "mse", "task_2": "mse"}
 
@@ -32,18 +26,27 @@ def run(strategy, x, y, weight):
     return [np.array(v) for v in model.trainable_variables], np.array(model.balancer.ema)
 
 
-x, y = data(n=64)
-# Unlabelled examples, unevenly spread over the replicas' halves of each batch.
-weight = {"task_1": np.ones(64, "float32"), "task_2": np.ones(64, "float32")}
-weight["task_2"][[0, 1, 2, 3, 4, 40]] = 0.0
-devices = ["/cpu:0", "/cpu:1"]
-single_vars, single_ema = run(tf.distribute.OneDeviceStrategy("/cpu:0"), x, y, weight)
-mirror_vars, mirror_ema = run(tf.distribute.MirroredStrategy(devices), x, y, weight)
-report = {
-    "max_var_diff": max(
-        float(np.max(np.abs(a - b))) for a, b in zip(single_vars, mirror_vars, strict=True)
-    ),
-    "max_update": max(float(np.max(np.abs(a))) for a in single_vars),
-    "ema_diff": float(np.max(np.abs(single_ema - mirror_ema))),
-}
-print(json.dumps(report))
+def main():
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+    x, y = data(n=64)
+    # Unlabelled examples, unevenly spread over the replicas' halves of each batch.
+    weight = {"task_1": np.ones(64, "float32"), "task_2": np.ones(64, "float32")}
+    weight["task_2"][[0, 1, 2, 3, 4, 40]] = 0.0
+    devices = ["/cpu:0", "/cpu:1"]
+    single_vars, single_ema = run(tf.distribute.OneDeviceStrategy("/cpu:0"), x, y, weight)
+    mirror_vars, mirror_ema = run(tf.distribute.MirroredStrategy(devices), x, y, weight)
+    report = {
+        "max_var_diff": max(
+            float(np.max(np.abs(a - b))) for a, b in zip(single_vars, mirror_vars, strict=True)
+        ),
+        "max_update": max(float(np.max(np.abs(a))) for a in single_vars),
+        "ema_diff": float(np.max(np.abs(single_ema - mirror_ema))),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""CAGrad: conflict-averse gradient descent."""
+
+from __future__ import annotations
+
+import math
+
+from keras import ops
+
+from keras_mtl.balancers import solvers
+from keras_mtl.balancers.base import register_balancer
+from keras_mtl.balancers.gramian import GramianBalancer
+
+SOLVERS = ("graph", "cvxpy")
+
+
+@register_balancer("cagrad")
+class CAGrad(GramianBalancer):
+    """Conflict-averse gradient: the direction within a ball around the
+    average gradient `g0` that maximises the worst task improvement.
+
+    `max_d min_t <g_t, d>` s.t. `|d - g0| <= c |g0|`. Its dual,
+    `min_{w in simplex} <g_w, g0> + c |g0| |g_w|` with `g_w = sum_t w_t g_t`,
+    is a `T`-dimensional problem on the Gramian; the update is
+    `d = g0 + (c |g0| / |g_w|) g_w`, divided by `1 + c^2` (`rescale=1`, the
+    official default), `1 + c` (`rescale=2`) or not at all (`rescale=0`),
+    and multiplied by `T` as the official code does "to match the sum loss"
+    (so `c = 0` gives equal weighting's sum of gradients).
+
+    `solver="graph"` (default) solves the dual in-graph (accelerated
+    projected gradient started at the min-norm point); `solver="cvxpy"` uses
+    the cvxpy second-order-cone form of the dual (the reference; host-side,
+    not under XLA), falling back to the in-graph result on failure, counted
+    in the `<name>_solver_failures` log.
+
+    Args:
+        c: the radius `c >= 0` (0.4 in the paper's and official experiments).
+        rescale: 0, 1 or 2, see above.
+        solver: `"graph"` or `"cvxpy"`.
+        name: name of the balancer.
+
+    Raises:
+        ValueError: for a negative `c`, or an unknown `rescale` or `solver`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers import CAGrad
+    >>> r = CAGrad(c=0.0).aggregate(np.eye(2), np.ones(2))
+    >>> np.round(np.asarray(r.direction, dtype=float), 4).tolist()
+    [1.0, 1.0]
+
+    References:
+        Liu et al., "Conflict-Averse Gradient Descent for Multi-task
+        Learning", NeurIPS 2021.
+    """
+
+    def __init__(
+        self,
+        c: float = 0.4,
+        rescale: int = 1,
+        solver: str = "graph",
+        name: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        if isinstance(c, bool) or not isinstance(c, int | float) or not math.isfinite(c) or c < 0:
+            raise ValueError(
+                f"Received an invalid value for `c`, expected a non-negative number. Received: c={c!r}"
+            )
+        if rescale not in (0, 1, 2) or isinstance(rescale, bool):
+            raise ValueError(
+                f"Received an invalid value for `rescale`, expected 0, 1 or 2. Received: rescale={rescale!r}"
+            )
+        if solver not in SOLVERS:
+            raise ValueError(
+                f"Received an invalid value for `solver`, expected one of {list(SOLVERS)}. "
+                f"Received: solver={solver!r}"
+            )
+        self.c = float(c)
+        self.rescale = rescale
+        self.solver = solver
+        self.supports_jit = solver == "graph"
+
+    def build(self, num_tasks: int) -> None:
+        super().build(num_tasks)
+        self.solver_failures = self.add_state("solver_failures", ())
+
+    def gramian_weights(self, gram, losses):
+        num = self.num_tasks
+        gram = solvers.normalize_gramian(gram)
+        w = solvers.cagrad_weights(gram, self.c)
+        if self.solver == "cvxpy":
+            w, failed = solvers.cvxpy_or_fallback(
+                lambda g: solvers.cagrad_weights_cvxpy(g, self.c), w, gram
+            )
+            self.solver_failures.assign_add(failed)
+        b = ops.ones((num,)) / num
+        g0_norm = ops.sqrt(ops.maximum(ops.sum(b * ops.matmul(gram, b)), 0.0))
+        gw_norm = ops.sqrt(ops.maximum(ops.sum(w * ops.matmul(gram, w)), 0.0))
+        # The official code's 1e-8 guards, on the normalised scale.
+        lam = self.c * g0_norm / (gw_norm + 1e-8)
+        weights = num * (b + lam * w)
+        factor = {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]
+        return weights / factor
+
+    def logs(self) -> dict:
+        if self.solver != "cvxpy" or not self.built:
+            return {}
+        return {f"{self.name}_solver_failures": self.solver_failures.value}
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "c": self.c, "rescale": self.rescale, "solver": self.solver}

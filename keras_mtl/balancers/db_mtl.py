@@ -1,0 +1,166 @@
+"""DB-MTL: dual-balancing multi-task learning."""
+
+from __future__ import annotations
+
+import math
+
+from keras import ops
+
+from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer
+
+
+@register_balancer("db_mtl", "dbmtl")
+class DBMTL(Balancer):
+    """Dual balancing: log-transformed losses (loss-scale balancing) and
+    per-task gradients rescaled to a common magnitude (gradient balancing).
+
+    Algorithm 1 of the paper, step `k = 1, 2, ...`:
+
+    1. `g_t = grad log(L_t + eps) = grad L_t / (L_t + eps)`: the rows of `J`
+       divided by `L_t + eps`.
+    2. `m_t <- b_k m_t + (1 - b_k) g_t` with `b_k = beta / k^sigma`
+       (`m_t` starts at 0).
+    3. `d = sum_t (max_s |m_s| / |m_t|) m_t`: every moving-average gradient
+       rescaled to the largest norm, then summed.
+
+    Task-specific variables are updated with the gradient of `log(L_t + eps)`
+    (weights `1 / (L_t + eps)`, what this balancer reports as weights).
+    The moving averages `(T, P)` and the step `k` are state variables. The
+    number of shared parameters `P` is only known at the first call, so the
+    moving-average variable is created then (and, on loading a saved model,
+    from the stored `num_params` in the config).
+
+    With `gradient_mode="representation"` (`representation` given), rows of
+    `J` belong to different examples at every step, so a moving average of
+    them has no meaning: the moving average is then taken of the per-task
+    gradient norms only (state `(T,)`), and `d = sum_t (max_s n_s / n_t) g_t`
+    with `n_t` the averaged norms. This is a documented variant, not the
+    paper's algorithm.
+
+    Args:
+        beta: moving-average rate in `[0, 1)` (0.9).
+        sigma: decay exponent of the rate, `>= 0` (0: constant rate).
+        eps: added to the losses before the logarithm (1e-8).
+        num_params: number of shared parameters (set automatically).
+        name: name of the balancer.
+
+    Raises:
+        ValueError: for invalid arguments, or a Jacobian whose width changes.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers import DBMTL
+    >>> r = DBMTL(eps=0.0).aggregate(np.array([[2.0, 0.0], [0.0, 1.0]]), np.array([1.0, 0.5]))
+    >>> np.round(np.asarray(r.direction, dtype=float), 4).tolist()
+    [0.2, 0.2]
+
+    References:
+        Lin et al., "Dual-Balancing for Multi-Task Learning", 2023
+        (arXiv:2308.12029).
+    """
+
+    requires_jacobian = True
+
+    def __init__(
+        self,
+        beta: float = 0.9,
+        sigma: float = 0.0,
+        eps: float = 1e-8,
+        num_params: int | None = None,
+        name: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        checks = (
+            ("beta", beta, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+            ("sigma", sigma, lambda v: v >= 0, "a non-negative number"),
+            ("eps", eps, lambda v: v >= 0, "a non-negative number"),
+        )
+        for arg, value, ok, what in checks:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or not ok(value)
+            ):
+                raise ValueError(
+                    f"Received an invalid value for `{arg}`, expected {what}. "
+                    f"Received: {arg}={value!r}"
+                )
+        if num_params is not None and (
+            isinstance(num_params, bool) or not isinstance(num_params, int) or num_params < 1
+        ):
+            raise ValueError(
+                "Received an invalid value for `num_params`, expected a positive integer or "
+                f"None. Received: num_params={num_params!r}"
+            )
+        self.beta = float(beta)
+        self.sigma = float(sigma)
+        self.eps = float(eps)
+        self.num_params = num_params
+        self.moving_gradients = None
+
+    def build(self, num_tasks: int) -> None:
+        super().build(num_tasks)
+        self.step = self.add_state("step", ())
+        self.moving_norms = self.add_state("moving_norms", (num_tasks,))
+        if self.num_params is not None:
+            self._create_moving_gradients(self.num_params)
+
+    def _create_moving_gradients(self, num_params: int) -> None:
+        self.num_params = num_params
+        self.moving_gradients = self.add_state(
+            "moving_gradients", (self.num_tasks, num_params)
+        )
+
+    def compute(self, jacobian, losses, representation=None):
+        inv = 1.0 / (losses + self.eps)
+        grads = jacobian * inv[:, None]
+        k = self.step + 1.0
+        rate = self.beta / ops.power(k, self.sigma)
+        self.step.assign(k)
+        if representation is not None:
+            norms = ops.sqrt(ops.sum(grads * grads, axis=1))
+            moving = rate * self.moving_norms + (1.0 - rate) * norms
+            self.moving_norms.assign(moving)
+            scale = ops.max(moving) / (moving + 1e-8)
+            direction = ops.matmul(scale[None, :], grads)[0]
+            return BalanceResult(direction, inv)
+        num_params = jacobian.shape[1]
+        if self.moving_gradients is None:
+            if num_params is None:
+                raise ValueError(
+                    "DBMTL needs a Jacobian with a static number of columns. Received: "
+                    f"jacobian with shape {tuple(jacobian.shape)}"
+                )
+            self._create_moving_gradients(int(num_params))
+        elif num_params != self.num_params:
+            raise ValueError(
+                f"This DBMTL keeps moving averages of {self.num_params} parameters. Received: "
+                f"jacobian with shape {tuple(jacobian.shape)}"
+            )
+        moving = grads + rate * (self.moving_gradients - grads)
+        self.moving_gradients.assign(moving)
+        norms = ops.sqrt(ops.sum(moving * moving, axis=1))
+        self.moving_norms.assign(norms)
+        scale = ops.max(norms) / (norms + 1e-8)
+        direction = ops.matmul(scale[None, :], moving)[0]
+        return BalanceResult(direction, inv)
+
+    def load_own_variables(self, store) -> None:
+        # A model saved after training holds the moving averages, which this
+        # (freshly built) balancer creates only on its first call.
+        if self.moving_gradients is None and len(store.keys()) > len(self.variables):
+            shape = store[str(len(self.variables))].shape
+            self._create_moving_gradients(int(shape[1]))
+        super().load_own_variables(store)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "beta": self.beta,
+            "sigma": self.sigma,
+            "eps": self.eps,
+            "num_params": self.num_params,
+        }

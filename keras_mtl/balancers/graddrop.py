@@ -1,0 +1,122 @@
+"""GradDrop: gradient sign dropout."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from keras_mtl.balancers import solvers
+from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer
+
+
+@register_balancer("graddrop")
+class GradDrop(Balancer):
+    """Gradient sign dropout at the shared representation.
+
+    For every activation, the task gradients `g_t` vote on a sign: the
+    sign purity `P = (1 + sum_t g_t / sum_t |g_t|) / 2` is the probability of
+    keeping the positive ones. With `U ~ Uniform(0, 1)` drawn per activation,
+    task `t`'s gradient is kept where `(P > U and g_t > 0)` or
+    `(P < U and g_t < 0)` and dropped elsewhere; the update is the sum of the
+    kept gradients. A leak `l_t` keeps `l_t g_t + (1 - l_t) mask_t g_t`.
+
+    How it maps onto the engine: GradDrop prefers
+    `gradient_mode="representation"`, where `J` holds the gradients with
+    respect to the tensor marked by `keras_mtl.layers.SharedRepresentation`
+    (flattened `(T, B*d)`) and the engine passes the representation value
+    `Z`. `J` is reshaped to `(T, B, d)`; as in the paper (and LibMTL) the
+    purity is computed per feature from the batch-summed gradients
+    `sum_b g_t[b] * sign(Z[b])` (the sign correction of the batch-separated
+    case), and one mask per task and feature is applied to every example.
+    The returned direction is the masked representation gradient, which the
+    engine backpropagates through the trunk once; every task weight is 1
+    (task towers get their own unmodified gradients).
+
+    With a plain parameter Jacobian (`gradient_mode="loop"` or `"jacobian"`,
+    or standalone use without `representation`), each column of `J` is
+    treated as one activation with a batch of one and no sign correction:
+    the mask is drawn per shared parameter.
+
+    Args:
+        leak: a float in `[0, 1]` for every task, or a list with one per task.
+        seed: seed of the dropout draws (`None`: unseeded).
+        name: name of the balancer.
+
+    Raises:
+        ValueError: for leaks outside `[0, 1]` or an invalid seed.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers import GradDrop
+    >>> r = GradDrop(seed=0).aggregate(np.array([[1.0, 2.0], [3.0, 4.0]]), np.ones(2))
+    >>> np.asarray(r.direction).tolist()
+    [4.0, 6.0]
+
+    References:
+        Chen et al., "Just Pick a Sign: Optimizing Deep Multitask Models with
+        Gradient Sign Dropout", NeurIPS 2020.
+    """
+
+    requires_jacobian = True
+    preferred_gradient_mode = "representation"
+
+    def __init__(self, leak=0.0, seed: int | None = None, name: str | None = None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        values = list(leak) if isinstance(leak, list | tuple) else [leak]
+        if not values or any(
+            isinstance(v, bool)
+            or not isinstance(v, int | float)
+            or not math.isfinite(v)
+            or not 0 <= v <= 1
+            for v in values
+        ):
+            raise ValueError(
+                "Received an invalid value for `leak`, expected a number in [0, 1] or a list "
+                f"of them, one per task. Received: leak={leak!r}"
+            )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(
+                f"Received an invalid value for `seed`, expected an integer or None. Received: seed={seed!r}"
+            )
+        self.leak = [float(v) for v in leak] if isinstance(leak, list | tuple) else float(leak)
+        self.seed = seed
+
+    def build(self, num_tasks: int) -> None:
+        super().build(num_tasks)
+        if isinstance(self.leak, list) and len(self.leak) != num_tasks:
+            raise ValueError(
+                f"Expected one `leak` per task ({num_tasks}). Received: leak={self.leak!r}"
+            )
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name="seed_generator")
+
+    def compute(self, jacobian, losses, representation=None):
+        num = self.num_tasks
+        if representation is not None:
+            rep = ops.cast(ops.convert_to_tensor(representation), "float32")
+            features = math.prod(rep.shape[1:])
+            grads = ops.reshape(jacobian, (num, -1, features))
+            signs = ops.sign(ops.reshape(rep, (-1, features)))
+            summed = ops.sum(grads * signs[None], axis=1)
+        else:
+            grads = jacobian[:, None, :]
+            summed = jacobian
+        purity = 0.5 * (
+            1.0 + solvers.safe_divide(ops.sum(summed, axis=0), ops.sum(ops.abs(summed), axis=0))
+        )
+        draw = keras.random.uniform(ops.shape(purity), seed=self.seed_generator)
+        keep = ops.logical_or(
+            ops.logical_and((purity > draw)[None], summed > 0),
+            ops.logical_and((purity < draw)[None], summed < 0),
+        )
+        leak = ops.convert_to_tensor(
+            self.leak if isinstance(self.leak, list) else [self.leak] * num, dtype="float32"
+        )[:, None]
+        mask = leak + (1.0 - leak) * ops.cast(keep, "float32")
+        direction = ops.reshape(ops.sum(grads * mask[:, None, :], axis=0), (-1,))
+        return BalanceResult(direction, ops.ones((num,)))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "leak": self.leak, "seed": self.seed}

@@ -1,0 +1,40 @@
+"""Base class of the balancers that are a function of the Gramian `J J^T`."""
+
+from __future__ import annotations
+
+from keras_mtl.balancers import solvers
+from keras_mtl.balancers.base import Balancer, BalanceResult
+
+
+class GramianBalancer(Balancer):
+    """A gradient method whose weights depend on the Jacobian only through
+    its Gramian `G = J J^T` (T x T).
+
+    `compute` forms `G` once, asks `gramian_weights(G, losses)` for the task
+    weights `w` and returns the direction `w^T J`: one `T x T x P` and one
+    `T x P` product instead of `O(T^2)` operations on `P`-vectors (PCGrad
+    on full vectors is about 30x slower at `T = 40`, see PERF_NOTES.md).
+    Subclasses implement `gramian_weights`.
+
+    Args:
+        name: name of the balancer.
+        **kwargs: other `Balancer` arguments.
+    """
+
+    requires_jacobian = True
+
+    def gramian_weights(self, gram, losses):
+        """Task weights from the Gramian.
+
+        Args:
+            gram: `(T, T)` float32 Gramian `J J^T`.
+            losses: `(T,)` task losses.
+
+        Returns:
+            `(T,)` weights `w`; the direction is `w^T J`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement `gramian_weights`.")
+
+    def compute(self, jacobian, losses, representation=None):
+        weights = self.gramian_weights(solvers.gramian(jacobian), losses)
+        return BalanceResult(solvers.combine(weights, jacobian), weights)

@@ -1,0 +1,95 @@
+"""IMTL: impartial multi-task learning."""
+
+from __future__ import annotations
+
+from keras import ops
+
+from keras_mtl.balancers import solvers
+from keras_mtl.balancers.base import register_balancer
+from keras_mtl.balancers.gramian import GramianBalancer
+
+MODES = ("hybrid", "gradient")
+
+
+@register_balancer("imtl")
+class IMTL(GramianBalancer):
+    """Impartial MTL: the update has equal projections on every task's unit
+    gradient (IMTL-G), optionally with IMTL-L's learned loss scales.
+
+    IMTL-G finds `alpha` (summing to 1) such that `g = sum_t alpha_t g_t` has
+    the same inner product with every unit gradient `u_t = g_t / |g_t|`:
+    `alpha_{2:T} = g_1 U^T (D U^T)^{-1}` with rows `D_t = g_1 - g_t`,
+    `U_t = u_1 - u_t`. Everything is a function of the Gramian; the
+    `(T-1) x (T-1)` system is solved (not inverted). A singular system (for
+    example two identical gradients) gives equal weights `1/T`.
+
+    `mode="hybrid"` (the paper's full IMTL) adds IMTL-L: a trainable scale
+    `s_t` per task, the task loss becomes `exp(s_t) L_t - s_t` (trained through
+    `auxiliary_loss`), IMTL-G runs on the scaled gradients `exp(s_t) g_t`, and
+    the weights are `alpha_t exp(s_t)`. `mode="gradient"` is IMTL-G alone.
+
+    Args:
+        mode: `"hybrid"` (IMTL) or `"gradient"` (IMTL-G).
+        name: name of the balancer.
+
+    Raises:
+        ValueError: for an unknown `mode`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers import IMTL
+    >>> r = IMTL(mode="gradient").aggregate(np.array([[2.0, 0.0], [0.0, 1.0]]), np.ones(2))
+    >>> np.round(np.asarray(r.direction, dtype=float), 4).tolist()
+    [0.6667, 0.6667]
+
+    References:
+        Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021.
+    """
+
+    def __init__(self, mode: str = "hybrid", name: str | None = None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        if mode not in MODES:
+            raise ValueError(
+                f"Received an invalid value for `mode`, expected one of {list(MODES)}. "
+                f"Received: mode={mode!r}"
+            )
+        self.mode = mode
+
+    def build(self, num_tasks: int) -> None:
+        super().build(num_tasks)
+        if self.mode == "hybrid":
+            self.loss_scale = self.add_weight(
+                name="loss_scale", shape=(num_tasks,), initializer="zeros", trainable=True
+            )
+
+    def _scales(self):
+        if self.mode == "hybrid":
+            return ops.exp(ops.convert_to_tensor(self.loss_scale))
+        return ops.ones((self.num_tasks,))
+
+    def gramian_weights(self, gram, losses):
+        num = self.num_tasks
+        scales = self._scales()
+        if num == 1:
+            return scales
+        gram = solvers.normalize_gramian(gram * scales[:, None] * scales[None, :])
+        norms = ops.sqrt(ops.maximum(ops.diagonal(gram), 0.0))
+        # gu[a, b] = <g_a, u_b>; zero for a zero gradient u_b.
+        gu = solvers.safe_divide(gram, norms[None, :])
+        lhs = gu[0, 0] - gu[0:1, 1:] - gu[1:, 0:1] + gu[1:, 1:]  # (D U^T)[i, j]
+        rhs = gu[0, 0] - gu[0, 1:]  # (g_1 U^T)[j]
+        alpha, ok = solvers.guarded_solve(ops.transpose(lhs), rhs[:, None])
+        alpha = alpha[:, 0]
+        alpha = ops.concatenate([1.0 - ops.sum(alpha, keepdims=True), alpha])
+        alpha = ops.where(ok, alpha, ops.ones((num,)) / num)
+        return alpha * scales
+
+    def auxiliary_loss(self, losses):
+        if self.mode != "hybrid":
+            return super().auxiliary_loss(losses)
+        s = ops.convert_to_tensor(self.loss_scale)
+        return ops.sum(ops.exp(s) * losses - s)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}

@@ -1,0 +1,147 @@
+"""Nash-MTL: multi-task learning as a bargaining game."""
+
+from __future__ import annotations
+
+import math
+
+from keras import ops
+
+from keras_mtl.balancers import solvers
+from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer
+
+SOLVERS = ("graph", "cvxpy")
+
+
+@register_balancer("nash_mtl", "nashmtl")
+class NashMTL(Balancer):
+    """The Nash bargaining solution of the tasks: `d = sum_t alpha_t g_t` with
+    `alpha_t > 0` and `<g_t, d> = 1 / alpha_t` for every task.
+
+    As in the official code, the Gramian is normalised by its Frobenius
+    norm, `alpha` solves the bargaining condition on it and multiplies the raw
+    task losses, and the shared direction is clipped to norm `max_norm`
+    (`max_norm <= 0` disables clipping; task-specific variables are not
+    clipped). Weights are recomputed every `update_every` steps and reused in
+    between (the paper's speed-up); the last `alpha` and the step count are
+    state variables saved with the model.
+
+    Solvers: `"graph"` (default) solves the condition in-graph by damped
+    Newton on the convex function `0.5 a^T G a - sum log (G a)` (whose
+    stationary points are exactly the bargaining solutions), warm-started at
+    the previous `alpha`; `"cvxpy"` runs the paper's sequence of convex
+    problems (`optim_niter` of them at most) on the host, not under XLA.
+    When no solution exists (no direction improves every task, e.g. opposite
+    gradients) or cvxpy fails, the previous `alpha` is kept, as in the
+    official code, and the event is counted in `<name>_solver_failures`.
+
+    Args:
+        max_norm: clipping norm of the shared direction (official: 1.0).
+        update_every: recompute the weights every this many steps.
+        optim_niter: maximum number of convex problems per cvxpy solve.
+        solver: `"graph"` or `"cvxpy"`.
+        name: name of the balancer.
+
+    Raises:
+        ValueError: for invalid arguments.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers import NashMTL
+    >>> r = NashMTL(max_norm=0.0).aggregate(np.array([[2.0, 0.0], [0.0, 1.0]]), np.ones(2))
+    >>> np.round(np.asarray(r.weights, dtype=float) ** 2 * [4.0, 1.0] / np.sqrt(17.0), 4).tolist()
+    [1.0, 1.0]
+
+    References:
+        Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022.
+    """
+
+    requires_jacobian = True
+
+    def __init__(
+        self,
+        max_norm: float = 1.0,
+        update_every: int = 1,
+        optim_niter: int = 20,
+        solver: str = "graph",
+        name: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        if (
+            isinstance(max_norm, bool)
+            or not isinstance(max_norm, int | float)
+            or not math.isfinite(max_norm)
+        ):
+            raise ValueError(
+                "Received an invalid value for `max_norm`, expected a finite number. "
+                f"Received: max_norm={max_norm!r}"
+            )
+        for arg, value in (("update_every", update_every), ("optim_niter", optim_niter)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"Received an invalid value for `{arg}`, expected a positive integer. "
+                    f"Received: {arg}={value!r}"
+                )
+        if solver not in SOLVERS:
+            raise ValueError(
+                f"Received an invalid value for `solver`, expected one of {list(SOLVERS)}. "
+                f"Received: solver={solver!r}"
+            )
+        self.max_norm = float(max_norm)
+        self.update_every = update_every
+        self.optim_niter = optim_niter
+        self.solver = solver
+        self.supports_jit = solver == "graph"
+
+    def build(self, num_tasks: int) -> None:
+        super().build(num_tasks)
+        self.alpha = self.add_state("alpha", (num_tasks,), initializer="ones")
+        self.step = self.add_state("step", ())
+        self.solver_failures = self.add_state("solver_failures", ())
+
+    def _solve(self, gram):
+        previous = ops.convert_to_tensor(self.alpha)
+        alpha, ok = solvers.nash_weights(gram, init=previous)
+        alpha = ops.where(ok, alpha, previous)
+        failed = 1.0 - ops.cast(ok, "float32")
+        if self.solver == "cvxpy":
+            host = lambda g, a: solvers.nash_weights_cvxpy(g, a, self.optim_niter)  # noqa: E731
+            alpha, failed = solvers.cvxpy_or_fallback(host, alpha, gram, previous)
+        return alpha, failed
+
+    def compute(self, jacobian, losses, representation=None):
+        gram = solvers.gramian(jacobian)
+        frobenius = ops.sqrt(ops.sum(gram * gram))
+        gram = gram / ops.where(frobenius > 0, frobenius, 1.0)
+        update = ops.equal(ops.mod(self.step, float(self.update_every)), 0.0)
+        if self.update_every == 1:
+            alpha, failed = self._solve(gram)
+        else:
+            alpha, failed = ops.cond(
+                update,
+                lambda: self._solve(gram),
+                lambda: (ops.convert_to_tensor(self.alpha), ops.zeros(())),
+            )
+        self.alpha.assign(alpha)
+        self.step.assign_add(1.0)
+        self.solver_failures.assign_add(failed)
+        direction = solvers.combine(alpha, jacobian)
+        if self.max_norm > 0:
+            norm = ops.sqrt(ops.sum(direction * direction))
+            direction = direction * ops.minimum(1.0, self.max_norm / ops.maximum(norm, 1e-30))
+        return BalanceResult(direction, alpha)
+
+    def logs(self) -> dict:
+        if not self.built:
+            return {}
+        return {f"{self.name}_solver_failures": self.solver_failures.value}
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "max_norm": self.max_norm,
+            "update_every": self.update_every,
+            "optim_niter": self.optim_niter,
+            "solver": self.solver,
+        }

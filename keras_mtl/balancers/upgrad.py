@@ -1,0 +1,79 @@
+"""UPGrad: unconflicting projection of gradients."""
+
+from __future__ import annotations
+
+import math
+
+from keras import ops
+
+from keras_mtl.balancers import solvers
+from keras_mtl.balancers.base import register_balancer
+from keras_mtl.balancers.gramian import GramianBalancer
+
+
+def dual_cone_gramian(gram, reg_eps: float):
+    """torchjd's preprocessing: `G / trace(G) + reg_eps I` (zero `G` stays
+    zero before the ridge). Dividing by the trace for every scale (torchjd
+    zeroes Gramians whose trace is below `1e-4`) keeps the projection exact
+    for tiny gradients."""
+    gram = ops.cast(gram, "float32")
+    trace = ops.sum(ops.diagonal(gram))
+    gram = gram / ops.where(trace > 0, trace, 1.0)
+    return gram + reg_eps * ops.eye(gram.shape[0])
+
+
+def check_reg_eps(reg_eps) -> float:
+    if (
+        isinstance(reg_eps, bool)
+        or not isinstance(reg_eps, int | float)
+        or not math.isfinite(reg_eps)
+        or reg_eps < 0
+    ):
+        raise ValueError(
+            "Received an invalid value for `reg_eps`, expected a non-negative number. "
+            f"Received: reg_eps={reg_eps!r}"
+        )
+    return float(reg_eps)
+
+
+@register_balancer("upgrad")
+class UPGrad(GramianBalancer):
+    """Projects every task gradient onto the dual cone of all task gradients
+    (the set of directions that conflict with none) and averages them.
+
+    The projection of `u^T J` onto the cone `{d : <d, g_t> >= 0 for all t}` is
+    `v^T J` with `v = argmin_{v >= u} v^T G v` (a `T`-dimensional QP, solved
+    in-graph by an exact active-set method); UPGrad averages the projections
+    of the `T` gradients, so its weights are `(1/T) sum_i v_i` and
+    `<d, g_t> >= 0` for every task. As torchjd, the Gramian is normalised by
+    its trace and regularised by `reg_eps` (1e-4) before the projections.
+
+    Args:
+        reg_eps: ridge added to the normalised Gramian.
+        name: name of the balancer.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers import UPGrad
+    >>> r = UPGrad().aggregate(np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]), np.ones(2))
+    >>> np.round(np.asarray(r.direction, dtype=float), 4).tolist()
+    [0.2929, 1.9004, 1.9004]
+
+    References:
+        Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization",
+        2024 (arXiv:2406.16232).
+    """
+
+    def __init__(self, reg_eps: float = 1e-4, name: str | None = None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.reg_eps = check_reg_eps(reg_eps)
+
+    def gramian_weights(self, gram, losses):
+        num = self.num_tasks
+        gram = dual_cone_gramian(gram, self.reg_eps)
+        projected = solvers.lower_bounded_qp(gram, ops.eye(num) / num)
+        return ops.sum(projected, axis=0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "reg_eps": self.reg_eps}
