@@ -379,7 +379,8 @@ def deserialize(config: dict) -> Balancer:
         config: the dict.
 
     Returns:
-        A `Balancer` (unbuilt: state is created on first use).
+        A `Balancer`; built when the config records a build (full Keras
+        configs), otherwise unbuilt until its first use.
 
     Raises:
         ValueError: if the dict does not describe a balancer.

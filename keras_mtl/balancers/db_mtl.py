@@ -110,9 +110,17 @@ class DBMTL(Balancer):
 
     def _create_moving_gradients(self, num_params: int) -> None:
         self.num_params = num_params
-        self.moving_gradients = self.add_state(
-            "moving_gradients", (self.num_tasks, num_params)
-        )
+        # Keras locks a built layer's state; this variable's shape is only
+        # known now, so it is added explicitly.
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            self.moving_gradients = self.add_state(
+                "moving_gradients", (self.num_tasks, num_params)
+            )
+        finally:
+            if locked:
+                self._tracker.lock()
 
     def compute(self, jacobian, losses, representation=None):
         inv = 1.0 / (losses + self.eps)

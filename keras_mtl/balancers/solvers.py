@@ -82,8 +82,10 @@ def safe_divide(x, y):
 def guarded_solve(matrix, rhs):
     """Solves `matrix @ x = rhs`, reporting (not raising) singular systems.
 
-    TensorFlow's `solve` raises on an exactly singular matrix at run time;
-    singular matrices are replaced by the identity first and flagged.
+    TensorFlow's `solve` raises on an exactly singular matrix at run time and
+    its LU and log-determinant have no XLA kernel; this uses a Householder QR
+    (which never fails) and a triangular solve, and flags systems whose `R`
+    has a (relatively) zero pivot.
 
     Args:
         matrix: `(..., n, n)` tensor.
@@ -91,15 +93,22 @@ def guarded_solve(matrix, rhs):
 
     Returns:
         `(x, ok)`: the solution and a boolean `(...)` tensor that is `False`
-        where the system was singular or the solution is not finite.
+        where the system was (numerically) singular or the solution is not
+        finite; `x` is then meaningless but finite.
     """
-    _, logdet = ops.slogdet(matrix)
-    ok = ops.isfinite(logdet)
+    q, r = ops.qr(matrix, mode="reduced")
+    pivots = ops.abs(ops.diagonal(r, axis1=-2, axis2=-1))
+    eps = 1e-13 if matrix.dtype == "float64" else 1e-6
+    tol = eps * ops.max(pivots, axis=-1, keepdims=True)
+    singular = pivots <= tol
+    ok = ops.logical_not(ops.any(singular, axis=-1))
     eye = ops.eye(matrix.shape[-1], dtype=matrix.dtype)
-    safe = ops.where(ok[..., None, None], matrix, eye)
-    x = ops.solve(safe, rhs)
-    ok = ops.logical_and(ok, ops.all(ops.isfinite(x), axis=(-2, -1)))
-    return x, ok
+    r = r + eye * ops.cast(singular, matrix.dtype)[..., None, :]
+    qtb = ops.matmul(ops.swapaxes(q, -1, -2), rhs)
+    x = ops.solve_triangular(r, qtb, lower=False)
+    finite = ops.all(ops.isfinite(x), axis=(-2, -1))
+    ok = ops.logical_and(ok, finite)
+    return ops.where(finite[..., None, None], x, 0.0), ok
 
 
 def lipschitz_bound(gram):
@@ -581,22 +590,23 @@ def nash_weights_cvxpy(
     num = gram.shape[0]
     alpha_t = np.ones(num) if init is None else np.asarray(init, dtype=np.float64)
     alpha = cp.Variable(num, nonneg=True)
-    prev = cp.Parameter(num)
     g_param = cp.Parameter((num, num))
     g_alpha = g_param @ alpha
-    # phi'(prev) = 1/prev + G^T (1 / (G prev)), a parameter expression.
+    # phi'(prev) = 1/prev + G^T (1 / (G prev)) and phi'(prev)^T prev are
+    # parameters, which keeps the problem DPP (re-solved cheaply).
     phi_grad = cp.Parameter(num)
-    objective = cp.sum(g_alpha) + phi_grad @ (alpha - prev) / normalization
+    offset = cp.Parameter()
+    objective = cp.sum(g_alpha) + (phi_grad @ alpha - offset) / normalization
     constraints = [-cp.log(alpha * normalization) - cp.log(g_alpha) <= 0]
     problem = cp.Problem(cp.Minimize(objective), constraints)
     g_param.value = gram
     ok_any = False
     for _ in range(num_iters):
-        prev.value = alpha_t
         g_prev = gram @ alpha_t
         if np.any(g_prev <= 0) or np.any(alpha_t <= 0):
             break
         phi_grad.value = 1.0 / alpha_t + (1.0 / g_prev) @ gram
+        offset.value = float(phi_grad.value @ alpha_t)
         if not _solve(problem, ("CLARABEL", "SCS")) or alpha.value is None:
             break
         ok_any = True

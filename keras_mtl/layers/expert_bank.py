@@ -89,11 +89,12 @@ class ExpertBank(keras.layers.Layer):
 
     Each hidden layer of the E experts is one stacked kernel of shape
     `(d_in, E, d_out)` (expert e's kernel is `kernel[:, e, :]`) and a bias
-    `(E, d_out)`, instead of E separate `Dense` layers: the first layer is one matmul against the kernels laid
-    side by side (the cost of one `Dense` layer with E times the units), the
-    next layers one batched matmul over the experts. Every layer, the last included, is
-    followed by the activation and dropout (as in `SharedBottom`). The experts
-    act on the last axis, so any input rank works.
+    `(E, d_out)`, instead of E separate `Dense` layers: the first layer is one
+    matmul against the kernels laid side by side (the cost of one `Dense`
+    layer with E times the units), the next layers one batched matmul over
+    the experts. Every layer, the last included, is followed by the
+    activation and dropout (as in `SharedBottom`). The experts act on the
+    last axis, so any input rank works.
 
     A user-supplied `expert` layer (an instance or its serialized config)
     replaces the built-in MLP: the bank then holds E independent clones made

@@ -129,3 +129,17 @@ def test_config_round_trip_with_inner():
         LogLoss(epsilon=0)
     with pytest.raises(ValueError, match="Received: inner=3"):
         LogLoss(inner=3)
+
+
+def test_wrapping_issue_5_gradient_methods():
+    jac = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], "float32")
+    # L + eps = 1: the log-loss gradients equal the raw ones (torchjd's reference value).
+    ones = np.float32(1.0) - np.float32(1e-8)
+    r = LogLoss(balancers.PCGrad()).aggregate(jac, [ones, ones])
+    np.testing.assert_allclose(r.direction, [0.5848, 3.8012, 3.8012], atol=1e-4)
+    losses = np.array([2.0, 0.5], "float32")
+    scaled = jac / (losses + 1e-8)[:, None]
+    r = LogLoss(balancers.MGDA()).aggregate(jac, losses)
+    inner = balancers.MGDA().aggregate(scaled, np.log(losses))
+    np.testing.assert_allclose(r.direction, inner.direction, rtol=1e-5)
+    np.testing.assert_allclose(r.weights, np.asarray(inner.weights) / losses, rtol=1e-5)

@@ -25,6 +25,7 @@ def _all_methods():
         "imtl_l": lambda: balancers.IMTLL(),
         "log": lambda: balancers.LogLoss(),
         "log_gradnorm": lambda: balancers.LogLoss(balancers.GradNorm()),
+        "log_pcgrad": lambda: balancers.LogLoss(balancers.PCGrad(seed=0)),
         "log_uw": lambda: balancers.LogLoss(balancers.UncertaintyWeighting()),
         "initial_loss": lambda: balancers.InitialLossNormalization(),
         "initial_loss_famo": lambda: balancers.InitialLossNormalization(balancers.FAMO()),
@@ -106,9 +107,9 @@ def test_xla_matches_eager_where_supported(name):
         assert name == "rlw_dirichlet"
         return
     step = _compiled(b)
-    # XLA draws random numbers with another algorithm: RLW is compared with a
-    # second compiled instance, the others with eager execution.
-    other = _compiled(reference) if name == "rlw" else None
+    # XLA draws random numbers with another algorithm: random methods are
+    # compared with a second compiled instance, the others with eager execution.
+    other = _compiled(reference) if name in ("rlw", "log_pcgrad") else None
     for jac, losses in _steps(steps=3):
         losses = losses.astype("float32")
         expected = other(jac, losses) if other else _run(reference, jac, losses).weights
@@ -147,6 +148,7 @@ FIT_METHODS = [
     "imtl_l",
     "log",
     "log_gradnorm",
+    "log_pcgrad",
     "log_uw",
     "initial_loss",
     "initial_loss_famo",
@@ -237,3 +239,68 @@ def test_dtp_measures_its_kpi_inside_the_training_step():
         -(1 - k) * np.log(k),
         rtol=1e-4,
     )
+
+
+# ------------------------------------------------------------ tf.distribute
+def _mirrored_report(name):
+    """Run in a fresh process (`python -m tests.balancers.test_loss_methods_fit
+    NAME`): fits with two logical CPUs and with one device on the same global
+    batches and prints the largest differences as JSON."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    x, y = _data()
+
+    def fit(strategy):
+        with strategy.scope():
+            model = _model()
+            balancer = balancers.DWA() if name == "dwa" else METHODS[name]()
+            model.compile(optimizer=keras.optimizers.SGD(0.05), loss=LOSS, balancer=balancer)
+        history = model.fit(x, y, batch_size=128, epochs=3, shuffle=False, verbose=0)
+        return model, history.history["task_1_weight"]
+
+    mirrored, w_mirrored = fit(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    single, w_single = fit(tf.distribute.get_strategy())
+
+    def diff(a, b):
+        return max(
+            [float(np.max(np.abs(np.array(u) - np.array(v)))) for u, v in zip(a, b, strict=True)]
+            + [0]
+        )
+
+    return {
+        "model": diff(mirrored.trainable_variables, single.trainable_variables),
+        "balancer": diff(mirrored.balancer.variables, single.balancer.variables),
+        "weights": diff(w_mirrored, w_single),
+        "moved": diff(w_single, [1.0] * len(w_single)),
+    }
+
+
+@pytest.mark.parametrize("name", ["uw", "dwa"])
+def test_mirrored_strategy_matches_a_single_device(name):
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.balancers.test_loss_methods_fit", name],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["model"] < 1e-5 and report["balancer"] < 1e-5, report
+    assert report["weights"] < 1e-5 and report["moved"] > 1e-3, report
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(_mirrored_report(sys.argv[1])))
