@@ -136,21 +136,29 @@ def main(argv=None) -> None:
         mmoe = bench_mmoe(batch=1024, dim=32, units=16, steps=4, rounds=3)
     else:
         bank = bench_bank(batch=1024, dim=256, units=64, rounds=9, repeats=20)
-        mmoe = bench_mmoe(batch=1024, dim=256, units=64, steps=20, rounds=7)
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, CPU threads "
-          f"{tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}")
+        mmoe = bench_mmoe(batch=1024, dim=256, units=64, steps=40, rounds=11)
+    print(
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, CPU threads "
+        f"{tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}"
+    )
     print("\nA. forward+backward, median ms per step")
     for name, seconds in bank.items():
         print(f"  {name:<16} {seconds * 1e3:8.3f}")
-    print(f"  ratio bank/dense, 1 layer (same FLOPs, target <= 1.2): "
-          f"{bank['bank_1_layer'] / bank['dense_1_layer']:.3f}")
-    print(f"  ratio bank/dense, 2 layers (dense has 8x the FLOPs in layer 2): "
-          f"{bank['bank_2_layers'] / bank['dense_2_layers']:.3f}")
+    print(
+        f"  ratio bank/dense, 1 layer (same FLOPs, target <= 1.2): "
+        f"{bank['bank_1_layer'] / bank['dense_1_layer']:.3f}"
+    )
+    print(
+        f"  ratio bank/dense, 2 layers (dense has 8x the FLOPs in layer 2): "
+        f"{bank['bank_2_layers'] / bank['dense_2_layers']:.3f}"
+    )
     print("\nB. fit step at batch 1024, 2 tasks, median ms per step")
     for name, seconds in mmoe.items():
         print(f"  {name:<16} {seconds * 1e3:8.3f}")
-    print(f"  ratio MMoE/list of Dense experts (target <= 1.0): "
-          f"{mmoe['mmoe'] / mmoe['dense_list']:.3f}")
+    print(
+        f"  ratio MMoE/list of Dense experts (target <= 1.0): "
+        f"{mmoe['mmoe'] / mmoe['dense_list']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ class AlignedMTL(GramianBalancer):
             index = num - rank + (rank - 1) // 2
             scale = ops.take(values, ops.clip(index, 0, num - 1))
         else:
-            scale = ops.sum(ops.where(kept, values, 0.0)) / ops.cast(ops.maximum(rank, 1), "float64")
+            scale = ops.sum(ops.where(kept, values, 0.0)) / ops.cast(
+                ops.maximum(rank, 1), "float64"
+            )
         factors = ops.where(kept, ops.sqrt(ops.maximum(scale, 0.0) / safe), 0.0)
         weights_matrix = ops.matmul(vectors * factors[None, :], ops.transpose(vectors))
         weights = ops.sum(weights_matrix, axis=1)

@@ -6,6 +6,7 @@ import math
 
 from keras import ops
 
+from keras_mtl.balancers import solvers
 from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer
 
 
@@ -115,21 +116,19 @@ class DBMTL(Balancer):
         locked = self._tracker.locked
         self._tracker.unlock()
         try:
-            self.moving_gradients = self.add_state(
-                "moving_gradients", (self.num_tasks, num_params)
-            )
+            self.moving_gradients = self.add_state("moving_gradients", (self.num_tasks, num_params))
         finally:
             if locked:
                 self._tracker.lock()
 
     def compute(self, jacobian, losses, representation=None):
         inv = 1.0 / (losses + self.eps)
-        grads = jacobian * inv[:, None]
         k = self.step + 1.0
         rate = self.beta / ops.power(k, self.sigma)
         self.step.assign(k)
         if representation is not None:
-            norms = ops.sqrt(ops.sum(grads * grads, axis=1))
+            grads = jacobian * inv[:, None]
+            norms = solvers.row_norms(grads)
             moving = rate * self.moving_norms + (1.0 - rate) * norms
             self.moving_norms.assign(moving)
             scale = ops.max(moving) / (moving + 1e-8)
@@ -148,9 +147,10 @@ class DBMTL(Balancer):
                 f"This DBMTL keeps moving averages of {self.num_params} parameters. Received: "
                 f"jacobian with shape {tuple(jacobian.shape)}"
             )
-        moving = grads + rate * (self.moving_gradients - grads)
+        # One scale per row, so J is read once: m <- b m + (1 - b) J / (L + eps).
+        moving = rate * self.moving_gradients + ((1.0 - rate) * inv)[:, None] * jacobian
         self.moving_gradients.assign(moving)
-        norms = ops.sqrt(ops.sum(moving * moving, axis=1))
+        norms = solvers.row_norms(moving)
         self.moving_norms.assign(norms)
         scale = ops.max(norms) / (norms + 1e-8)
         direction = ops.matmul(scale[None, :], moving)[0]

@@ -9,6 +9,7 @@ from keras import ops
 
 from keras_mtl.balancers import solvers
 from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer
+from keras_mtl.balancers.pcgrad import load_seed_state, save_seed_state
 
 
 @register_balancer("graddrop")
@@ -94,15 +95,16 @@ class GradDrop(Balancer):
 
     def compute(self, jacobian, losses, representation=None):
         num = self.num_tasks
-        if representation is not None:
-            rep = ops.cast(ops.convert_to_tensor(representation), "float32")
-            features = math.prod(rep.shape[1:])
-            grads = ops.reshape(jacobian, (num, -1, features))
-            signs = ops.sign(ops.reshape(rep, (-1, features)))
-            summed = ops.sum(grads * signs[None], axis=1)
-        else:
-            grads = jacobian[:, None, :]
-            summed = jacobian
+        leak = ops.convert_to_tensor(
+            self.leak if isinstance(self.leak, list) else [self.leak] * num, dtype="float32"
+        )
+        if representation is None:
+            return BalanceResult(self._parameter_direction(jacobian, leak), ops.ones((num,)))
+        rep = ops.cast(ops.convert_to_tensor(representation), "float32")
+        features = math.prod(rep.shape[1:])
+        grads = ops.reshape(jacobian, (num, -1, features))
+        signs = ops.sign(ops.reshape(rep, (-1, features)))
+        summed = ops.einsum("tbd,bd->td", grads, signs)
         purity = 0.5 * (
             1.0 + solvers.safe_divide(ops.sum(summed, axis=0), ops.sum(ops.abs(summed), axis=0))
         )
@@ -111,12 +113,34 @@ class GradDrop(Balancer):
             ops.logical_and((purity > draw)[None], summed > 0),
             ops.logical_and((purity < draw)[None], summed < 0),
         )
-        leak = ops.convert_to_tensor(
-            self.leak if isinstance(self.leak, list) else [self.leak] * num, dtype="float32"
-        )[:, None]
-        mask = leak + (1.0 - leak) * ops.cast(keep, "float32")
-        direction = ops.reshape(ops.sum(grads * mask[:, None, :], axis=0), (-1,))
+        mask = leak[:, None] + (1.0 - leak[:, None]) * ops.cast(keep, "float32")
+        direction = ops.reshape(ops.einsum("tbd,td->bd", grads, mask), (-1,))
         return BalanceResult(direction, ops.ones((num,)))
+
+    def _parameter_direction(self, jacobian, leak):
+        # One activation per column: the kept gradients of a column are all
+        # its positive ones or all its negative ones, so the masked sum only
+        # needs (weighted) sums of J and of its positive part.
+        positive = ops.relu(jacobian)
+        coefficients = ops.stack([ops.ones_like(leak), 1.0 - leak, leak])
+        sums = ops.matmul(coefficients, jacobian)  # (3, P)
+        positive_sums = ops.matmul(coefficients[:2], positive)  # (2, P)
+        absolute = 2.0 * positive_sums[0] - sums[0]
+        purity = 0.5 * (1.0 + solvers.safe_divide(sums[0], absolute))
+        draw = keras.random.uniform(ops.shape(purity), seed=self.seed_generator)
+        kept_positive = positive_sums[1]
+        kept_negative = sums[1] - positive_sums[1]
+        dropped = ops.where(
+            purity > draw, kept_positive, ops.where(purity < draw, kept_negative, 0.0)
+        )
+        return sums[2] + dropped
+
+    def save_own_variables(self, store) -> None:
+        super().save_own_variables(store)
+        save_seed_state(self, store)
+
+    def load_own_variables(self, store) -> None:
+        super().load_own_variables(load_seed_state(self, store))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "leak": self.leak, "seed": self.seed}

@@ -10,7 +10,7 @@ from keras import ops
 from keras_mtl.balancers import solvers
 from keras_mtl.balancers.base import register_balancer
 from keras_mtl.balancers.gramian import GramianBalancer
-from keras_mtl.balancers.pcgrad import random_orders
+from keras_mtl.balancers.pcgrad import load_seed_state, random_orders, save_seed_state
 
 
 @register_balancer("gradvac")
@@ -95,9 +95,7 @@ class GradVac(GramianBalancer):
             target = ops.sum(pick * targets, axis=1)
             root_t = ops.sqrt(ops.maximum(1.0 - target * target, 0.0))
             root_p = ops.sqrt(ops.maximum(1.0 - phi * phi, 0.0))
-            step = solvers.safe_divide(
-                norm_i * (target * root_p - phi * root_t), norm_j * root_t
-            )
+            step = solvers.safe_divide(norm_i * (target * root_p - phi * root_t), norm_j * root_t)
             valid = (other != rows) & (norm_j > 0) & (norm_i > 0)
             active = valid & (phi < target)
             coef = coef + ops.where(active, step, 0.0)[:, None] * pick
@@ -109,6 +107,13 @@ class GradVac(GramianBalancer):
         )
         self.targets.assign(targets)
         return ops.sum(coef, axis=0)
+
+    def save_own_variables(self, store) -> None:
+        super().save_own_variables(store)
+        save_seed_state(self, store)
+
+    def load_own_variables(self, store) -> None:
+        super().load_own_variables(load_seed_state(self, store))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "beta": self.beta, "seed": self.seed}

@@ -19,6 +19,18 @@ class GramianBalancer(Balancer):
     Args:
         name: name of the balancer.
         **kwargs: other `Balancer` arguments.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> from keras_mtl.balancers.gramian import GramianBalancer
+    >>> class InverseNorm(GramianBalancer):
+    ...     def gramian_weights(self, gram, losses):
+    ...         return 1.0 / ops.sqrt(ops.diagonal(gram))
+    >>> r = InverseNorm().aggregate(np.array([[3.0, 4.0], [0.0, 2.0]]), np.ones(2))
+    >>> np.asarray(r.direction, dtype=float).round(4).tolist()
+    [0.6, 1.8]
     """
 
     requires_jacobian = True

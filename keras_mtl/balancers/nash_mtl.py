@@ -128,7 +128,7 @@ class NashMTL(Balancer):
         self.solver_failures.assign_add(failed)
         direction = solvers.combine(alpha, jacobian)
         if self.max_norm > 0:
-            norm = ops.sqrt(ops.sum(direction * direction))
+            norm = solvers.row_norms(direction[None, :])[0]
             direction = direction * ops.minimum(1.0, self.max_norm / ops.maximum(norm, 1e-30))
         return BalanceResult(direction, alpha)
 

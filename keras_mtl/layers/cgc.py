@@ -61,7 +61,7 @@ class CGC(keras.layers.Layer):
             expert instead of the built-in MLP.
         gate: `"softmax"` (`Gate`) or `"dselect_k"` (`DSelectK`; its `k` must
             not exceed any gate's number of experts).
-        gate_kwargs: extra arguments of each gate.
+        gate_kwargs: extra arguments of each gate (see `MMoE`).
         shared_output: whether to add the shared gate and output.
         return_gate_weights: whether to also return the gate weights.
         kernel_initializer: initializer of the expert kernels.

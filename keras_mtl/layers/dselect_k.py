@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_mtl.layers.expert_bank import _check_positive_int
+from keras_mtl.layers.expert_bank import _check_positive_int, fresh_initializer
 from keras_mtl.layers.gate import softmax_last_axis
 
 # Keeps log() finite on exact zeros of the selector outputs.
@@ -137,15 +137,15 @@ class DSelectK(keras.layers.Layer):
         self._codes = np.array(codes, dtype="int32").astype("float32")
         self.z_dense = keras.layers.Dense(
             self.k * self.num_binary,
-            kernel_initializer=self.z_initializer,
-            bias_initializer=_fresh(self.z_initializer),
+            kernel_initializer=fresh_initializer(self.z_initializer),
+            bias_initializer=fresh_initializer(self.z_initializer),
             dtype=self.dtype_policy,
             name="selector_logits",
         )
         self.w_dense = keras.layers.Dense(
             self.k,
-            kernel_initializer=self.w_initializer,
-            bias_initializer=_fresh(self.w_initializer),
+            kernel_initializer=fresh_initializer(self.w_initializer),
+            bias_initializer=fresh_initializer(self.w_initializer),
             dtype=self.dtype_policy,
             name="selector_weights",
         )
@@ -198,9 +198,3 @@ class DSelectK(keras.layers.Layer):
             }
         )
         return config
-
-
-def _fresh(initializer):
-    # Keras initializers repeat their values across calls; a copy built from
-    # the config draws its own (unless the user fixed a seed).
-    return initializer.__class__.from_config(initializer.get_config())

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_mtl.layers.expert_bank import _check_rate, _check_units
+from keras_mtl.layers.expert_bank import _check_rate, _check_units, fresh_initializer
 from keras_mtl.layers.shared_bottom import SharedBottom
 
 
@@ -96,7 +96,7 @@ class ESMM(keras.layers.Layer):
                 units=units,
                 activation=self.activation,
                 dropout=self.dropout,
-                kernel_initializer=_fresh(self.kernel_initializer),
+                kernel_initializer=fresh_initializer(self.kernel_initializer),
                 kernel_regularizer=self.kernel_regularizer,
                 dtype=self.dtype_policy,
                 name=name,
@@ -107,7 +107,7 @@ class ESMM(keras.layers.Layer):
             return keras.layers.Dense(
                 1,
                 activation="sigmoid",
-                kernel_initializer=_fresh(self.kernel_initializer),
+                kernel_initializer=fresh_initializer(self.kernel_initializer),
                 kernel_regularizer=self.kernel_regularizer,
                 dtype="float32",
                 name=name,
@@ -173,9 +173,3 @@ class ESMM(keras.layers.Layer):
             }
         )
         return config
-
-
-def _fresh(initializer):
-    # Keras initializers repeat their values across calls: give each sublayer
-    # its own copy (a fresh seed unless the user fixed one).
-    return initializer.__class__.from_config(initializer.get_config())

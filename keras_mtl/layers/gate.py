@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_mtl.layers.expert_bank import _check_positive_int, _check_rate
+from keras_mtl.layers.expert_bank import _check_positive_int, _check_rate, fresh_initializer
 
 GATE_TYPES = ("softmax", "dselect_k")
 
@@ -90,7 +90,7 @@ class Gate(keras.layers.Layer):
         self.dense = keras.layers.Dense(
             self.num_experts,
             use_bias=self.use_bias,
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=fresh_initializer(self.kernel_initializer),
             kernel_regularizer=self.kernel_regularizer,
             dtype=self.dtype_policy,
             name="logits",

@@ -32,7 +32,8 @@ class MMoE(keras.layers.Layer):
         gate: `"softmax"` (`Gate`) or `"dselect_k"` (`DSelectK`).
         gate_kwargs: extra arguments of each gate, e.g.
             `{"temperature": 2.0, "dropout": 0.1}` for `"softmax"` or
-            `{"k": 2}` (required) for `"dselect_k"`.
+            `{"k": 2}` (required) for `"dselect_k"`. Keep the values plain
+            (numbers, strings, config dicts) so that the layer can be saved.
         return_gate_weights: whether to also return the gate weights.
         kernel_initializer: initializer of the expert kernels.
         kernel_regularizer: regularizer of the expert kernels.

@@ -41,7 +41,7 @@ class PLE(keras.layers.Layer):
             expert; it must accept its own output width at levels above the
             first.
         gate: `"softmax"` or `"dselect_k"`.
-        gate_kwargs: extra arguments of each gate.
+        gate_kwargs: extra arguments of each gate (see `MMoE`).
         return_gate_weights: whether to also return the top level's task
             gate weights.
         kernel_initializer: initializer of the expert kernels.

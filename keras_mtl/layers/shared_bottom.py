@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from keras_mtl.layers.expert_bank import fresh_initializer
+
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
 class SharedBottom(keras.layers.Layer):
@@ -80,7 +82,9 @@ class SharedBottom(keras.layers.Layer):
         self.dense_layers = [
             keras.layers.Dense(
                 u,
-                kernel_initializer=self.kernel_initializer,
+                # Each layer its own copy: a shared instance would start
+                # equally shaped kernels with equal values.
+                kernel_initializer=fresh_initializer(self.kernel_initializer),
                 kernel_regularizer=self.kernel_regularizer,
                 use_bias=not self.batch_norm,
                 dtype=self.dtype_policy,

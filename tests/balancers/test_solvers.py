@@ -8,7 +8,6 @@ import tensorflow as tf
 
 from keras_mtl.balancers import solvers
 
-
 # Graph mode: the solvers' loops are slow op by op in eager mode.
 min_norm = tf.function(solvers.min_norm_weights)
 lower_bounded_qp = tf.function(solvers.lower_bounded_qp)
@@ -152,7 +151,7 @@ def test_cagrad_dual_matches_cvxpy():
             b = np.ones(num_tasks) / num_tasks
             radius = c * np.sqrt(b @ gram @ b)
 
-            def dual(x, radius=radius, b=b):
+            def dual(x, radius=radius, b=b, gram=gram):
                 return x @ gram @ b + radius * np.sqrt(x @ gram @ x)
 
             assert dual(w) <= dual(ref) + 1e-5 * abs(dual(ref))
@@ -229,3 +228,33 @@ def test_cvxpy_fallback_counts_failures():
         assert np.allclose(w, [0.25, 0.75]) and float(failed) == 1.0
     w, failed = solvers.cvxpy_or_fallback(good, fallback, tf.eye(2))
     assert np.allclose(w, [0.5, 0.5]) and float(failed) == 0.0
+
+
+def _cvxpy_qp(gram, linear, constraints):
+    import cvxpy as cp
+
+    x = cp.Variable(gram.shape[0])
+    r = solvers._psd_factor(gram)
+    objective = 0.5 * cp.sum_squares(r @ x) + linear @ x
+    cp.Problem(cp.Minimize(objective), constraints(x)).solve(solver="CLARABEL")
+    return x.value
+
+
+@pytest.mark.parametrize("num_tasks", [3, 10, 30])
+def test_simplex_and_box_qp_match_cvxpy(num_tasks):
+    rng = np.random.default_rng(20 + num_tasks)
+    gram = normalized(random_jacobian(rng, num_tasks, 2 * num_tasks, "plain"))
+    linear = rng.normal(size=num_tasks)
+
+    def value(x):
+        return 0.5 * x @ gram @ x + linear @ x
+
+    w = np.asarray(tf.function(solvers.simplex_qp)(gram, linear), dtype=np.float64)
+    ref = _cvxpy_qp(gram, linear, lambda x: [x >= 0, x.sum() == 1])
+    assert w.min() >= 0 and abs(w.sum() - 1) < 1e-6
+    assert value(w) <= value(ref) + 1e-5 * abs(value(ref)) + 1e-9
+    lower, upper = -np.ones(num_tasks), 0.5 * np.ones(num_tasks)
+    x = np.asarray(tf.function(solvers.box_qp)(gram, linear, lower, upper), dtype=np.float64)
+    ref = _cvxpy_qp(gram, linear, lambda v: [v >= lower, v <= upper])
+    assert (x >= lower - 1e-7).all() and (x <= upper + 1e-7).all()
+    assert value(x) <= value(ref) + 1e-5 * abs(value(ref)) + 1e-9

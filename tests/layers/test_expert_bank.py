@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_mtl
 from keras_mtl.layers import ExpertBank
 from tests.layers import reference
 
@@ -33,6 +34,35 @@ def test_experts_are_distinct_and_initialised_like_one_dense_kernel():
         assert abs(kernel[:, e].std() / expected_std - 1.0) < 0.05
         assert np.abs(kernel[:, e]).max() <= np.sqrt(6.0 / 164.0)  # the uniform's bound
     assert abs(np.corrcoef(kernel[:, 0].ravel(), kernel[:, 1].ravel())[0, 1]) < 0.05
+
+
+def test_no_two_weights_start_equal():
+    # Keras initializers repeat their values: every weight must get its own draw,
+    # also when the user passes one initializer instance.
+    init = keras.initializers.RandomNormal()
+    layers = [
+        ExpertBank(num_experts=2, units=(5, 5, 5), kernel_initializer=init),
+        keras_mtl.layers.CGC(
+            num_tasks=2,
+            num_task_experts=2,
+            num_shared_experts=2,
+            expert_units=5,
+            kernel_initializer=init,
+            gate_kwargs={"kernel_initializer": init},
+        ),
+        keras_mtl.layers.MMoE(
+            num_tasks=3,
+            num_experts=2,
+            expert_units=5,
+            gate="dselect_k",
+            gate_kwargs={"k": 1, "z_initializer": init},
+        ),
+        keras_mtl.layers.ESMM(tower_units=(5,), kernel_initializer=init),
+    ]
+    for layer in layers:
+        layer(np.ones((2, 5), "float32"))
+        kernels = [np.asarray(w).tobytes() for w in layer.weights if "bias" not in w.path]
+        assert len(set(kernels)) == len(kernels), layer.name
 
 
 def test_dropout_only_in_training():

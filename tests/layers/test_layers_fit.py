@@ -78,3 +78,33 @@ def test_esmm_fit():
     history = model.fit(x, ESMM.labels(click, conversion), epochs=3, batch_size=16, verbose=0)
     assert history.history["ctr_loss"][-1] < history.history["ctr_loss"][0]
     assert history.history["ctcvr_loss"][-1] < history.history["ctcvr_loss"][0]
+
+
+def test_gradient_balancer_sees_the_right_shared_variables():
+    # MMoE: only the experts feed both tasks. PLE with 2 levels: at level 0 every
+    # expert and the shared gate feed the shared path, which reaches both tasks;
+    # the level-0 task gates feed one task each; at level 1 only the shared
+    # experts are read by both task gates.
+    expected = {
+        "mmoe": {"mmoe/experts/kernel_0", "mmoe/experts/bias_0"},
+        "ple": {
+            f"ple/level_0/{bank}/{w}"
+            for bank in ("shared_experts", "task_0_experts", "task_1_experts")
+            for w in ("kernel_0", "bias_0")
+        }
+        | {"ple/level_0/shared_gate/logits/kernel"}
+        | {"ple/level_1/shared_experts/kernel_0", "ple/level_1/shared_experts/bias_0"},
+    }
+    layers = {
+        "mmoe": lambda: MMoE(num_tasks=2, num_experts=3, expert_units=(4,), name="mmoe"),
+        "ple": lambda: PLE(num_tasks=2, num_levels=2, expert_units=(4,), name="ple"),
+    }
+    x, y = _data(n=32)
+    for name, make in layers.items():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((6,))
+        model = keras_mtl.MultiTaskModel(inputs=inputs, outputs=_heads(make()(inputs)))
+        model.compile(optimizer="adam", loss="mse", balancer="pcgrad")
+        history = model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
+        assert set(model.shared_variable_paths) == expected[name]

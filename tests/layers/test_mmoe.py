@@ -98,3 +98,15 @@ def test_user_supplied_expert_layer():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MMoE(**kwargs)
+
+
+def test_gate_weights_as_functional_outputs():
+    inputs = keras.Input((5,))
+    outputs, weights = MMoE(num_tasks=2, num_experts=3, expert_units=4, return_gate_weights=True)(
+        inputs
+    )
+    assert [tuple(w.shape) for w in weights] == [(None, 3), (None, 3)]
+    model = keras.Model(inputs, weights)
+    predicted = model.predict(np.random.default_rng(4).normal(size=(6, 5)), verbose=0)
+    for w in predicted:
+        np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-6)

@@ -74,3 +74,10 @@ def test_bad_arguments_are_named(kwargs, message):
 def test_shared_representation_is_identity():
     x = np.arange(6, dtype="float32").reshape(2, 3)
     np.testing.assert_array_equal(np.asarray(SharedRepresentation()(x)), x)
+
+
+def test_equally_shaped_layers_start_with_different_kernels():
+    layer = SharedBottom(units=(5, 5, 5))
+    layer.build((None, 5))
+    kernels = [np.asarray(d.kernel) for d in layer.dense_layers]
+    assert not np.allclose(kernels[0], kernels[1]) and not np.allclose(kernels[1], kernels[2])

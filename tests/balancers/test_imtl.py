@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from keras_mtl import balancers
+from keras_mtl.balancers import IMTL
+from tests.balancers import gradient_checks as checks
+
+
+def imtl_g_numpy(jac):
+    """IMTL-G with explicit vectors and an explicit inverse (paper's formula)."""
+    units = jac / np.linalg.norm(jac, axis=1, keepdims=True)
+    d = jac[0] - jac[1:]
+    u = units[0] - units[1:]
+    rest = jac[0] @ u.T @ np.linalg.inv(d @ u.T)
+    return np.concatenate([[1 - rest.sum()], rest])
+
+
+@pytest.mark.parametrize("num_tasks", [2, 3, 5, 8])
+def test_matches_numpy_and_equal_projections(num_tasks):
+    rng = np.random.default_rng(num_tasks)
+    jac = rng.normal(size=(num_tasks, 12)) * rng.uniform(0.1, 10.0, size=(num_tasks, 1))
+    d, w = checks.run(IMTL(mode="gradient"), jac)
+    np.testing.assert_allclose(w, imtl_g_numpy(jac), rtol=1e-4, atol=1e-5)
+    projections = (jac / np.linalg.norm(jac, axis=1, keepdims=True)) @ d
+    np.testing.assert_allclose(projections, projections[0], rtol=1e-4)
+    assert abs(w.sum() - 1) < 1e-5
+
+
+def test_hybrid_scales_gradients_and_trains_scales():
+    rng = np.random.default_rng(0)
+    jac = rng.normal(size=(3, 6))
+    b = IMTL()
+    b.build(3)
+    scales = np.array([0.3, -0.2, 0.1], np.float32)
+    b.loss_scale.assign(scales)
+    d, w = checks.run(b, jac)
+    scaled = jac * np.exp(scales)[:, None]
+    expected = imtl_g_numpy(scaled) * np.exp(scales)
+    np.testing.assert_allclose(w, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(d, w @ jac, rtol=1e-4, atol=1e-5)
+    losses = np.array([1.0, 2.0, 0.5], np.float32)
+    aux = float(b.auxiliary_loss(losses))
+    np.testing.assert_allclose(aux, np.sum(np.exp(scales) * losses - scales), rtol=1e-6)
+    assert [v.name for v in b.trainable_variables] == ["loss_scale"]
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        value = b.auxiliary_loss(tf.constant(losses))
+    grad = np.asarray(tape.gradient(value, b.loss_scale.value))
+    np.testing.assert_allclose(grad, np.exp(scales) * losses - 1, rtol=1e-5)
+
+
+def test_singular_system_falls_back_to_equal_weights():
+    g = np.array([1.0, 2.0, 3.0])
+    d, w = checks.run(IMTL(mode="gradient"), np.stack([g, g, g]))
+    np.testing.assert_allclose(w, np.ones(3) / 3, rtol=1e-6)
+
+
+def test_properties():
+    checks.check_permutation_equivariance(lambda: IMTL(mode="gradient"))
+    checks.check_finite(IMTL)
+    checks.check_graph_and_jit(IMTL, num_tasks=(2, 4))
+
+
+def test_config_and_validation():
+    restored = checks.check_config_round_trip(IMTL(mode="gradient"), IMTL)
+    assert restored.mode == "gradient"
+    assert isinstance(balancers.get("imtl"), IMTL)
+    with pytest.raises(ValueError, match="mode"):
+        IMTL(mode="loss")

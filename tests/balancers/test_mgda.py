@@ -1,0 +1,90 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from keras_mtl import balancers
+from keras_mtl.balancers import MGDA, MGDAUB, solvers
+from tests.balancers import gradient_checks as checks
+
+
+def test_reference_value():
+    d, w = checks.run(MGDA(), checks.REFERENCE_J)
+    np.testing.assert_allclose(d, [0.0, 1.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(w, [0.6, 0.4], atol=1e-6)
+
+
+def test_weights_against_dense_grid():
+    rng = np.random.default_rng(0)
+    jac = rng.normal(size=(3, 6))
+    _, w = checks.run(MGDA(), jac)
+    steps = np.linspace(0, 1, 301)
+    best = min(
+        np.sum((np.array([a, b, 1 - a - b]) @ jac) ** 2)
+        for a, b in itertools.product(steps, steps)
+        if a + b <= 1
+    )
+    assert np.sum((w @ jac) ** 2) <= best + 1e-6
+
+
+@pytest.mark.parametrize("num_tasks", [4, 10, 40])
+def test_weights_against_cvxpy(num_tasks):
+    rng = np.random.default_rng(num_tasks)
+    jac = rng.normal(size=(num_tasks, 30)) + rng.normal(size=(1, 30))
+    d, w = checks.run(MGDA(), jac, graph=True)
+    ref, ok = solvers.min_norm_weights_cvxpy(jac @ jac.T)
+    assert ok
+    assert np.sum(d**2) <= np.sum((ref @ jac) ** 2) * (1 + 1e-5) + 1e-10
+    np.testing.assert_allclose(d, w @ jac, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalization", ["l2", "loss", "loss+"])
+def test_normalizations_against_numpy(normalization):
+    rng = np.random.default_rng(1)
+    jac = rng.normal(size=(3, 5)) * np.array([[1.0], [10.0], [0.1]])
+    losses = np.array([0.5, 2.0, 1.5])
+    norms = np.linalg.norm(jac, axis=1)
+    scale = {"l2": norms, "loss": losses, "loss+": losses * norms}[normalization]
+    scaled = jac / scale[:, None]
+    ref, ok = solvers.min_norm_weights_cvxpy(scaled @ scaled.T)
+    d, w = checks.run(MGDA(normalization=normalization), jac, losses)
+    np.testing.assert_allclose(w, ref, atol=1e-4)
+    # As the official code: the weights multiply the raw losses.
+    np.testing.assert_allclose(d, w @ jac, rtol=1e-5, atol=1e-6)
+
+
+def test_cvxpy_solver_agrees_and_logs_failures():
+    rng = np.random.default_rng(2)
+    jac = rng.normal(size=(4, 9))
+    b = MGDA(solver="cvxpy")
+    d, w = checks.run(b, jac, graph=True)
+    d_ref, _ = checks.run(MGDA(), jac)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-3, atol=1e-4)
+    assert float(b.logs()[f"{b.name}_solver_failures"]) == 0.0
+    assert b.supports_jit is False
+
+
+def test_properties():
+    checks.check_non_conflicting(MGDA, tol=1e-5)
+    checks.check_permutation_equivariance(MGDA)
+    checks.check_permutation_equivariance(lambda: MGDA(normalization="loss+"))
+    checks.check_finite(MGDA)
+    checks.check_finite(lambda: MGDA(normalization="loss+"))
+    checks.check_graph_and_jit(MGDA, num_tasks=(2, 3, 6))
+
+
+def test_mgda_ub_is_mgda_in_representation_mode():
+    assert MGDAUB.preferred_gradient_mode == "representation"
+    assert MGDA.preferred_gradient_mode is None
+    d, w = checks.run(MGDAUB(), checks.REFERENCE_J)
+    np.testing.assert_allclose(w, [0.6, 0.4], atol=1e-6)
+    assert isinstance(balancers.get("mgda_ub"), MGDAUB)
+
+
+def test_config_and_validation():
+    checks.check_config_round_trip(MGDA(normalization="loss+", solver="cvxpy"), MGDA)
+    checks.check_config_round_trip(MGDAUB(normalization="l2"), MGDAUB)
+    with pytest.raises(ValueError, match="normalization"):
+        MGDA(normalization="norm2")
+    with pytest.raises(ValueError, match="solver"):
+        MGDA(solver="ecos")

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from keras_mtl import balancers
+from keras_mtl.balancers import NashMTL, solvers
+from tests.balancers import gradient_checks as checks
+
+
+def frobenius_gram(jac):
+    gram = jac @ jac.T
+    return gram / np.linalg.norm(gram)
+
+
+@pytest.mark.parametrize("num_tasks", [2, 3, 5, 10])
+def test_bargaining_condition_and_cvxpy(num_tasks):
+    rng = np.random.default_rng(num_tasks)
+    jac = rng.normal(size=(num_tasks, 3 * num_tasks + 5)) + rng.normal(size=(1, 3 * num_tasks + 5))
+    d, alpha = checks.run(NashMTL(max_norm=0.0), jac)
+    gram = frobenius_gram(jac)
+    # alpha_i <g_i, d> / |G|_F = 1 (official normalisation).
+    np.testing.assert_allclose(alpha * (gram @ alpha), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(d, alpha @ jac, rtol=1e-5, atol=1e-6)
+    exact, ok = solvers.nash_weights_exact_cvxpy(gram)
+    assert ok
+    np.testing.assert_allclose(alpha, exact, rtol=1e-3)
+    # The paper's sequence of convex problems, as the `solver="cvxpy"` path.
+    b = NashMTL(max_norm=0.0, solver="cvxpy")
+    _, alpha_seq = checks.run(b, jac, graph=True)
+    np.testing.assert_allclose(alpha_seq, exact, rtol=2e-3)
+    assert float(b.logs()[f"{b.name}_solver_failures"]) == 0.0
+
+
+def test_max_norm_clips_the_direction_only():
+    rng = np.random.default_rng(0)
+    jac = 10.0 * (rng.normal(size=(3, 8)) + 2.0)
+    d, alpha = checks.run(NashMTL(max_norm=1.0), jac)
+    d_free, alpha_free = checks.run(NashMTL(max_norm=0.0), jac)
+    assert np.linalg.norm(d_free) > 1.0
+    np.testing.assert_allclose(np.linalg.norm(d), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(d, d_free / np.linalg.norm(d_free), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(alpha, alpha_free, rtol=1e-6)
+
+
+def test_update_every_reuses_weights():
+    rng = np.random.default_rng(1)
+    jacs = [rng.normal(size=(3, 6)) + 1.0 for _ in range(4)]
+    b = NashMTL(update_every=2, max_norm=0.0)
+    alphas = [checks.run(b, j)[1] for j in jacs]
+    np.testing.assert_array_equal(alphas[0], alphas[1])
+    np.testing.assert_array_equal(alphas[2], alphas[3])
+    assert not np.allclose(alphas[0], alphas[2])
+    _, fresh = checks.run(NashMTL(max_norm=0.0), jacs[2])
+    np.testing.assert_allclose(alphas[2], fresh, rtol=1e-4)
+    assert float(b.step) == 4.0
+
+
+def test_conflict_keeps_previous_weights_and_counts():
+    b = NashMTL(max_norm=0.0)
+    good = np.array([[1.0, 0.5], [0.2, 1.0]])
+    _, alpha = checks.run(b, good)
+    _, alpha2 = checks.run(b, np.array([[1.0, 0.0], [-1.0, 0.0]]))
+    np.testing.assert_array_equal(alpha, alpha2)
+    assert float(b.logs()[f"{b.name}_solver_failures"]) == 1.0
+
+
+def test_properties():
+    checks.check_permutation_equivariance(lambda: NashMTL(max_norm=0.0))
+    checks.check_finite(NashMTL)
+    checks.check_graph_and_jit(NashMTL, num_tasks=(2, 4))
+    checks.check_graph_and_jit(lambda: NashMTL(update_every=3), num_tasks=(3,))
+    checks.check_state_restores(lambda: NashMTL(update_every=2))
+
+
+def test_config_and_validation():
+    checks.check_config_round_trip(
+        NashMTL(max_norm=2.0, update_every=5, optim_niter=7, solver="cvxpy"), NashMTL
+    )
+    assert isinstance(balancers.get("nash_mtl"), NashMTL)
+    for kwargs in (
+        {"update_every": 0},
+        {"optim_niter": -1},
+        {"solver": "ecos"},
+        {"max_norm": None},
+    ):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            NashMTL(**kwargs)
