@@ -1,6 +1,5 @@
 """Multi-task architecture building blocks, one Keras layer per file."""
 
-# -- expert and gating family (issue 3): one import line per layer, alphabetical --
 from keras_mtl.layers.cgc import CGC as CGC
 from keras_mtl.layers.customized_sharing import CustomizedSharing as CustomizedSharing
 from keras_mtl.layers.dselect_k import DSelectK as DSelectK
