@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--dataset",
         default="census_income",
-        help="census_income, census_income_group2, multi_mnist, multi_fashion, "
+        help="census_income, census_income_group2, multi_mnist, multi_fashion, qm9, "
         "multi_fashion_mnist or synthetic (default census_income)",
     )
     bench.add_argument(

@@ -81,6 +81,16 @@ def _synthetic(data_dir, correlation: float = 0.5):
     return {t: spec for t in train[1]}, train, None, test, "mlp"
 
 
+def _qm9(data_dir):
+    from keras_mtl.datasets import qm9
+
+    # The MLP form: molecular descriptors; standardised targets, MSE loss and
+    # MAE metric as LibMTL's QM9 setting (Δm is unit-free).
+    train, val, test = qm9.load_data(data_dir, features="descriptors")
+    spec = TaskSpec(1, None, "mse", "mae", False)
+    return {t: spec for t in train[1]}, train, val, test, "mlp"
+
+
 LOADERS: dict[str, Callable] = {
     "census_income": lambda data_dir: _census(data_dir, 1),
     "census_income_group2": lambda data_dir: _census(data_dir, 2),
@@ -88,6 +98,7 @@ LOADERS: dict[str, Callable] = {
     "multi_fashion": _images("fashion"),
     "multi_fashion_mnist": _images("fashion_mnist"),
     "synthetic": _synthetic,
+    "qm9": _qm9,
 }
 
 
