@@ -26,7 +26,9 @@ class IMTL(GramianBalancer):
     `mode="hybrid"` (the paper's full IMTL) adds IMTL-L: a trainable scale
     `s_t` per task, the task loss becomes `exp(s_t) L_t - s_t` (trained through
     `auxiliary_loss`), IMTL-G runs on the scaled gradients `exp(s_t) g_t`, and
-    the weights are `alpha_t exp(s_t)`. `mode="gradient"` is IMTL-G alone.
+    the weights are `alpha_t exp(s_t)` (the same parameterisation as
+    `keras_mtl.balancers.IMTLL`, which is IMTL-L alone). `mode="gradient"`
+    is IMTL-G alone.
 
     Args:
         mode: `"hybrid"` (IMTL) or `"gradient"` (IMTL-G).
@@ -88,6 +90,9 @@ class IMTL(GramianBalancer):
     def auxiliary_loss(self, losses):
         if self.mode != "hybrid":
             return super().auxiliary_loss(losses)
+        losses = ops.convert_to_tensor(losses, dtype="float32")
+        if not self.built:
+            self.build(int(losses.shape[0]))
         s = ops.convert_to_tensor(self.loss_scale)
         return ops.sum(ops.exp(s) * losses - s)
 

@@ -241,11 +241,8 @@ class GradientEngine:
         jac = _all_reduce(ctx, jac, replicas)
         result = model.balancer.aggregate(jac, losses)
         weights = tf.stop_gradient(result.weights)
-        grads = _weighted_sum(per_task, weights)
         direction = unflatten(result.direction * scale / replicas, shared_vars)
-        for i, g in zip(shared, direction, strict=True):
-            grads[i] = g
-        return grads, weights
+        return _place(_weighted_sum(per_task, weights), shared, direction), weights
 
     def _jacobian(
         self, model, tape, targets, task_targets, losses, model_vars, scale, ctx, replicas, rep
@@ -269,13 +266,9 @@ class GradientEngine:
         other_grads = tape.gradient(
             targets, [model_vars[i] for i in others], output_gradients=weights
         )
-        grads = [None] * len(model_vars)
-        for i, g in zip(others, other_grads, strict=True):
-            grads[i] = g
+        grads = _place([None] * len(model_vars), others, other_grads)
         direction = unflatten(result.direction * scale / replicas, shared_vars)
-        for i, g in zip(shared, direction, strict=True):
-            grads[i] = g
-        return grads, weights
+        return _place(grads, shared, direction), weights
 
     def _representation(
         self, model, tape, targets, task_targets, losses, model_vars, scale, ctx, replicas, rep
@@ -308,14 +301,9 @@ class GradientEngine:
         other_grads = _weighted_sum([gs[1:] for gs in per_task], weights)
         rep_grad = tf.cast(tf.reshape(result.direction * scale, tf.shape(rep)), rep.dtype)
         trunk_vars = [model_vars[i] for i in trunk]
-        grads = [None] * len(model_vars)
-        for i, g in zip(
-            trunk, tape.gradient(rep, trunk_vars, output_gradients=rep_grad), strict=True
-        ):
-            grads[i] = g
-        for i, g in zip(others, other_grads, strict=True):
-            grads[i] = g
-        return grads, weights
+        grads = _place([None] * len(model_vars), others, other_grads)
+        trunk_grads = tape.gradient(rep, trunk_vars, output_gradients=rep_grad)
+        return _place(grads, trunk, trunk_grads), weights
 
     def _scoped_weights(self, model, tape, task_targets, losses, model_vars, scale, ctx, replicas):
         per_task = [tape.gradient(t, model_vars) for t in task_targets]
@@ -432,6 +420,13 @@ def _weighted_sum(per_task, weights):
         else:
             out.append(tf.add_n([tf.convert_to_tensor(g) for g in terms]))
     return out
+
+
+def _place(grads, indices, values):
+    """Writes `values` into `grads` at `indices` and returns `grads`."""
+    for i, g in zip(indices, values, strict=True):
+        grads[i] = g
+    return grads
 
 
 def _add(grads, extra):
