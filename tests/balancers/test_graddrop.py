@@ -82,3 +82,13 @@ def test_config_and_validation():
         GradDrop(leak=1.5)
     with pytest.raises(ValueError, match="leak"):
         GradDrop(leak=[0.1, 0.2]).build(3)
+
+
+def test_representation_with_spatial_dimensions():
+    rng = np.random.default_rng(7)
+    rep = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    grads = rng.normal(size=(2, 2, 12))
+    d, _ = checks.run(GradDrop(seed=6), grads.reshape(2, -1), representation=rep)
+    draw = checks.seeded_uniform(6, (12,))
+    expected = graddrop_numpy(grads, np.sign(rep.reshape(2, 12)), draw, np.zeros(2))
+    np.testing.assert_allclose(d, expected, rtol=1e-5, atol=1e-6)

@@ -127,13 +127,15 @@ def test_lower_bounded_qp_matches_cvxpy_and_kkt(num_tasks, num_params):
     gram = normalized(random_jacobian(rng, num_tasks, num_params, "scaled"))
     lower = np.eye(num_tasks) / num_tasks
     v = np.asarray(lower_bounded_qp(gram, lower), dtype=np.float64)
-    # cvxpy for (at most) the first 12 rows: 100 host solves take seconds.
-    ref, _ = solvers.lower_bounded_qp_cvxpy(gram, lower[:12])
+    # cvxpy for a few rows only (host solves at T = 100 take ~0.5 s each);
+    # the KKT conditions are checked on every row.
+    ref, _ = solvers.lower_bounded_qp_cvxpy(gram, lower[: 12 if num_tasks < 40 else 3])
     scale = np.max(np.diag(gram))
-    for row, u, r in zip(v, lower, ref, strict=False):
-        assert (row >= u - 1e-7).all()
-        # Optimal: never worse than cvxpy, and KKT (G v >= 0, = 0 where v > u).
+    for row, r in zip(v, ref, strict=False):
         assert quad(row, gram) <= quad(r, gram) * (1 + 1e-5) + 1e-12
+    for row, u in zip(v, lower, strict=True):
+        assert (row >= u - 1e-7).all()
+        # KKT: G v >= 0, with equality where v > u.
         gv = gram @ row
         assert gv.min() >= -1e-7 * scale
         assert np.all(np.abs(gv[row > u + 1e-6]) <= 1e-6 * scale)
