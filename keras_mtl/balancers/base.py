@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import keras
+import numpy as np
 from keras import ops
+
+_SEED_PREFIX = "seed_generator_state_"
 
 
 class BalanceResult(NamedTuple):
@@ -248,6 +251,20 @@ class Balancer(keras.layers.Layer):
             A dict of scalar tensors.
         """
         return {}
+
+    def save_own_variables(self, store) -> None:
+        super().save_own_variables(store)
+        # Keras saves a layer's variables but not its seed generators' state;
+        # without it a resumed run would replay the random draws from the start.
+        for i, generator in enumerate(self._seed_generators):
+            store[f"{_SEED_PREFIX}{i}"] = np.asarray(generator.state.value)
+
+    def load_own_variables(self, store) -> None:
+        keys = list(store.keys())
+        for i, generator in enumerate(self._seed_generators):
+            if f"{_SEED_PREFIX}{i}" in keys:
+                generator.state.assign(np.asarray(store[f"{_SEED_PREFIX}{i}"]))
+        super().load_own_variables({k: store[k] for k in keys if not k.startswith(_SEED_PREFIX)})
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -9,7 +9,6 @@ from keras import ops
 
 from keras_mtl.balancers import solvers
 from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer
-from keras_mtl.balancers.pcgrad import load_seed_state, save_seed_state
 
 
 @register_balancer("graddrop")
@@ -134,13 +133,6 @@ class GradDrop(Balancer):
             purity > draw, kept_positive, ops.where(purity < draw, kept_negative, 0.0)
         )
         return sums[2] + dropped
-
-    def save_own_variables(self, store) -> None:
-        super().save_own_variables(store)
-        save_seed_state(self, store)
-
-    def load_own_variables(self, store) -> None:
-        super().load_own_variables(load_seed_state(self, store))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "leak": self.leak, "seed": self.seed}

@@ -10,7 +10,7 @@ from keras import ops
 from keras_mtl.balancers import solvers
 from keras_mtl.balancers.base import register_balancer
 from keras_mtl.balancers.gramian import GramianBalancer
-from keras_mtl.balancers.pcgrad import load_seed_state, random_orders, save_seed_state
+from keras_mtl.balancers.pcgrad import random_orders
 
 
 @register_balancer("gradvac")
@@ -107,13 +107,6 @@ class GradVac(GramianBalancer):
         )
         self.targets.assign(targets)
         return ops.sum(coef, axis=0)
-
-    def save_own_variables(self, store) -> None:
-        super().save_own_variables(store)
-        save_seed_state(self, store)
-
-    def load_own_variables(self, store) -> None:
-        super().load_own_variables(load_seed_state(self, store))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "beta": self.beta, "seed": self.seed}

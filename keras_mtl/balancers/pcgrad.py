@@ -3,33 +3,11 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_mtl.balancers import solvers
 from keras_mtl.balancers.base import register_balancer
 from keras_mtl.balancers.gramian import GramianBalancer
-
-_SEED_KEY = "seed_generator_state"
-
-
-def save_seed_state(balancer, store) -> None:
-    """Adds the balancer's `SeedGenerator` state to a `.keras` variable store.
-
-    Keras saves a layer's own variables but not its seed generators' state;
-    without it a resumed run would replay the random draws from the start.
-    """
-    store[_SEED_KEY] = np.asarray(balancer.seed_generator.state.value)
-
-
-def load_seed_state(balancer, store):
-    """Restores the state saved by `save_seed_state`; returns the store
-    without that entry (for `Layer.load_own_variables`)."""
-    keys = list(store.keys())
-    if _SEED_KEY not in keys:
-        return store
-    balancer.seed_generator.state.assign(np.asarray(store[_SEED_KEY]))
-    return {k: store[k] for k in keys if k != _SEED_KEY}
 
 
 def random_orders(num_tasks: int, seed_generator):
@@ -100,13 +78,6 @@ class PCGrad(GramianBalancer):
 
         coef = ops.fori_loop(0, num, body, ops.eye(num))
         return ops.sum(coef, axis=0)
-
-    def save_own_variables(self, store) -> None:
-        super().save_own_variables(store)
-        save_seed_state(self, store)
-
-    def load_own_variables(self, store) -> None:
-        super().load_own_variables(load_seed_state(self, store))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "seed": self.seed}

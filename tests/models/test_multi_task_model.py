@@ -340,3 +340,17 @@ def test_scoped_jacobian_covers_the_last_shared_layer_only():
     np.testing.assert_allclose(Capture.last[0], np.stack(rows), atol=1e-5)
     for b, v, g in zip(before, model.trainable_variables, expected, strict=True):
         np.testing.assert_allclose(b - np.array(v), np.asarray(g), atol=1e-5)
+
+
+@pytest.mark.parametrize("balancer", ["rlw", "pcgrad"])
+def test_resume_continues_the_random_draws_of_seeded_balancers(tmp_path, balancer):
+    x, y = data(n=64)
+    model = build()
+    model.compile(optimizer="adam", loss=LOSS, balancer=balancer)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    loaded.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-7)
