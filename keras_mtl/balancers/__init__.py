@@ -1,6 +1,5 @@
 """Loss-weighting and gradient-manipulation methods (balancers)."""
 
-# -- gradient methods (issue 5): one import line per method, alphabetical --
 from keras_mtl.balancers.aligned_mtl import AlignedMTL as AlignedMTL
 from keras_mtl.balancers.base import Balancer as Balancer
 from keras_mtl.balancers.base import BalanceResult as BalanceResult
@@ -11,8 +10,6 @@ from keras_mtl.balancers.base import register_balancer as register_balancer
 from keras_mtl.balancers.base import serialize as serialize
 from keras_mtl.balancers.cagrad import CAGrad as CAGrad
 from keras_mtl.balancers.db_mtl import DBMTL as DBMTL
-
-# -- loss-weighting methods (issue 4): one import line per method, alphabetical --
 from keras_mtl.balancers.dtp import DTP as DTP
 from keras_mtl.balancers.dualproj import DualProj as DualProj
 from keras_mtl.balancers.dwa import DWA as DWA
