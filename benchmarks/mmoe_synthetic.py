@@ -128,7 +128,7 @@ def main(argv=None) -> None:
         "--param-std",
         type=float,
         default=1.0,
-        help="std of the sinusoids' alpha_i, beta_i (loader default 1.0)",
+        help="std of the sinusoids' alpha_i, beta_i (loader default 0.1; 1.0 makes the sines matter)",
     )
     parser.add_argument(
         "--noise-std", type=float, default=0.1, help="std of the label noise (loader default 0.1)"

@@ -12,6 +12,10 @@ def _load(name):
 
 
 def test_quickstart_trains_with_missing_labels():
-    result = _load("quickstart").main(epochs=2, num_train=1000)
-    # Labels have unit scale: a trained model is far below the variance.
-    assert result["task_1_loss"] < 0.9 and result["task_2_loss"] < 0.9
+    from keras_mtl.datasets import synthetic
+
+    result = _load("quickstart").main(epochs=4, num_train=2000)
+    _, (_, y_test) = synthetic.load_data(num_train=2000, num_test=1000, correlation=0.7)
+    # Better than predicting the mean, whose error is the label variance.
+    for task in ("task_1", "task_2"):
+        assert result[f"{task}_loss"] < 0.8 * float(y_test[task].var())

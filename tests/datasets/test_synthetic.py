@@ -28,7 +28,7 @@ def test_without_sines_and_noise_labels_are_the_paper_linear_tasks():
 def test_label_correlation_falls_with_the_task_correlation():
     corr = []
     for p in (1.0, 0.9, 0.5):
-        _, y = synthetic.generate(20000, correlation=p, seed=0)
+        _, y = synthetic.generate(20000, correlation=p, seed=0, param_std=1.0)
         corr.append(np.corrcoef(y["task_1"][:, 0], y["task_2"][:, 0])[0, 1])
     # p = 1: the tasks differ only by the noise (variance 0.01 each).
     assert corr[0] > 0.97 and corr[0] > corr[1] > corr[2]
