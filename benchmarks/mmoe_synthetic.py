@@ -80,6 +80,7 @@ def run(arch: str, correlation: float, seed: int, args) -> tuple[float, float]:
         seed=seed,
         param_std=args.param_std,
         noise_std=args.noise_std,
+        sinusoids=args.sinusoids,
     )
     model = build_model(arch, args.input_dim, seed)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss="mse", balancer="ew")
@@ -133,6 +134,12 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--noise-std", type=float, default=0.1, help="std of the label noise (loader default 0.1)"
     )
+    parser.add_argument(
+        "--sinusoids",
+        default="random",
+        choices=("random", "index"),
+        help="alpha_i, beta_i: random N(0, param_std^2) or alpha_i = i, beta_i = i^2",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.num_train, args.epochs, args.num_test = 6, 4000, 10, 1000
@@ -142,7 +149,7 @@ def main(argv=None) -> None:
     print(
         f"settings: seeds={args.seeds} num_train={args.num_train} num_test={args.num_test} "
         f"epochs={args.epochs} batch_size={args.batch_size} lr={args.learning_rate} "
-        f"param_std={args.param_std} noise_std={args.noise_std}"
+        f"param_std={args.param_std} noise_std={args.noise_std} sinusoids={args.sinusoids}"
     )
     print(
         "parameters: "

@@ -23,6 +23,7 @@ def generate(
     param_std: float = 0.1,
     noise_std: float = 0.1,
     seed: int = 0,
+    sinusoids: str = "random",
 ):
     """Generates `num_samples` examples of two tasks with a chosen correlation.
 
@@ -48,6 +49,10 @@ def generate(
         param_std: standard deviation of alpha_i and beta_i (default 0.1).
         noise_std: standard deviation of the label noise (default 0.1).
         seed: seed of the generator; equal seeds give equal data.
+        sinusoids: `"random"` draws alpha_i, beta_i from N(0, param_std^2);
+            `"index"` fixes alpha_i = i and beta_i = i^2 (i = 1..m), the
+            values of the public generator released with the paper's
+            experiment, which make the labels strongly non-linear.
 
     Returns:
         `(x, {"task_1": y1, "task_2": y2})` with `x` of shape
@@ -84,8 +89,13 @@ def generate(
     p = float(correlation)
     w1 = scale * u1
     w2 = scale * (p * u1 + np.sqrt(max(0.0, 1.0 - p * p)) * u2)
-    alpha = rng.normal(0.0, param_std, size=num_sin)
-    beta = rng.normal(0.0, param_std, size=num_sin)
+    _check("sinusoids", sinusoids, sinusoids in ("random", "index"), "'random' or 'index'")
+    if sinusoids == "index":
+        alpha = np.arange(1.0, num_sin + 1.0)
+        beta = alpha**2
+    else:
+        alpha = rng.normal(0.0, param_std, size=num_sin)
+        beta = rng.normal(0.0, param_std, size=num_sin)
     x = rng.standard_normal((num_samples, input_dim))
     labels = {}
     for name, w in zip(TASKS, (w1, w2), strict=True):

@@ -45,3 +45,16 @@ def test_label_correlation_falls_with_the_task_correlation():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         synthetic.generate(**kwargs)
+
+
+def test_index_sinusoids_follow_the_formula():
+    x, y = synthetic.generate(50, correlation=1.0, input_dim=4, sinusoids="index", noise_std=0.0)
+    # With p = 1 both tasks share w; recover z = w^T x from task_1 minus the known sines.
+    for name in ("task_1", "task_2"):
+        q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((4, 2)))
+        z = x @ q[:, 0]
+        i = np.arange(1.0, 11.0)
+        expected = z + np.sin(np.outer(z, i) + i**2).sum(axis=1)
+        np.testing.assert_allclose(y[name][:, 0], expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="sinusoids='bogus'"):
+        synthetic.generate(5, sinusoids="bogus")
