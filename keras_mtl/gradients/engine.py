@@ -169,7 +169,7 @@ class GradientEngine:
             denominators = tf.unstack(tf.maximum(counts, 1.0))
             task_local = [s / d for s, d in zip(sums, denominators, strict=True)]
             local = tf.stack(task_local)
-            reg = _regularization(model) / replicas
+            reg = model.regularization_loss() / replicas
             losses = tf.stop_gradient(_all_reduce(ctx, local, replicas))
             # Everything differentiated later must be computed under the tape.
             task_targets = [t * scale for t in task_local]
@@ -217,7 +217,7 @@ class GradientEngine:
             grads = [by_id[id(v)] for v in variables]
         del tape  # release the persistent tape's resources before the update
 
-        objective = tf.reduce_sum(weights * losses) + _regularization(model)
+        objective = tf.reduce_sum(weights * losses) + model.regularization_loss()
         finite = self._apply(model, grads, variables, losses, state)
         return {
             "losses": losses,
@@ -375,12 +375,6 @@ def _all_reduce(ctx, value, replicas):
     if replicas == 1:
         return value
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
-
-
-def _regularization(model):
-    if not model.losses:
-        return tf.constant(0.0)
-    return tf.add_n([tf.cast(loss, tf.float32) for loss in model.losses])
 
 
 def _assert_finite_losses(losses, task_names):

@@ -330,6 +330,13 @@ class MultiTaskModel(keras.Model):
             masks[name] = labelled
         return sums, counts, y_clean, masks
 
+    def regularization_loss(self):
+        """The sum of the layers' added losses (weight regularisers, DSelect-k's
+        entropy term) as a float32 scalar; 0 when there are none."""
+        if not self.losses:
+            return ops.convert_to_tensor(0.0, dtype="float32")
+        return ops.sum(ops.stack([ops.cast(loss, "float32") for loss in self.losses]))
+
     @staticmethod
     def _targets(argument, y, names):
         if not isinstance(y, dict):
@@ -379,10 +386,7 @@ class MultiTaskModel(keras.Model):
         sums, counts, y_clean, masks = self.task_loss_terms(y, y_pred, sample_weight)
         losses = ops.stack(sums) / ops.maximum(ops.stack(counts), 1.0)
         weights = ops.convert_to_tensor(self._last_task_weights)
-        regularization = (
-            ops.sum([ops.cast(v, "float32") for v in self.losses]) if self.losses else 0.0
-        )
-        objective = ops.sum(weights * losses) + regularization
+        objective = ops.sum(weights * losses) + self.regularization_loss()
         return self._update_metrics(x, losses, weights, objective, y_clean, y_pred, masks)
 
     def _update_metrics(self, x, losses, weights, objective, y_true, y_pred, masks):

@@ -81,3 +81,21 @@ def test_equally_shaped_layers_start_with_different_kernels():
     layer.build((None, 5))
     kernels = [np.asarray(d.kernel) for d in layer.dense_layers]
     assert not np.allclose(kernels[0], kernels[1]) and not np.allclose(kernels[1], kernels[2])
+
+
+def test_regularization_losses_enter_the_objective():
+    inputs = keras.Input((5,))
+    h = SharedBottom(units=(4,), kernel_regularizer=keras.regularizers.L2(0.5), name="bottom")(
+        inputs
+    )
+    model = keras_mtl.MultiTaskModel(
+        inputs=inputs,
+        outputs={"a": keras.layers.Dense(1, name="a")(h), "b": keras.layers.Dense(1, name="b")(h)},
+    )
+    model.compile(optimizer="sgd", loss={"a": "mse", "b": "mse"})
+    x = np.random.default_rng(2).normal(size=(8, 5)).astype("float32")
+    y = {"a": x[:, :1], "b": x[:, 1:2]}
+    result = model.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    kernel = np.asarray(model.get_layer("bottom").dense_layers[0].kernel)
+    expected = result["a_loss"] + result["b_loss"] + 0.5 * np.sum(kernel**2)
+    assert result["loss"] == pytest.approx(expected, rel=1e-5)
