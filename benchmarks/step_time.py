@@ -16,6 +16,10 @@ Rows:
     loop / jacobian /    MultiTaskModel with a linear balancer that needs the Jacobian (weights 1,
     representation       direction w^T J), so the row measures the gradient mode itself
     <balancer>           MultiTaskModel with that balancer in gradient_mode="auto"
+    <b>@representation   the same in gradient_mode="representation" (--rep-balancers)
+
+Ratios of a balancer's row to the "loop" row show what the balancing itself adds to the cost of the
+Jacobian (both take T backward passes); ratios to "ew" are the cost of the method.
 """
 
 from __future__ import annotations
@@ -62,10 +66,11 @@ def build(num_tasks: int, plain: bool, width: int, input_dim: int):
     return cls(inputs=inputs, outputs=outputs)
 
 
-def configs(num_tasks: int, balancers: list[str], modes: list[str]):
+def configs(num_tasks: int, balancers: list[str], modes: list[str], rep_balancers: list[str]):
     rows = [("plain", None, None), ("ew", "ew", "auto")]
     rows += [(mode, "linear", mode) for mode in modes]
     rows += [(b, b, "auto") for b in balancers]
+    rows += [(f"{b}@representation", b, "representation") for b in rep_balancers]
     return rows
 
 
@@ -91,7 +96,7 @@ def measure(args) -> list[dict]:
     results = []
     for num_tasks in args.tasks:
         y = {f"t{t}": rng.normal(size=(len(x), 1)).astype("float32") for t in range(num_tasks)}
-        rows = configs(num_tasks, args.balancers, args.modes)
+        rows = configs(num_tasks, args.balancers, args.modes, args.rep_balancers)
         models = {}
         for name, balancer, mode in rows:
             models[name] = make(num_tasks, name, balancer, mode, args.width, args.input_dim)
@@ -128,6 +133,11 @@ def main(argv=None):
     parser.add_argument("--tasks", default="2,5,10", help="comma-separated task counts")
     parser.add_argument("--balancers", default="", help="comma-separated balancer names")
     parser.add_argument(
+        "--rep-balancers",
+        default="",
+        help="balancers also measured with gradient_mode='representation'",
+    )
+    parser.add_argument(
         "--modes",
         default="loop,jacobian,representation",
         help="gradient modes measured with a linear Jacobian balancer",
@@ -142,6 +152,7 @@ def main(argv=None):
     args.tasks = [int(t) for t in args.tasks.split(",") if t]
     args.balancers = [b for b in args.balancers.split(",") if b]
     args.modes = [m for m in args.modes.split(",") if m]
+    args.rep_balancers = [b for b in args.rep_balancers.split(",") if b]
     if args.quick:
         args.tasks, args.repeats, args.steps, args.width, args.input_dim = [2], 2, 3, 32, 16
     results = measure(args)
