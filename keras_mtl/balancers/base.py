@@ -18,6 +18,18 @@ class BalanceResult(NamedTuple):
         direction: `(num_params,)` descent direction handed to the optimizer, or
             `None` when the balancer was called without a Jacobian.
         weights: `(num_tasks,)` effective weight of each task's loss.
+
+    Example:
+
+    >>> import numpy as np, keras_mtl
+    >>> result = keras_mtl.balancers.get("ew").aggregate(np.eye(2), np.ones(2))
+    >>> direction, weights = result
+    >>> np.asarray(weights).tolist()
+    [1.0, 1.0]
+
+    References:
+        Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization",
+        2024 (aggregating the Jacobian into one direction).
     """
 
     direction: Any
@@ -65,6 +77,12 @@ class Balancer(keras.layers.Layer):
     [2.0, 2.0, 2.0]
     >>> np.asarray(result.weights).tolist()
     [1.0, 1.0]
+
+    References:
+        Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization",
+        2024; Lin et al., "LibMTL: A Python Library for Multi-Task Learning",
+        JMLR 2023 (the two families of methods, loss weighting and gradient
+        manipulation, behind one interface).
     """
 
     requires_jacobian: bool = False
@@ -306,6 +324,17 @@ def register_balancer(*aliases: str):
 
     Returns:
         The decorator.
+
+    Example:
+
+    >>> import keras, keras_mtl
+    >>> @keras_mtl.balancers.register_balancer("half_weights_example")
+    ... class HalfWeights(keras_mtl.balancers.Balancer):
+    ...     def compute(self, jacobian, losses, representation=None):
+    ...         weights = 0.5 * keras.ops.ones_like(losses)
+    ...         return keras_mtl.balancers.BalanceResult(None, weights)
+    >>> keras_mtl.balancers.get("half_weights_example").aggregate(None, [1.0, 2.0]).weights.numpy().tolist()
+    [0.5, 0.5]
     """
 
     def decorator(cls):
@@ -382,6 +411,13 @@ def serialize(balancer: Balancer) -> dict:
 
     Returns:
         A dict accepted by `deserialize` and `get`.
+
+    Example:
+
+    >>> import keras_mtl
+    >>> config = keras_mtl.balancers.serialize(keras_mtl.balancers.StaticWeighting([2.0, 1.0]))
+    >>> config["class_name"], config["config"]["weights"]
+    ('StaticWeighting', [2.0, 1.0])
     """
     return keras.saving.serialize_keras_object(balancer)
 
@@ -401,6 +437,13 @@ def deserialize(config: dict) -> Balancer:
 
     Raises:
         ValueError: if the dict does not describe a balancer.
+
+    Example:
+
+    >>> import keras_mtl
+    >>> b = keras_mtl.balancers.deserialize({"class_name": "fixed", "config": {"weights": [1.0, 3.0]}})
+    >>> type(b).__name__, b.weights_config
+    ('StaticWeighting', [1.0, 3.0])
     """
     class_name = config.get("class_name") if isinstance(config, dict) else None
     if isinstance(class_name, str) and class_name.lower() in _ALIASES:

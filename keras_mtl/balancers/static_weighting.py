@@ -31,6 +31,10 @@ class StaticWeighting(Balancer):
     >>> r = StaticWeighting([1.0, 0.5]).aggregate(np.eye(2), np.array([1.0, 1.0]))
     >>> np.asarray(r.direction).tolist()
     [1.0, 0.5]
+
+    References:
+        Caruana, "Multitask Learning", Machine Learning 28, 1997 (the weighted
+        sum of task losses).
     """
 
     def __init__(self, weights=None, name: str | None = None, **kwargs):
