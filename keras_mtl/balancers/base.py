@@ -122,6 +122,19 @@ class Balancer(keras.layers.Layer):
         """
         del y_true, y_pred, masks
 
+    def prepare(self, num_params: int) -> None:
+        """Learns the number of Jacobian columns before training (default: nothing).
+
+        `MultiTaskModel.fit` calls this eagerly, under the model's distribution
+        strategy, once the shared variables are known, so that methods whose
+        state has one entry per parameter (DB-MTL) create it outside the
+        traced training step.
+
+        Args:
+            num_params: number of shared parameters (columns of the Jacobian).
+        """
+        del num_params
+
     def on_epoch_begin(self, epoch: int) -> None:
         """Told by `MultiTaskModel.fit` that epoch `epoch` (0-based) begins.
 

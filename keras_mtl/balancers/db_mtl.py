@@ -109,6 +109,10 @@ class DBMTL(Balancer):
         if self.num_params is not None:
             self._create_moving_gradients(self.num_params)
 
+    def prepare(self, num_params: int) -> None:
+        if self.moving_gradients is None:
+            self._create_moving_gradients(int(num_params))
+
     def _create_moving_gradients(self, num_params: int) -> None:
         self.num_params = num_params
         # Keras locks a built layer's state; this variable's shape is only

@@ -113,6 +113,44 @@ class GradientEngine:
         self.shared_variable_paths = [variables[i].path for i in indices]
         return indices
 
+    def prepare(self, model) -> None:
+        """Finds the shared variables before training and tells the balancer
+        their size, so that per-parameter balancer state is created eagerly
+        (under a distribution strategy too) rather than inside the first
+        traced step.
+
+        Runs one forward pass on a zero example of the model's input
+        structure; connectivity does not depend on the values. Does nothing
+        for loss-only balancers, representation mode (whose Jacobian width
+        depends on the batch), or models without a known input structure.
+
+        Args:
+            model: the `MultiTaskModel`.
+        """
+        structure = getattr(model, "_inputs_struct", None)
+        if structure is None or self.resolve_mode(model) not in ("loop", "jacobian"):
+            return
+        dummy = keras.tree.map_structure(
+            lambda t: tf.zeros([1] + [d or 1 for d in t.shape[1:]], t.dtype), structure
+        )
+        variables = [
+            v
+            for v in model.trainable_variables
+            if id(v) not in {id(b) for b in model.balancer.trainable_variables}
+        ]
+        found = {}
+
+        def probe():
+            with tf.GradientTape(persistent=True) as tape:
+                outputs = model(dummy, training=False)
+                totals = [tf.reduce_sum(tf.cast(outputs[t], tf.float32)) for t in model.task_names]
+            found["reach"] = [[g is not None for g in tape.gradient(t, variables)] for t in totals]
+
+        # In replica context: distributed variables are read there only.
+        model.distribute_strategy.run(probe)
+        shared = self._shared_indices(model, variables, found["reach"])
+        model.balancer.prepare(sum(int(tf.size(variables[i])) for i in shared))
+
     # ------------------------------------------------------------------- step
     def train_step(self, model, x, y, sample_weight) -> dict:
         """Runs forward, balancing and the optimizer update for one batch.

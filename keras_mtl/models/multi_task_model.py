@@ -411,6 +411,10 @@ class MultiTaskModel(keras.Model):
 
         Args and Returns: as `keras.Model.fit`.
         """
+        self._check_compiled()
+        if self.built:
+            with self.distribute_strategy.scope():
+                self._engine.prepare(self)
         callbacks = list(callbacks or [])
         callbacks.append(_BalancerEpochHook(self))
         return super().fit(

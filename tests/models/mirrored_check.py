@@ -19,11 +19,13 @@ def run(strategy, x, y, weight):
         model.compile(
             optimizer=keras.optimizers.SGD(0.5),
             loss=LOSS,
-            balancer=NormalizedEMA(0.3),
+            balancer=NormalizedEMA(0.3) if sys.argv[2] == "ema" else sys.argv[2],
             gradient_mode=sys.argv[1],
         )
     model.fit(x, y, sample_weight=weight, batch_size=32, epochs=1, shuffle=False, verbose=0)
-    return [np.array(v) for v in model.trainable_variables], np.array(model.balancer.ema)
+    return [np.array(v) for v in model.trainable_variables], np.array(
+        model.balancer.non_trainable_variables[0]
+    )
 
 
 def main():

@@ -9,11 +9,15 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("mode", ["loop", "jacobian"])
-def test_mirrored_update_equals_single_device_update_on_global_batch(mode):
+@pytest.mark.parametrize(
+    "mode, balancer", [("loop", "ema"), ("jacobian", "ema"), ("loop", "db_mtl")]
+)
+def test_mirrored_update_equals_single_device_update_on_global_batch(mode, balancer):
+    # "ema" is a small non-linear stateful test balancer; DB-MTL's state has one
+    # entry per shared parameter, created before training by `fit`.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
-        [sys.executable, "-m", "tests.models.mirrored_check", mode],
+        [sys.executable, "-m", "tests.models.mirrored_check", mode, balancer],
         cwd=ROOT,
         env=env,
         capture_output=True,
