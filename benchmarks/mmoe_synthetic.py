@@ -136,9 +136,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument(
         "--sinusoids",
-        default="random",
+        default="index",
         choices=("random", "index"),
-        help="alpha_i, beta_i: random N(0, param_std^2) or alpha_i = i, beta_i = i^2",
+        help="alpha_i, beta_i: alpha_i = i, beta_i = i^2 (default, the public generator of the paper's experiment) or random N(0, param_std^2)",
     )
     args = parser.parse_args(argv)
     if args.quick:
