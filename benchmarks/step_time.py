@@ -143,7 +143,7 @@ def main(argv=None):
         help="gradient modes measured with a linear Jacobian balancer",
     )
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions")
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
+    parser.add_argument("--steps", type=int, default=100, help="steps per timed epoch")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--input-dim", type=int, default=500)
