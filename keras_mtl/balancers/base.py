@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import keras
@@ -323,6 +324,40 @@ def weighted_direction(weights, jacobian):
     if jacobian is None:
         return None
     return ops.matmul(weights[None, :], jacobian)[0]
+
+
+def check_number(name: str, value, expected: str, invalid=None) -> float:
+    """Validates a numeric constructor argument: a finite int or float (not a bool).
+
+    Args:
+        name: the argument's name, for the message.
+        value: the value received.
+        expected: what was expected, e.g. `"a positive float"`.
+        invalid: optional predicate that is true for finite values that are
+            still out of range.
+
+    Returns:
+        `value` as a float.
+
+    Raises:
+        ValueError: naming the argument, what was expected and the value.
+
+    Example:
+
+    >>> check_number("beta", 0.5, "a number in (0, 1]", lambda v: not 0 < v <= 1)
+    0.5
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or (invalid is not None and invalid(value))
+    ):
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected {expected}. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
 
 
 _ALIASES: dict[str, type] = {}

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from keras import ops
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import register_balancer
+from keras_mtl.balancers.base import check_number, register_balancer
 from keras_mtl.balancers.gramian import GramianBalancer
 
 SOLVERS = ("graph", "cvxpy")
@@ -63,10 +61,7 @@ class CAGrad(GramianBalancer):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        if isinstance(c, bool) or not isinstance(c, int | float) or not math.isfinite(c) or c < 0:
-            raise ValueError(
-                f"Received an invalid value for `c`, expected a non-negative number. Received: c={c!r}"
-            )
+        check_number("c", c, "a non-negative number", lambda v: v < 0)
         if rescale not in (0, 1, 2) or isinstance(rescale, bool):
             raise ValueError(
                 f"Received an invalid value for `rescale`, expected 0, 1 or 2. Received: rescale={rescale!r}"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 from keras import ops
 
-from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer, weighted_direction
+from keras_mtl.balancers.base import (
+    Balancer,
+    BalanceResult,
+    check_number,
+    register_balancer,
+    weighted_direction,
+)
 
 
 @register_balancer("dwa", "dynamic_weight_average")
@@ -63,16 +67,7 @@ class DWA(Balancer):
         name: str | None = None,
         **kwargs,
     ):
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, int | float)
-            or not math.isfinite(temperature)
-            or temperature <= 0
-        ):
-            raise ValueError(
-                "Received an invalid value for `temperature`, expected a positive float. "
-                f"Received: temperature={temperature!r}"
-            )
+        check_number("temperature", temperature, "a positive float", lambda v: v <= 0)
         if steps_per_epoch is not None and (
             isinstance(steps_per_epoch, bool)
             or not isinstance(steps_per_epoch, int)

@@ -6,19 +6,13 @@ import math
 
 from keras import ops
 
-from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer, weighted_direction
-
-
-def _check_float(arg: str, value, expected: str, valid) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not valid(value)
-    ):
-        raise ValueError(
-            f"Received an invalid value for `{arg}`, expected {expected}. Received: {arg}={value!r}"
-        )
+from keras_mtl.balancers.base import (
+    Balancer,
+    BalanceResult,
+    check_number,
+    register_balancer,
+    weighted_direction,
+)
 
 
 @register_balancer("famo")
@@ -80,9 +74,9 @@ class FAMO(Balancer):
         name: str | None = None,
         **kwargs,
     ):
-        _check_float("learning_rate", learning_rate, "a positive float", lambda v: v > 0)
-        _check_float("weight_decay", weight_decay, "a non-negative float", lambda v: v >= 0)
-        _check_float("epsilon", epsilon, "a positive float", lambda v: v > 0)
+        check_number("learning_rate", learning_rate, "a positive float", lambda v: v <= 0)
+        check_number("weight_decay", weight_decay, "a non-negative float", lambda v: v < 0)
+        check_number("epsilon", epsilon, "a positive float", lambda v: v <= 0)
         if min_losses is not None:
             values = list(min_losses)
             if any(

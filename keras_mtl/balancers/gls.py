@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 from keras import ops
 
-from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer, weighted_direction
+from keras_mtl.balancers.base import (
+    Balancer,
+    BalanceResult,
+    check_number,
+    register_balancer,
+    weighted_direction,
+)
 
 
 @register_balancer("gls", "geometric_loss_strategy")
@@ -45,16 +49,7 @@ class GLS(Balancer):
     """
 
     def __init__(self, epsilon: float = 0.0, name: str | None = None, **kwargs):
-        if (
-            isinstance(epsilon, bool)
-            or not isinstance(epsilon, int | float)
-            or not math.isfinite(epsilon)
-            or epsilon < 0
-        ):
-            raise ValueError(
-                "Received an invalid value for `epsilon`, expected a non-negative float. "
-                f"Received: epsilon={epsilon!r}"
-            )
+        check_number("epsilon", epsilon, "a non-negative float", lambda v: v < 0)
         super().__init__(name=name, **kwargs)
         self.epsilon = float(epsilon)
 

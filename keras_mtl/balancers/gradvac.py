@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import keras
 from keras import ops
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import register_balancer
+from keras_mtl.balancers.base import check_number, register_balancer
 from keras_mtl.balancers.gramian import GramianBalancer
 from keras_mtl.balancers.pcgrad import random_orders
 
@@ -55,15 +53,7 @@ class GradVac(GramianBalancer):
         self, beta: float = 0.01, seed: int | None = None, name: str | None = None, **kwargs
     ):
         super().__init__(name=name, **kwargs)
-        if (
-            isinstance(beta, bool)
-            or not isinstance(beta, int | float)
-            or not math.isfinite(beta)
-            or not 0 < beta <= 1
-        ):
-            raise ValueError(
-                f"Received an invalid value for `beta`, expected a number in (0, 1]. Received: beta={beta!r}"
-            )
+        check_number("beta", beta, "a number in (0, 1]", lambda v: not 0 < v <= 1)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(
                 f"Received an invalid value for `seed`, expected an integer or None. Received: seed={seed!r}"

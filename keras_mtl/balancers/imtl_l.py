@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import keras
 from keras import ops
 
-from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer, weighted_direction
+from keras_mtl.balancers.base import (
+    Balancer,
+    BalanceResult,
+    check_number,
+    register_balancer,
+    weighted_direction,
+)
 
 
 @register_balancer("imtl_l", "imtll")
@@ -43,15 +47,7 @@ class IMTLL(Balancer):
     """
 
     def __init__(self, initial_scale: float = 0.0, name: str | None = None, **kwargs):
-        if (
-            isinstance(initial_scale, bool)
-            or not isinstance(initial_scale, int | float)
-            or not math.isfinite(initial_scale)
-        ):
-            raise ValueError(
-                "Received an invalid value for `initial_scale`, expected a finite number. "
-                f"Received: initial_scale={initial_scale!r}"
-            )
+        check_number("initial_scale", initial_scale, "a finite number")
         super().__init__(name=name, **kwargs)
         self.initial_scale = float(initial_scale)
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 from keras import ops
 
 from keras_mtl.balancers.base import (
     Balancer,
     BalanceResult,
+    check_number,
     deserialize,
     get,
     register_balancer,
@@ -146,16 +145,7 @@ class LogLoss(_LossTransform):
     """
 
     def __init__(self, inner=None, epsilon: float = 1e-8, name: str | None = None, **kwargs):
-        if (
-            isinstance(epsilon, bool)
-            or not isinstance(epsilon, int | float)
-            or not math.isfinite(epsilon)
-            or epsilon <= 0
-        ):
-            raise ValueError(
-                "Received an invalid value for `epsilon`, expected a positive float. "
-                f"Received: epsilon={epsilon!r}"
-            )
+        check_number("epsilon", epsilon, "a positive float", lambda v: v <= 0)
         super().__init__(inner=inner, name=name, **kwargs)
         self.epsilon = float(epsilon)
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from keras import ops
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer
+from keras_mtl.balancers.base import Balancer, BalanceResult, check_number, register_balancer
 
 SOLVERS = ("graph", "cvxpy")
 
@@ -68,15 +66,7 @@ class NashMTL(Balancer):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        if (
-            isinstance(max_norm, bool)
-            or not isinstance(max_norm, int | float)
-            or not math.isfinite(max_norm)
-        ):
-            raise ValueError(
-                "Received an invalid value for `max_norm`, expected a finite number. "
-                f"Received: max_norm={max_norm!r}"
-            )
+        check_number("max_norm", max_norm, "a finite number")
         for arg, value in (("update_every", update_every), ("optim_niter", optim_niter)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(

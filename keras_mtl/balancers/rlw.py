@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import keras
 from keras import ops
 
-from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer, weighted_direction
+from keras_mtl.balancers.base import (
+    Balancer,
+    BalanceResult,
+    check_number,
+    register_balancer,
+    weighted_direction,
+)
 
 DISTRIBUTIONS = ("normal", "uniform", "dirichlet")
 
@@ -67,16 +71,7 @@ class RLW(Balancer):
                 "Received an invalid value for `distribution`, expected one of "
                 f"{list(DISTRIBUTIONS)}. Received: distribution={distribution!r}"
             )
-        if (
-            isinstance(concentration, bool)
-            or not isinstance(concentration, int | float)
-            or not math.isfinite(concentration)
-            or concentration <= 0
-        ):
-            raise ValueError(
-                "Received an invalid value for `concentration`, expected a positive float. "
-                f"Received: concentration={concentration!r}"
-            )
+        check_number("concentration", concentration, "a positive float", lambda v: v <= 0)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(
                 f"Received an invalid value for `seed`, expected None or an integer. "

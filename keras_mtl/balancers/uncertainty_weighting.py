@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import keras
 from keras import ops
 
-from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer, weighted_direction
+from keras_mtl.balancers.base import (
+    Balancer,
+    BalanceResult,
+    check_number,
+    register_balancer,
+    weighted_direction,
+)
 
 
 @register_balancer("uw", "uncertainty", "uncertainty_weighting")
@@ -65,15 +69,7 @@ class UncertaintyWeighting(Balancer):
                 "Received an invalid value for `regression_form`, expected a bool. "
                 f"Received: regression_form={regression_form!r}"
             )
-        if (
-            isinstance(initial_log_variance, bool)
-            or not isinstance(initial_log_variance, int | float)
-            or not math.isfinite(initial_log_variance)
-        ):
-            raise ValueError(
-                "Received an invalid value for `initial_log_variance`, expected a finite "
-                f"number. Received: initial_log_variance={initial_log_variance!r}"
-            )
+        check_number("initial_log_variance", initial_log_variance, "a finite number")
         super().__init__(name=name, **kwargs)
         self.regression_form = regression_form
         self.initial_log_variance = float(initial_log_variance)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from keras import ops
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import register_balancer
+from keras_mtl.balancers.base import check_number, register_balancer
 from keras_mtl.balancers.gramian import GramianBalancer
 
 
@@ -23,17 +21,7 @@ def dual_cone_gramian(gram, reg_eps: float):
 
 
 def check_reg_eps(reg_eps) -> float:
-    if (
-        isinstance(reg_eps, bool)
-        or not isinstance(reg_eps, int | float)
-        or not math.isfinite(reg_eps)
-        or reg_eps < 0
-    ):
-        raise ValueError(
-            "Received an invalid value for `reg_eps`, expected a non-negative number. "
-            f"Received: reg_eps={reg_eps!r}"
-        )
-    return float(reg_eps)
+    return check_number("reg_eps", reg_eps, "a non-negative number", lambda v: v < 0)
 
 
 @register_balancer("upgrad")
