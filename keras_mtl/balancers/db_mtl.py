@@ -7,7 +7,7 @@ import math
 from keras import ops
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer
+from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer, weighted_direction
 
 
 @register_balancer("db_mtl", "dbmtl")
@@ -136,7 +136,7 @@ class DBMTL(Balancer):
             moving = rate * self.moving_norms + (1.0 - rate) * norms
             self.moving_norms.assign(moving)
             scale = ops.max(moving) / (moving + 1e-8)
-            direction = ops.matmul(scale[None, :], grads)[0]
+            direction = weighted_direction(scale, grads)
             return BalanceResult(direction, inv)
         num_params = jacobian.shape[1]
         if self.moving_gradients is None:
@@ -157,7 +157,7 @@ class DBMTL(Balancer):
         norms = solvers.row_norms(moving)
         self.moving_norms.assign(norms)
         scale = ops.max(norms) / (norms + 1e-8)
-        direction = ops.matmul(scale[None, :], moving)[0]
+        direction = weighted_direction(scale, moving)
         return BalanceResult(direction, inv)
 
     def load_own_variables(self, store) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import Balancer, BalanceResult
+from keras_mtl.balancers.base import Balancer, BalanceResult, weighted_direction
 
 
 class GramianBalancer(Balancer):
@@ -49,4 +49,4 @@ class GramianBalancer(Balancer):
 
     def compute(self, jacobian, losses, representation=None):
         weights = self.gramian_weights(solvers.gramian(jacobian), losses)
-        return BalanceResult(solvers.combine(weights, jacobian), weights)
+        return BalanceResult(weighted_direction(weights, jacobian), weights)

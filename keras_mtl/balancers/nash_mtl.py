@@ -5,7 +5,13 @@ from __future__ import annotations
 from keras import ops
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import Balancer, BalanceResult, check_number, register_balancer
+from keras_mtl.balancers.base import (
+    Balancer,
+    BalanceResult,
+    check_number,
+    register_balancer,
+    weighted_direction,
+)
 
 SOLVERS = ("graph", "cvxpy")
 
@@ -116,7 +122,7 @@ class NashMTL(Balancer):
         self.alpha.assign(alpha)
         self.step.assign_add(1.0)
         self.solver_failures.assign_add(failed)
-        direction = solvers.combine(alpha, jacobian)
+        direction = weighted_direction(alpha, jacobian)
         if self.max_norm > 0:
             norm = solvers.row_norms(direction[None, :])[0]
             direction = direction * ops.minimum(1.0, self.max_norm / ops.maximum(norm, 1e-30))

@@ -25,10 +25,12 @@ what the replicas apply, hence the division by the number of replicas.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import keras
 import tensorflow as tf
 
-from keras_mtl.gradients.flatten import flatten, unflatten
+from keras_mtl.gradients.flatten import jacobian_rows, unflatten
 from keras_mtl.layers.shared_representation import SharedRepresentation
 
 MODES = ("auto", "loop", "jacobian", "representation")
@@ -67,6 +69,8 @@ class GradientEngine:
         self.nonfinite = nonfinite
         # Paths of the shared variables, known after the first traced step.
         self.shared_variable_paths: list[str] | None = None
+        # The trainable variables `prepare` last ran for.
+        self._prepared_for: tuple | None = None
 
     # ------------------------------------------------------------------ setup
     def resolve_mode(self, model) -> str:
@@ -119,10 +123,12 @@ class GradientEngine:
         (under a distribution strategy too) rather than inside the first
         traced step.
 
-        Runs one forward pass on a zero example of the model's input
-        structure; connectivity does not depend on the values. Does nothing
-        for loss-only balancers, representation mode (whose Jacobian width
-        depends on the batch), or models without a known input structure.
+        Runs one forward and backward pass on a zero example of the model's
+        input structure (connectivity does not depend on the values), once
+        per set of trainable variables: later `fit` calls reuse the result.
+        Does nothing for loss-only balancers, representation mode (whose
+        Jacobian width depends on the batch), or models without a known input
+        structure.
 
         Args:
             model: the `MultiTaskModel`.
@@ -138,6 +144,9 @@ class GradientEngine:
             for v in model.trainable_variables
             if id(v) not in {id(b) for b in model.balancer.trainable_variables}
         ]
+        key = tuple(id(v) for v in variables)
+        if key == self._prepared_for:
+            return
         found = {}
 
         def probe():
@@ -150,6 +159,7 @@ class GradientEngine:
         model.distribute_strategy.run(probe)
         shared = self._shared_indices(model, variables, found["reach"])
         model.balancer.prepare(sum(int(tf.size(variables[i])) for i in shared))
+        self._prepared_for = key
 
     # ------------------------------------------------------------------- step
     def train_step(self, model, x, y, sample_weight) -> dict:
@@ -182,7 +192,10 @@ class GradientEngine:
         rep_layer = representation_layer(model, required=True) if mode == "representation" else None
         # Loss scaling (mixed precision): gradients are taken of scaled losses,
         # the balancer sees unscaled ones, the optimizer unscales what it gets.
-        scale = tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
+        # Without it no multiplication by 1 is spent on the (T, P) Jacobian.
+        scale = None
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            scale = tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
         state = [(v, tf.identity(v.value)) for v in balancer.non_trainable_variables]
 
         with tf.GradientTape(persistent=mode != "weighted") as tape:
@@ -210,9 +223,20 @@ class GradientEngine:
             reg = model.regularization_loss() / replicas
             losses = tf.stop_gradient(_all_reduce(ctx, local, replicas))
             # Everything differentiated later must be computed under the tape.
-            task_targets = [t * scale for t in task_local]
-            targets = tf.stack(task_targets)
-            reg_scaled = reg * scale
+            step = _Step(
+                model=model,
+                tape=tape,
+                task_targets=[_rescale(t, scale) for t in task_local],
+                losses=losses,
+                model_vars=model_vars,
+                scale=scale,
+                ctx=ctx,
+                replicas=replicas,
+                rep=rep,
+            )
+            if mode == "jacobian":
+                targets = tf.stack(step.task_targets)
+            reg_scaled = _rescale(reg, scale)
             if self.nonfinite == "raise":
                 _assert_finite_losses(losses, model.task_names)
             balancer.observe(y_clean, y_pred, masks)
@@ -220,30 +244,26 @@ class GradientEngine:
                 if mode == "weighted":
                     weights = tf.stop_gradient(balancer.aggregate(None, losses).weights)
                 else:
-                    weights = self._scoped_weights(
-                        model, tape, task_targets, losses, model_vars, scale, ctx, replicas
-                    )
+                    weights = self._scoped_weights(step)
                 aux = balancer.auxiliary_loss(losses) / replicas
                 objective = tf.reduce_sum(weights * local) + aux + reg
-                scaled = objective * scale
+                scaled = _rescale(objective, scale)
 
         if mode in ("weighted", "scoped"):
             grads = tape.gradient(scaled, variables)
         else:
-            step = {
-                "loop": self._loop,
-                "jacobian": self._jacobian,
-                "representation": self._representation,
-            }[mode]
-            model_grads, weights = step(
-                model, tape, targets, task_targets, losses, model_vars, scale, ctx, replicas, rep
-            )
+            if mode == "loop":
+                model_grads, weights = self._loop(step)
+            elif mode == "jacobian":
+                model_grads, weights = self._jacobian(step, targets)
+            else:
+                model_grads, weights = self._representation(step)
             if model.losses:
                 model_grads = _add(model_grads, tape.gradient(reg_scaled, model_vars))
             balancer_grads = []
             if balancer_vars:
                 with tf.GradientTape() as aux_tape:
-                    aux = balancer.auxiliary_loss(losses) / replicas * scale
+                    aux = _rescale(balancer.auxiliary_loss(losses), scale, replicas)
                 balancer_grads = aux_tape.gradient(aux, balancer_vars)
             by_id = dict(
                 zip(
@@ -253,7 +273,7 @@ class GradientEngine:
                 )
             )
             grads = [by_id[id(v)] for v in variables]
-        del tape  # release the persistent tape's resources before the update
+        del tape, step  # release the persistent tape's resources before the update
 
         objective = tf.reduce_sum(weights * losses) + model.regularization_loss()
         finite = self._apply(model, grads, variables, losses, state)
@@ -268,49 +288,51 @@ class GradientEngine:
         }
 
     # ------------------------------------------------------------------ modes
-    def _loop(
-        self, model, tape, targets, task_targets, losses, model_vars, scale, ctx, replicas, rep
-    ):
-        per_task = [tape.gradient(t, model_vars) for t in task_targets]
+    def _shared_jacobian(self, step, per_task, indices):
+        """The balancer's input: unscaled, all-reduced rows of `indices`' gradients."""
+        variables = [step.model_vars[i] for i in indices]
+        jac = jacobian_rows([[gs[i] for i in indices] for gs in per_task], variables)
+        return _all_reduce(step.ctx, _unscale(jac, step.scale), step.replicas), variables
+
+    def _loop(self, step):
+        per_task = [step.tape.gradient(t, step.model_vars) for t in step.task_targets]
         reach = [[g is not None for g in gs] for gs in per_task]
-        shared = self._shared_indices(model, model_vars, reach)
-        shared_vars = [model_vars[i] for i in shared]
-        jac = tf.stack([flatten([gs[i] for i in shared], shared_vars) for gs in per_task]) / scale
-        jac = _all_reduce(ctx, jac, replicas)
-        result = model.balancer.aggregate(jac, losses)
+        shared = self._shared_indices(step.model, step.model_vars, reach)
+        jac, shared_vars = self._shared_jacobian(step, per_task, shared)
+        result = step.model.balancer.aggregate(jac, step.losses)
         weights = tf.stop_gradient(result.weights)
-        direction = unflatten(result.direction * scale / replicas, shared_vars)
+        direction = unflatten(_rescale(result.direction, step.scale, step.replicas), shared_vars)
         return _place(_weighted_sum(per_task, weights), shared, direction), weights
 
-    def _jacobian(
-        self, model, tape, targets, task_targets, losses, model_vars, scale, ctx, replicas, rep
-    ):
+    def _jacobian(self, step, targets):
+        model_vars = step.model_vars
         # Connectivity only: these gradient ops feed nothing and are pruned.
-        reach = [[g is not None for g in tape.gradient(t, model_vars)] for t in task_targets]
-        shared = self._shared_indices(model, model_vars, reach)
+        reach = [
+            [g is not None for g in step.tape.gradient(t, model_vars)] for t in step.task_targets
+        ]
+        shared = self._shared_indices(step.model, model_vars, reach)
         shared_vars = [model_vars[i] for i in shared]
-        rows = tape.jacobian(
+        rows = step.tape.jacobian(
             targets,
             shared_vars,
             experimental_use_pfor=True,
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )
-        num_tasks = len(task_targets)
+        num_tasks = len(step.task_targets)
         jac = tf.concat([tf.reshape(tf.cast(r, tf.float32), [num_tasks, -1]) for r in rows], 1)
-        jac = _all_reduce(ctx, jac / scale, replicas)
-        result = model.balancer.aggregate(jac, losses)
+        jac = _all_reduce(step.ctx, _unscale(jac, step.scale), step.replicas)
+        result = step.model.balancer.aggregate(jac, step.losses)
         weights = tf.stop_gradient(result.weights)
         others = [i for i in range(len(model_vars)) if i not in set(shared)]
-        other_grads = tape.gradient(
+        other_grads = step.tape.gradient(
             targets, [model_vars[i] for i in others], output_gradients=weights
         )
         grads = _place([None] * len(model_vars), others, other_grads)
-        direction = unflatten(result.direction * scale / replicas, shared_vars)
+        direction = unflatten(_rescale(result.direction, step.scale, step.replicas), shared_vars)
         return _place(grads, shared, direction), weights
 
-    def _representation(
-        self, model, tape, targets, task_targets, losses, model_vars, scale, ctx, replicas, rep
-    ):
+    def _representation(self, step):
+        model_vars, rep, tape = step.model_vars, step.rep, step.tape
         trunk_grads = tape.gradient(rep, model_vars)
         trunk = [i for i, g in enumerate(trunk_grads) if g is not None]
         if not trunk:
@@ -321,39 +343,33 @@ class GradientEngine:
         self.shared_variable_paths = [model_vars[i].path for i in trunk]
         others = [i for i in range(len(model_vars)) if i not in set(trunk)]
         sources = [rep] + [model_vars[i] for i in others]
-        per_task = [tape.gradient(t, sources) for t in task_targets]
-        rep32 = tf.cast(rep, tf.float32)
-        jac = (
-            tf.stack(
-                [
-                    tf.zeros([tf.size(rep)])
-                    if gs[0] is None
-                    else tf.reshape(tf.cast(gs[0], tf.float32), [-1])
-                    for gs in per_task
-                ]
-            )
-            / scale
+        per_task = [tape.gradient(t, sources) for t in step.task_targets]
+        # A task that does not reach the representation has a zero row.
+        rows = [[tf.zeros_like(rep) if gs[0] is None else gs[0]] for gs in per_task]
+        jac = _unscale(jacobian_rows(rows, [rep]), step.scale)
+        result = step.model.balancer.aggregate(
+            jac, step.losses, representation=tf.stop_gradient(tf.cast(rep, tf.float32))
         )
-        result = model.balancer.aggregate(jac, losses, representation=tf.stop_gradient(rep32))
         weights = tf.stop_gradient(result.weights)
         other_grads = _weighted_sum([gs[1:] for gs in per_task], weights)
-        rep_grad = tf.cast(tf.reshape(result.direction * scale, tf.shape(rep)), rep.dtype)
+        rep_grad = tf.cast(
+            tf.reshape(_rescale(result.direction, step.scale), tf.shape(rep)), rep.dtype
+        )
         trunk_vars = [model_vars[i] for i in trunk]
         grads = _place([None] * len(model_vars), others, other_grads)
         trunk_grads = tape.gradient(rep, trunk_vars, output_gradients=rep_grad)
         return _place(grads, trunk, trunk_grads), weights
 
-    def _scoped_weights(self, model, tape, task_targets, losses, model_vars, scale, ctx, replicas):
-        per_task = [tape.gradient(t, model_vars) for t in task_targets]
+    def _scoped_weights(self, step):
+        model_vars = step.model_vars
+        per_task = [step.tape.gradient(t, model_vars) for t in step.task_targets]
         reach = [[g is not None for g in gs] for gs in per_task]
-        shared = self._shared_indices(model, model_vars, reach)
+        shared = self._shared_indices(step.model, model_vars, reach)
         # The last shared layer: the layer that owns the last shared variable.
         last_layer = model_vars[shared[-1]].path.rsplit("/", 1)[0]
         scope = [i for i in shared if model_vars[i].path.rsplit("/", 1)[0] == last_layer]
-        scope_vars = [model_vars[i] for i in scope]
-        jac = tf.stack([flatten([gs[i] for i in scope], scope_vars) for gs in per_task]) / scale
-        jac = _all_reduce(ctx, jac, replicas)
-        return tf.stop_gradient(model.balancer.aggregate(jac, losses).weights)
+        jac, _ = self._shared_jacobian(step, per_task, scope)
+        return tf.stop_gradient(step.model.balancer.aggregate(jac, step.losses).weights)
 
     # ------------------------------------------------------------------ apply
     def _apply(self, model, grads, variables, losses, state):
@@ -409,6 +425,31 @@ def representation_layer(model, required: bool):
     return found[0] if found else None
 
 
+class _Step(NamedTuple):
+    """What the gradient modes need of one training step."""
+
+    model: Any
+    tape: tf.GradientTape
+    task_targets: list  # per-task losses as differentiated (loss-scaled), in task order
+    losses: tf.Tensor  # (T,) unscaled, all-reduced, gradients stopped
+    model_vars: list  # trainable variables of the model, without the balancer's
+    scale: tf.Tensor | None  # the loss scale, or None without loss scaling
+    ctx: Any  # the replica context
+    replicas: int
+    rep: tf.Tensor | None  # the SharedRepresentation tensor in representation mode
+
+
+def _rescale(value, scale, replicas: int = 1):
+    """`value * scale / replicas`, with no op for a factor of 1."""
+    if scale is not None:
+        value = value * scale
+    return value / replicas if replicas > 1 else value
+
+
+def _unscale(value, scale):
+    return value if scale is None else value / scale
+
+
 def _all_reduce(ctx, value, replicas):
     if replicas == 1:
         return value
@@ -428,8 +469,18 @@ def _assert_finite_losses(losses, task_names):
 
 
 def _all_finite(tensors):
-    checks = [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(t))) for t in tensors]
-    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+    # One sum per tensor, not an elementwise test: a sum is finite whenever
+    # every element is, and the exact test runs only when a sum is not (a
+    # non-finite element, or finite elements whose sum overflows).
+    tensors = [t.values if isinstance(t, tf.IndexedSlices) else t for t in tensors]
+    if not tensors:
+        return tf.constant(True)
+    sums = tf.stack([tf.reduce_sum(tf.cast(t, tf.float32)) for t in tensors])
+    return tf.cond(
+        tf.reduce_all(tf.math.is_finite(sums)),
+        lambda: tf.constant(True),
+        lambda: tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])),
+    )
 
 
 def _scale(grad, weight):

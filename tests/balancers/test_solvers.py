@@ -33,6 +33,20 @@ def quad(w, gram):
     return float(w @ gram @ w)
 
 
+@pytest.mark.parametrize(
+    "num_tasks, num_params",
+    [(1, 12), (2, 780), (3, 1001), (5, 97), (7, 42), (16, 64), (40, 30)],
+)
+def test_gramian_matches_numpy_for_every_row_split(num_tasks, num_params):
+    # 97 is prime (no split), 1001 = 7 * 11 * 13, 780 has many divisors.
+    rng = np.random.default_rng(num_tasks)
+    jac = rng.normal(size=(num_tasks, num_params)).astype(np.float32)
+    jac[0] *= 1e3
+    expected = jac.astype(np.float64) @ jac.T.astype(np.float64)
+    for fn in (solvers.gramian, tf.function(solvers.gramian)):
+        np.testing.assert_allclose(np.asarray(fn(jac)), expected, rtol=1e-5, atol=1e-3)
+
+
 def test_project_onto_simplex_matches_brute_force():
     rng = np.random.default_rng(0)
     for num in (1, 2, 3, 7, 40):

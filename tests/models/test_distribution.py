@@ -26,5 +26,6 @@ def test_mirrored_update_equals_single_device_update_on_global_batch(mode, balan
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["moved"] > 1e-2, report  # the steps changed the weights
     assert report["max_var_diff"] < 1e-5, report
     assert report["ema_diff"] < 1e-6, report
