@@ -196,7 +196,10 @@ class GradientEngine:
         scale = None
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             scale = tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
-        state = [(v, tf.identity(v.value)) for v in balancer.non_trainable_variables]
+        # The balancer's state before the step, restored when "skip" drops it.
+        state = []
+        if self.nonfinite == "skip":
+            state = [(v, tf.identity(v.value)) for v in balancer.non_trainable_variables]
 
         with tf.GradientTape(persistent=mode != "weighted") as tape:
             if rep_layer is not None:
@@ -276,7 +279,7 @@ class GradientEngine:
         del tape, step  # release the persistent tape's resources before the update
 
         objective = tf.reduce_sum(weights * losses) + model.regularization_loss()
-        finite = self._apply(model, grads, variables, losses, state)
+        finite = self._apply(model, grads, variables, losses, weights, state)
         return {
             "losses": losses,
             "weights": weights,
@@ -372,8 +375,25 @@ class GradientEngine:
         return tf.stop_gradient(step.model.balancer.aggregate(jac, step.losses).weights)
 
     # ------------------------------------------------------------------ apply
-    def _apply(self, model, grads, variables, losses, state):
+    def _apply(self, model, grads, variables, losses, weights, state):
         optimizer = model.optimizer
+
+        def update():
+            # The balancer may have read variables that the optimizer now
+            # writes (its own trainable ones). Grappler's dependency optimizer
+            # drops the read -> write control edges that tf.function adds
+            # when no data path joins them, and the read can then see the
+            # updated value (measured: about 1 run in 30 of IMTL diverged).
+            # A control edge from the weights, which every such read feeds,
+            # survives.
+            if not optimizer.built:
+                # Outside the dependency: XLA cannot lift slot variables whose
+                # creation depends on a tensor of the step.
+                optimizer.build([v for _, v in pairs])
+            with tf.control_dependencies([weights]):
+                optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+            return tf.constant(True)
+
         pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
         scaled_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         if self.nonfinite == "raise":
@@ -387,8 +407,7 @@ class GradientEngine:
                         losses,
                     ],
                 )
-            optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
-            return tf.constant(True)
+            return update()
         finite = tf.logical_and(
             _all_finite([losses]),
             tf.constant(True) if scaled_loss else _all_finite([g for g, _ in pairs]),
@@ -396,12 +415,7 @@ class GradientEngine:
         # Undo what the balancer wrote into its state from a non-finite step.
         for v, old in state:
             v.assign(tf.where(finite, v.value, old))
-
-        def apply():
-            optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
-            return tf.constant(True)
-
-        tf.cond(finite, apply, lambda: tf.constant(False))
+        tf.cond(finite, update, lambda: tf.constant(False))
         return finite
 
 

@@ -366,11 +366,23 @@ class MultiTaskModel(keras.Model):
         self._check_compiled()
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         out = self._engine.train_step(self, x, y, sample_weight)
-        finite = ops.cast(out["finite"], "float32")
-        self._last_task_weights.assign(
-            ops.where(out["finite"], out["weights"], self._last_task_weights)
-        )
-        self._skipped_steps.assign_add(1.0 - finite)
+        keep = 1.0
+        if self._engine.nonfinite == "skip":
+            # A skipped step adds nothing to the logs: its non-finite values
+            # (times a zero weight, still NaN) would spoil the epoch's means.
+            finite = out["finite"]
+            keep = ops.cast(finite, "float32")
+            self._skipped_steps.assign_add(1.0 - keep)
+            self._last_task_weights.assign(
+                ops.where(finite, out["weights"], self._last_task_weights)
+            )
+            out = {
+                k: keras.tree.map_structure(lambda t: ops.where(finite, t, ops.zeros_like(t)), v)
+                for k, v in out.items()
+                if k != "finite"
+            }
+        else:
+            self._last_task_weights.assign(out["weights"])
         logs = self._update_metrics(
             x,
             out["losses"],
@@ -379,6 +391,7 @@ class MultiTaskModel(keras.Model):
             out["y_true"],
             out["y_pred"],
             out["masks"],
+            keep,
         )
         logs.update(self.balancer.logs())
         if self._engine.nonfinite == "skip":
@@ -395,11 +408,12 @@ class MultiTaskModel(keras.Model):
         objective = ops.sum(weights * losses) + self.regularization_loss()
         return self._update_metrics(x, losses, weights, objective, y_clean, y_pred, masks)
 
-    def _update_metrics(self, x, losses, weights, objective, y_true, y_pred, masks):
-        batch = ops.shape(keras.tree.flatten(x)[0])[0]
+    def _update_metrics(self, x, losses, weights, objective, y_true, y_pred, masks, keep=1.0):
+        # `keep` is 0 for a skipped step, which then counts for nothing.
+        batch = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32") * keep
         self._loss_tracker.update_state(objective, sample_weight=batch)
         self._task_loss_tracker.update_state(losses, sample_weight=batch)
-        self._task_weight_tracker.update_state(weights)
+        self._task_weight_tracker.update_state(weights, sample_weight=keep)
         if self._compile_metrics is not None:
             self._compile_metrics.update_state(y_true, y_pred, sample_weight=masks)
         return self.get_metrics_result()

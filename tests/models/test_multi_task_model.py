@@ -299,6 +299,29 @@ def test_nonfinite_loss_raises_by_default_and_skip_mode_counts():
     assert not np.array_equal(before[0], np.array(model.trainable_variables[0]))
 
 
+def test_skipped_steps_add_nothing_to_the_logged_means():
+    x, y = data(n=32)
+    y_bad = {"task_1": y["task_1"].copy(), "task_2": y["task_2"].copy()}
+    y_bad["task_2"][:16] = np.inf  # the first batch of 16 is skipped
+    model = build()
+    model.compile(
+        optimizer="sgd",
+        loss=LOSS,
+        balancer=NormalizedEMA(),
+        metrics={"task_2": ["mae"]},
+        nonfinite="skip",
+    )
+    # The second batch is the only one applied, with the initial weights.
+    second = model.evaluate(
+        x[16:], {k: v[16:] for k, v in y.items()}, batch_size=16, verbose=0, return_dict=True
+    )
+    history = model.fit(x, y_bad, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert history.history["skipped_steps"] == [1.0]
+    for key in ("task_1_loss", "task_2_loss", "task_2_mae"):
+        assert history.history[key][0] == pytest.approx(second[key], rel=1e-5), key
+    assert np.isfinite(history.history["loss"][0]) and history.history["loss"][0] > 0
+
+
 def test_recompiling_replaces_the_balancer_and_its_variables():
     class Trainable(keras_mtl.balancers.Balancer):
         def build(self, num_tasks):
