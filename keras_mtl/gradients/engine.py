@@ -377,6 +377,9 @@ class GradientEngine:
     # ------------------------------------------------------------------ apply
     def _apply(self, model, grads, variables, losses, weights, state):
         optimizer = model.optimizer
+        pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
+        applied_grads = [g for g, _ in pairs]
+        applied_vars = [v for _, v in pairs]
 
         def update():
             # The balancer may have read variables that the optimizer now
@@ -389,18 +392,17 @@ class GradientEngine:
             if not optimizer.built:
                 # Outside the dependency: XLA cannot lift slot variables whose
                 # creation depends on a tensor of the step.
-                optimizer.build([v for _, v in pairs])
+                optimizer.build(applied_vars)
             with tf.control_dependencies([weights]):
-                optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+                optimizer.apply(applied_grads, applied_vars)
             return tf.constant(True)
 
-        pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
         scaled_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         if self.nonfinite == "raise":
             if not scaled_loss:
                 # The loss scale optimizer skips overflowing steps by itself.
                 tf.debugging.Assert(
-                    _all_finite([g for g, _ in pairs]),
+                    _all_finite(applied_grads),
                     [
                         "Non-finite gradient or balanced direction although every task loss is "
                         "finite; the update was not applied. Task losses:",
@@ -410,7 +412,7 @@ class GradientEngine:
             return update()
         finite = tf.logical_and(
             _all_finite([losses]),
-            tf.constant(True) if scaled_loss else _all_finite([g for g, _ in pairs]),
+            tf.constant(True) if scaled_loss else _all_finite(applied_grads),
         )
         # Undo what the balancer wrote into its state from a non-finite step.
         for v, old in state:

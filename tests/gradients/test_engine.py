@@ -127,11 +127,10 @@ def _unordered_variable_accesses(graph_def):
 
     pairs = []
     for resource in resources:
-        users = [name for name in nodes if resource in inputs[name]]
-        for write in (u for u in users if nodes[u].op != "ReadVariableOp"):
-            before = ancestors(write)
-            for other in users:
-                if other != write and other not in before and write not in ancestors(other):
+        before = {name: ancestors(name) for name in nodes if resource in inputs[name]}
+        for write in (u for u in before if nodes[u].op != "ReadVariableOp"):
+            for other in before:
+                if other != write and other not in before[write] and write not in before[other]:
                     pairs.append((write, other))
     return pairs
 
