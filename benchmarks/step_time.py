@@ -22,6 +22,10 @@ Rows:
     <balancer>           MultiTaskModel with that balancer in gradient_mode="auto"
     <b>@representation   the same in gradient_mode="representation" (--rep-balancers)
 
+After each T, a computed line (not a measured step) gives the floor that the multiply-adds set: those
+of the forward pass and T backward passes through trunk and own tower, divided by the throughput of a
+batch x width x width matmul measured in the same process, against plain fit's measured step.
+
 Ratios of a balancer's row to the "loop" row show what the balancing itself adds to the cost of the
 Jacobian (both take T backward passes); ratios to "ew" are the cost of the method.
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -123,6 +128,46 @@ def make(num_tasks, name, balancer, mode, width, input_dim):
     return model
 
 
+def multiply_adds(num_tasks: int, batch: int, width: int, input_dim: int, tower: int = 128):
+    """Multiply-adds of the matmuls in one step of plain fit and of T per-task backward passes.
+
+    A backward pass through a dense layer costs two forward passes (kernel and input gradients), less
+    the input gradient of the first layer, whose input is data. Plain fit runs one backward pass
+    through everything; the per-task loop runs the trunk's backward pass once per task.
+
+    Returns:
+        `(plain, per_task)`, numbers of multiply-adds.
+    """
+    trunk = batch * (input_dim * width + 2 * width * width)
+    first = batch * input_dim * width
+    towers = num_tasks * batch * (width * tower + tower)
+    plain = 3 * trunk - first + 3 * towers
+    per_task = trunk + towers + num_tasks * (2 * trunk - first) + 2 * towers
+    return plain, per_task
+
+
+def matmul_seconds_per_multiply_add(
+    batch: int, width: int, percentile: float, chain: int = 20
+) -> float:
+    """Seconds per multiply-add of a chain of `(batch, width) x (width, width)` matmuls."""
+    a = tf.random.normal([batch, width])
+    b = tf.random.normal([width, width]) / width**0.5
+
+    @tf.function
+    def run(a):
+        for _ in range(chain):
+            a = tf.matmul(a, b)
+        return a
+
+    run(a)
+    times = []
+    for _ in range(30):
+        start = time.perf_counter()
+        run(a).numpy()
+        times.append(time.perf_counter() - start)
+    return float(np.percentile(times, percentile)) / (chain * batch * width * width)
+
+
 def measure(args) -> list[dict]:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.batch * args.steps, args.input_dim)).astype("float32")
@@ -165,6 +210,14 @@ def measure(args) -> list[dict]:
                 f"median {row['median_ms']:8.2f} ms {row['median_ratio']:5.2f}x",
                 flush=True,
             )
+        plain_macs, loop_macs = multiply_adds(num_tasks, args.batch, args.width, args.input_dim)
+        floor = loop_macs * matmul_seconds_per_multiply_add(args.batch, args.width, args.percentile)
+        print(
+            f"T={num_tasks:<3} matmul floor (computed): {1000 * floor:.2f} ms = "
+            f"{floor / quiet['plain']:.2f}x plain fit; per-task multiply-adds "
+            f"{loop_macs / plain_macs:.2f}x those of plain fit",
+            flush=True,
+        )
     return results
 
 
