@@ -1,10 +1,10 @@
 import importlib.util
 import pathlib
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+
+from tests.models.helpers import traced_train_step
 
 _PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "step_time.py"
 _spec = importlib.util.spec_from_file_location("step_time", _PATH)
@@ -14,13 +14,8 @@ _spec.loader.exec_module(step_time)
 
 def _traced_matmul_multiply_adds(model, x, y) -> int:
     """Sums m * k * n over the MatMul ops of the traced training step."""
-    graph = (
-        tf.function(model.train_step)
-        .get_concrete_function((tf.constant(x), {k: tf.constant(v) for k, v in y.items()}))
-        .graph
-    )
     total = 0
-    for op in graph.get_operations():
+    for op in traced_train_step(model, x, y).get_operations():
         if op.type != "MatMul":
             continue
         a, b = (t.shape.as_list() for t in op.inputs)
@@ -52,7 +47,6 @@ def test_multiply_adds_by_hand():
 
 
 def test_quick_run_prints_every_row_and_the_floor(capsys):
-    keras.utils.set_random_seed(0)
     results = step_time.main(["--quick"])
     out = capsys.readouterr().out
     assert [r["config"] for r in results] == [

@@ -6,7 +6,7 @@ import tensorflow as tf
 import keras_mtl
 from keras_mtl.gradients import engine
 from keras_mtl.gradients.flatten import jacobian_rows, unflatten
-from tests.models.helpers import TASKS, NormalizedEMA, build, data
+from tests.models.helpers import TASKS, NormalizedEMA, build, data, traced_train_step
 
 LOSS = {"task_1": "mse", "task_2": "mse"}
 
@@ -147,11 +147,7 @@ def test_balancer_reads_stay_ordered_before_the_update_after_grappler(balancer):
     model = build()
     model.compile(optimizer="adam", loss=LOSS, balancer=balancer)
     model.fit(x, y, batch_size=16, verbose=0)
-    graph = (
-        tf.function(model.train_step)
-        .get_concrete_function((tf.constant(x), {k: tf.constant(v) for k, v in y.items()}))
-        .graph
-    )
+    graph = traced_train_step(model, x, y)
     keep = [op.name for op in graph.get_operations() if "Assign" in op.type or op.type == "Assert"]
     meta = tf.compat.v1.train.export_meta_graph(graph_def=graph.as_graph_def(), graph=graph)
     meta.collection_def["train_op"].node_list.value.extend(keep)

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 import keras_mtl
@@ -18,6 +19,12 @@ def data(n=64, d=6, seed=0):
         "task_2": (x[:, 1:2] - x[:, 2:3] + 0.1 * rng.normal(size=(n, 1))).astype("float32"),
     }
     return x, y
+
+
+def traced_train_step(model, x, y):
+    """The graph of `model.train_step` traced on the batch `(x, y)` (a dict of labels)."""
+    batch = (tf.constant(x), {k: tf.constant(v) for k, v in y.items()})
+    return tf.function(model.train_step).get_concrete_function(batch).graph
 
 
 def build(d=6, seed=1, representation=False, model_cls=None):
