@@ -21,10 +21,12 @@ Rows:
     representation       direction w^T J), so the row measures the gradient mode itself
     <balancer>           MultiTaskModel with that balancer in gradient_mode="auto"
     <b>@representation   the same in gradient_mode="representation" (--rep-balancers)
+    plain matmuls /      the MatMul ops of the traced plain and bare_loop steps and nothing else,
+    bare_loop matmuls    on random inputs of the same shapes (not training steps): what the
+                         matmuls alone cost, timed in the same rounds as the steps
 
-After each T, a computed line (not a measured step) gives the floor that the multiply-adds set: those
-of the forward pass and T backward passes through trunk and own tower, divided by the throughput of a
-batch x width x width matmul measured in the same process, against plain fit's measured step.
+After each T, a line adds plain fit's time outside its matmuls to bare_loop's matmuls: the cost of
+a per-task loop that would spend no more than plain fit on everything else.
 
 Ratios of a balancer's row to the "loop" row show what the balancing itself adds to the cost of the
 Jacobian (both take T backward passes); ratios to "ew" are the cost of the method.
@@ -146,26 +148,68 @@ def multiply_adds(num_tasks: int, batch: int, width: int, input_dim: int, tower:
     return plain, per_task
 
 
-def matmul_seconds_per_multiply_add(
-    batch: int, width: int, percentile: float, chain: int = 20
-) -> float:
-    """Seconds per multiply-add of a chain of `(batch, width) x (width, width)` matmuls."""
-    a = tf.random.normal([batch, width])
-    b = tf.random.normal([width, width]) / width**0.5
+def traced_matmuls(model, x, y) -> list[tuple]:
+    """The MatMul ops of `model.train_step` traced on the batch `(x, y)`.
 
-    @tf.function
-    def run(a):
-        for _ in range(chain):
-            a = tf.matmul(a, b)
-        return a
+    Returns:
+        One `(a, b, transpose_a, transpose_b)` per op; `a` and `b` are `(name, shape)` of the
+        operand tensors, so that ops reading one tensor (a kernel, read by the forward pass and
+        every task's backward pass) can be replayed on one tensor.
+    """
+    batch = (tf.constant(x), {k: tf.constant(v) for k, v in y.items()})
+    graph = tf.function(model.train_step).get_concrete_function(batch).graph
 
-    run(a)
-    times = []
-    for _ in range(30):
-        start = time.perf_counter()
-        run(a).numpy()
-        times.append(time.perf_counter() - start)
-    return float(np.percentile(times, percentile)) / (chain * batch * width * width)
+    def operand(tensor):
+        return tensor.name, tuple(tensor.shape.as_list())
+
+    return [
+        (
+            operand(op.inputs[0]),
+            operand(op.inputs[1]),
+            op.get_attr("transpose_a"),
+            op.get_attr("transpose_b"),
+        )
+        for op in graph.get_operations()
+        if op.type == "MatMul"
+    ]
+
+
+class MatmulReplay:
+    """Runs the MatMul ops of a traced step (as from `traced_matmuls`) alone, on random inputs.
+
+    Operands with one name share one random tensor, as they share memory in the step; the
+    inputs are arguments (constants would be folded). No op waits for another, whereas data
+    dependencies order them in the step, so the time is a lower bound for the same matmuls there.
+
+    Args:
+        matmuls: the ops, as `traced_matmuls` returns them.
+    """
+
+    def __init__(self, matmuls: list[tuple]):
+        sources = {}
+        for a, b, _, _ in matmuls:
+            sources.update([a, b])
+        names = list(sources)
+        self.tensors = [tf.random.normal(sources[n]) / sources[n][-1] ** 0.5 for n in names]
+        plan = [(names.index(a[0]), names.index(b[0]), ta, tb) for a, b, ta, tb in matmuls]
+
+        @tf.function
+        def run(tensors):
+            return [
+                tf.matmul(tensors[i], tensors[j], transpose_a=ta, transpose_b=tb)
+                for i, j, ta, tb in plan
+            ]
+
+        self._run = run
+        run(self.tensors)  # traced here, outside the timings
+        self.times: list[float] = []
+
+    def time(self, steps: int) -> None:
+        """Runs the ops `steps` times, appending each wall time to `times`."""
+        for _ in range(steps):
+            start = time.perf_counter()
+            self._run(self.tensors)
+            self.times.append(time.perf_counter() - start)
 
 
 def measure(args) -> list[dict]:
@@ -174,25 +218,25 @@ def measure(args) -> list[dict]:
     results = []
     for num_tasks in args.tasks:
         y = {f"t{t}": rng.normal(size=(len(x), 1)).astype("float32") for t in range(num_tasks)}
+        first = (x[: args.batch], {k: v[: args.batch] for k, v in y.items()})
         rows = configs(num_tasks, args.balancers, args.modes, args.rep_balancers)
-        models, timers = {}, {}
+        runs, timers = {}, {}
         for name, balancer, mode in rows:
-            models[name] = make(num_tasks, name, balancer, mode, args.width, args.input_dim)
+            model = make(num_tasks, name, balancer, mode, args.width, args.input_dim)
             # Warm-up epoch: tracing and first-call costs stay out of the timings.
-            models[name].fit(x, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
+            model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
             timers[name] = StepTimer()
-        names = [name for name, _, _ in rows]
+            runs[name] = lambda model=model, y=y, timer=timers[name]: model.fit(
+                x, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False, callbacks=[timer]
+            )
+            if name in ("plain", "bare_loop"):
+                replay = MatmulReplay(traced_matmuls(model, *first))
+                timers[f"{name} matmuls"] = replay
+                runs[f"{name} matmuls"] = lambda replay=replay: replay.time(args.steps)
+        names = list(runs)
         for r in range(args.repeats):
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                models[name].fit(
-                    x,
-                    y,
-                    batch_size=args.batch,
-                    epochs=1,
-                    verbose=0,
-                    shuffle=False,
-                    callbacks=[timers[name]],
-                )
+                runs[name]()
         quiet = {n: float(np.percentile(timers[n].times, args.percentile)) for n in names}
         median = {n: statistics.median(timers[n].times) for n in names}
         for name in names:
@@ -211,11 +255,13 @@ def measure(args) -> list[dict]:
                 flush=True,
             )
         plain_macs, loop_macs = multiply_adds(num_tasks, args.batch, args.width, args.input_dim)
-        floor = loop_macs * matmul_seconds_per_multiply_add(args.batch, args.width, args.percentile)
+        # bare_loop's matmuls plus plain fit's time outside its own matmuls: a per-task loop
+        # that spends no more than plain fit on everything else.
+        rest = quiet["plain"] - quiet["plain matmuls"]
         print(
-            f"T={num_tasks:<3} matmul floor (computed): {1000 * floor:.2f} ms = "
-            f"{floor / quiet['plain']:.2f}x plain fit; per-task multiply-adds "
-            f"{loop_macs / plain_macs:.2f}x those of plain fit",
+            f"T={num_tasks:<3} bare_loop matmuls + plain fit's {1000 * rest:.2f} ms besides its "
+            f"matmuls: {(quiet['bare_loop matmuls'] + rest) / quiet['plain']:.2f}x plain fit; "
+            f"multiply-adds {loop_macs / plain_macs:.2f}x those of plain fit",
             flush=True,
         )
     return results

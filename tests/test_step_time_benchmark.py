@@ -4,24 +4,18 @@ import pathlib
 import numpy as np
 import pytest
 
-from tests.models.helpers import traced_train_step
-
 _PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "step_time.py"
 _spec = importlib.util.spec_from_file_location("step_time", _PATH)
 step_time = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(step_time)
 
 
-def _traced_matmul_multiply_adds(model, x, y) -> int:
-    """Sums m * k * n over the MatMul ops of the traced training step."""
+def _multiply_adds(matmuls) -> int:
+    """Sums m * k * n over MatMul ops as `traced_matmuls` gives them."""
     total = 0
-    for op in traced_train_step(model, x, y).get_operations():
-        if op.type != "MatMul":
-            continue
-        a, b = (t.shape.as_list() for t in op.inputs)
-        m, k = (a[1], a[0]) if op.get_attr("transpose_a") else a
-        n = b[0] if op.get_attr("transpose_b") else b[1]
-        total += m * k * n
+    for (_, a), (_, b), transpose_a, transpose_b in matmuls:
+        m, k = (a[1], a[0]) if transpose_a else a
+        total += m * k * (b[0] if transpose_b else b[1])
     return total
 
 
@@ -34,7 +28,7 @@ def test_multiply_adds_match_the_matmuls_of_the_traced_step(name):
     y = {f"t{t}": rng.normal(size=(batch, 1)).astype("float32") for t in range(num_tasks)}
     plain, per_task = step_time.multiply_adds(num_tasks, batch, width, input_dim)
     expected = plain if name == "plain" else per_task
-    assert _traced_matmul_multiply_adds(model, x, y) == expected
+    assert _multiply_adds(step_time.traced_matmuls(model, x, y)) == expected
 
 
 def test_multiply_adds_by_hand():
@@ -51,11 +45,34 @@ def test_quick_run_prints_every_row_and_the_floor(capsys):
     out = capsys.readouterr().out
     assert [r["config"] for r in results] == [
         "plain",
+        "plain matmuls",
         "bare_loop",
+        "bare_loop matmuls",
         "ew",
         "loop",
         "jacobian",
         "representation",
     ]
     assert all(r["ms"] > 0 and np.isfinite(r["ratio"]) for r in results)
-    assert "matmul floor (computed)" in out and "| 2 | loop |" in out
+    assert "bare_loop matmuls + plain fit's" in out and "| 2 | loop |" in out
+
+
+def test_traced_matmuls_share_the_kernels_the_tasks_read():
+    # The forward pass and every task's backward pass read the same trunk kernels: one name each,
+    # hence one tensor each in the replay, as in the step's memory.
+    model = step_time.make(3, "bare_loop", None, None, 16, 12)
+    x = np.zeros((8, 12), "float32")
+    y = {f"t{t}": np.zeros((8, 1), "float32") for t in range(3)}
+    matmuls = step_time.traced_matmuls(model, x, y)
+    kernels = {src for a, b, _, _ in matmuls for src, shape in (a, b) if shape == (16, 16)}
+    assert len(kernels) == 2  # trunk_1 and trunk_2
+
+
+def test_matmul_replay_runs_the_given_shapes_and_transposes():
+    # (32, 64)^T (48, 32)^T is a 64 x 32 x 48 matmul; without the transposes it would not run.
+    a, b = ("a", (32, 64)), ("b", (48, 32))
+    replay = step_time.MatmulReplay([(a, b, True, True)])
+    replay.time(3)
+    assert len(replay.times) == 3 and min(replay.times) > 0
+    with pytest.raises(Exception, match="(?i)incompatible|dimensions|shape"):
+        step_time.MatmulReplay([(a, b, False, False)])
