@@ -178,7 +178,7 @@ class MatmulReplay:
     """Runs the MatMul ops of a traced step (as from `traced_matmuls`) alone, on random inputs.
 
     Operands with one name share one random tensor, as they share memory in the step; the
-    inputs are arguments (constants would be folded). No op waits for another, whereas data
+    inputs are arguments, so that Grappler cannot fold them. No op waits for another, whereas data
     dependencies order them in the step, so the time is a lower bound for the same matmuls there.
 
     Args:
