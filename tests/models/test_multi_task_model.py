@@ -239,6 +239,29 @@ def test_graph_mode_with_jit_compile_matches_eager():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_steps_per_execution_takes_the_same_steps():
+    # Several steps in one graph call must still update the balancer state and
+    # the logged weights step by step.
+    x, y = data(n=64)
+    results = []
+    for steps in (1, 4):
+        model = build()
+        model.compile(
+            optimizer=keras.optimizers.Adam(0.01),
+            loss=LOSS,
+            balancer=NormalizedEMA(),
+            steps_per_execution=steps,
+        )
+        history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        results.append((_weights(model), history.history))
+    (w1, h1), (w4, h4) = results
+    for a, b in zip(w1, w4, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for key in ("loss", "task_1_loss", "task_1_weight", "task_2_weight"):
+        np.testing.assert_allclose(h1[key], h4[key], rtol=1e-5)
+    assert h1["task_1_weight"][0] != 1.0
+
+
 def test_subclassed_model_trains():
     @keras.saving.register_keras_serializable(package="keras_mtl_tests")
     class TwoTask(keras_mtl.MultiTaskModel):
