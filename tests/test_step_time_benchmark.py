@@ -40,7 +40,7 @@ def test_multiply_adds_by_hand():
     assert step_time.multiply_adds(2, batch=2, width=3, input_dim=4, tower=2) == (252, 348)
 
 
-def test_quick_run_prints_every_row_and_the_floor(capsys):
+def test_quick_run_prints_every_row_and_the_matmul_line(capsys):
     results = step_time.main(["--quick"])
     out = capsys.readouterr().out
     assert [r["config"] for r in results] == [

@@ -222,20 +222,19 @@ def test_callbacks_and_validation_data_work(tmp_path):
     assert any((tmp_path / "tb").rglob("events.out.tfevents*"))
 
 
+def _fit_with_ema(x, y, optimizer, batch_size, epochs, **compile_kwargs):
+    """Weights and history of `build()` trained with the stateful `NormalizedEMA`."""
+    model = build()
+    model.compile(optimizer=optimizer, loss=LOSS, balancer=NormalizedEMA(), **compile_kwargs)
+    history = model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0)
+    return _weights(model), history.history
+
+
 def test_graph_mode_with_jit_compile_matches_eager():
     x, y = data(n=32)
-    results = []
-    for jit in (False, True):
-        model = build()
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.1),
-            loss=LOSS,
-            balancer=NormalizedEMA(),
-            jit_compile=jit,
-        )
-        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
-        results.append([np.array(v) for v in model.trainable_variables])
-    for a, b in zip(*results, strict=True):
+    eager, _ = _fit_with_ema(x, y, keras.optimizers.SGD(0.1), 16, 1, jit_compile=False)
+    jit, _ = _fit_with_ema(x, y, keras.optimizers.SGD(0.1), 16, 1, jit_compile=True)
+    for a, b in zip(eager, jit, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -243,18 +242,8 @@ def test_steps_per_execution_takes_the_same_steps():
     # Several steps in one graph call must still update the balancer state and
     # the logged weights step by step.
     x, y = data(n=64)
-    results = []
-    for steps in (1, 4):
-        model = build()
-        model.compile(
-            optimizer=keras.optimizers.Adam(0.01),
-            loss=LOSS,
-            balancer=NormalizedEMA(),
-            steps_per_execution=steps,
-        )
-        history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
-        results.append((_weights(model), history.history))
-    (w1, h1), (w4, h4) = results
+    w1, h1 = _fit_with_ema(x, y, keras.optimizers.Adam(0.01), 8, 2, steps_per_execution=1)
+    w4, h4 = _fit_with_ema(x, y, keras.optimizers.Adam(0.01), 8, 2, steps_per_execution=4)
     for a, b in zip(w1, w4, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for key in ("loss", "task_1_loss", "task_1_weight", "task_2_weight"):
