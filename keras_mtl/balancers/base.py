@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import keras
 import numpy as np
 from keras import ops
+
+# Re-exported: the balancer modules validate their arguments with these.
+from keras_mtl._validation import check_integer, check_number, is_number  # noqa: F401
 
 _SEED_PREFIX = "seed_generator_state_"
 
@@ -161,12 +163,9 @@ class Balancer(keras.layers.Layer):
         Raises:
             ValueError: if `num_tasks` is not a positive integer.
         """
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
-            raise ValueError(
-                "Received an invalid value for `num_tasks`, expected a positive "
-                f"integer. Received: num_tasks={num_tasks!r}"
-            )
-        self.num_tasks = num_tasks
+        self.num_tasks = check_integer(
+            "num_tasks", num_tasks, "a positive integer", lambda v: v < 1
+        )
 
     def add_state(self, name: str, shape, initializer="zeros", dtype: str = "float32"):
         """Adds a non-trainable state variable.
@@ -325,40 +324,6 @@ def weighted_direction(weights, jacobian):
         return None
     # einsum, not a (1, T) x (T, P) matmul: 15-25 % faster on CPU, same values.
     return ops.einsum("t,tp->p", ops.cast(weights, jacobian.dtype), jacobian)
-
-
-def check_number(name: str, value, expected: str, invalid=None) -> float:
-    """Validates a numeric constructor argument: a finite int or float (not a bool).
-
-    Args:
-        name: the argument's name, for the message.
-        value: the value received.
-        expected: what was expected, e.g. `"a positive float"`.
-        invalid: optional predicate that is true for finite values that are
-            still out of range.
-
-    Returns:
-        `value` as a float.
-
-    Raises:
-        ValueError: naming the argument, what was expected and the value.
-
-    Example:
-
-    >>> check_number("beta", 0.5, "a number in (0, 1]", lambda v: not 0 < v <= 1)
-    0.5
-    """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or (invalid is not None and invalid(value))
-    ):
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected {expected}. "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
 
 
 _ALIASES: dict[str, type] = {}

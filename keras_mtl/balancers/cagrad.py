@@ -5,7 +5,7 @@ from __future__ import annotations
 from keras import ops
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import check_number, register_balancer
+from keras_mtl.balancers.base import check_integer, check_number, register_balancer
 from keras_mtl.balancers.gramian import GramianBalancer
 
 SOLVERS = ("graph", "cvxpy")
@@ -61,17 +61,14 @@ class CAGrad(GramianBalancer):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        check_number("c", c, "a non-negative number", lambda v: v < 0)
-        if rescale not in (0, 1, 2) or isinstance(rescale, bool):
-            raise ValueError(
-                f"Received an invalid value for `rescale`, expected 0, 1 or 2. Received: rescale={rescale!r}"
-            )
+        c = check_number("c", c, "a non-negative number", lambda v: v < 0)
+        rescale = check_integer("rescale", rescale, "0, 1 or 2", lambda v: v not in (0, 1, 2))
         if solver not in SOLVERS:
             raise ValueError(
                 f"Received an invalid value for `solver`, expected one of {list(SOLVERS)}. "
                 f"Received: solver={solver!r}"
             )
-        self.c = float(c)
+        self.c = c
         self.rescale = rescale
         self.solver = solver
         self.supports_jit = solver == "graph"

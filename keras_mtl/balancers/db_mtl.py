@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import math
-
 from keras import ops
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer, weighted_direction
+from keras_mtl.balancers.base import (
+    Balancer,
+    BalanceResult,
+    check_integer,
+    check_number,
+    register_balancer,
+    weighted_direction,
+)
 
 
 @register_balancer("db_mtl", "dbmtl")
@@ -73,33 +78,16 @@ class DBMTL(Balancer):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        checks = (
-            ("beta", beta, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-            ("sigma", sigma, lambda v: v >= 0, "a non-negative number"),
-            ("eps", eps, lambda v: v >= 0, "a non-negative number"),
-        )
-        for arg, value, ok, what in checks:
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or not ok(value)
-            ):
-                raise ValueError(
-                    f"Received an invalid value for `{arg}`, expected {what}. "
-                    f"Received: {arg}={value!r}"
-                )
-        if num_params is not None and (
-            isinstance(num_params, bool) or not isinstance(num_params, int) or num_params < 1
-        ):
-            raise ValueError(
-                "Received an invalid value for `num_params`, expected a positive integer or "
-                f"None. Received: num_params={num_params!r}"
+        self.beta = check_number("beta", beta, "a number in [0, 1)", lambda v: not 0 <= v < 1)
+        self.sigma = check_number("sigma", sigma, "a non-negative number", lambda v: v < 0)
+        self.eps = check_number("eps", eps, "a non-negative number", lambda v: v < 0)
+        self.num_params = (
+            None
+            if num_params is None
+            else check_integer(
+                "num_params", num_params, "a positive integer or None", lambda v: v < 1
             )
-        self.beta = float(beta)
-        self.sigma = float(sigma)
-        self.eps = float(eps)
-        self.num_params = num_params
+        )
         self.moving_gradients = None
 
     def build(self, num_tasks: int) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 from keras import ops
 
-from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer, weighted_direction
+from keras_mtl.balancers.base import (
+    Balancer,
+    BalanceResult,
+    check_number,
+    register_balancer,
+    weighted_direction,
+)
 
 KPIS = ("accuracy", "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy")
 
@@ -109,27 +113,14 @@ class DTP(Balancer):
                 f"Received an invalid value for `kpi`, expected None, one of {list(KPIS)} "
                 f"or a dict {{task_name: metric}} of them. Received: kpi={kpi!r}"
             )
-        checks = (
-            ("gamma", gamma, "a non-negative float", lambda v: v >= 0),
-            ("alpha", alpha, "a float in (0, 1]", lambda v: 0 < v <= 1),
-            ("epsilon", epsilon, "a float in (0, 0.5)", lambda v: 0 < v < 0.5),
-        )
-        for arg, value, expected, valid in checks:
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or not valid(value)
-            ):
-                raise ValueError(
-                    f"Received an invalid value for `{arg}`, expected {expected}. "
-                    f"Received: {arg}={value!r}"
-                )
+        gamma = check_number("gamma", gamma, "a non-negative float", lambda v: v < 0)
+        alpha = check_number("alpha", alpha, "a float in (0, 1]", lambda v: not 0 < v <= 1)
+        epsilon = check_number("epsilon", epsilon, "a float in (0, 0.5)", lambda v: not 0 < v < 0.5)
         super().__init__(name=name, **kwargs)
         self.kpi = dict(kpi) if isinstance(kpi, dict) else kpi
-        self.gamma = float(gamma)
-        self.alpha = float(alpha)
-        self.epsilon = float(epsilon)
+        self.gamma = gamma
+        self.alpha = alpha
+        self.epsilon = epsilon
 
     def set_task_names(self, task_names: list[str]) -> None:
         """Resolves a `kpi` dict to task order.

@@ -7,6 +7,7 @@ from keras import ops
 from keras_mtl.balancers.base import (
     Balancer,
     BalanceResult,
+    check_integer,
     check_number,
     register_balancer,
     weighted_direction,
@@ -67,18 +68,13 @@ class DWA(Balancer):
         name: str | None = None,
         **kwargs,
     ):
-        check_number("temperature", temperature, "a positive float", lambda v: v <= 0)
-        if steps_per_epoch is not None and (
-            isinstance(steps_per_epoch, bool)
-            or not isinstance(steps_per_epoch, int)
-            or steps_per_epoch < 1
-        ):
-            raise ValueError(
-                "Received an invalid value for `steps_per_epoch`, expected None or a "
-                f"positive integer. Received: steps_per_epoch={steps_per_epoch!r}"
+        temperature = check_number("temperature", temperature, "a positive float", lambda v: v <= 0)
+        if steps_per_epoch is not None:
+            steps_per_epoch = check_integer(
+                "steps_per_epoch", steps_per_epoch, "None or a positive integer", lambda v: v < 1
             )
         super().__init__(name=name, **kwargs)
-        self.temperature = float(temperature)
+        self.temperature = temperature
         self.steps_per_epoch = steps_per_epoch
 
     def build(self, num_tasks: int) -> None:

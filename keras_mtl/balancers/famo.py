@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 from keras import ops
 
 from keras_mtl.balancers.base import (
     Balancer,
     BalanceResult,
     check_number,
+    is_number,
     register_balancer,
     weighted_direction,
 )
@@ -74,25 +73,29 @@ class FAMO(Balancer):
         name: str | None = None,
         **kwargs,
     ):
-        check_number("learning_rate", learning_rate, "a positive float", lambda v: v <= 0)
-        check_number("weight_decay", weight_decay, "a non-negative float", lambda v: v < 0)
-        check_number("epsilon", epsilon, "a positive float", lambda v: v <= 0)
+        learning_rate = check_number(
+            "learning_rate", learning_rate, "a positive float", lambda v: v <= 0
+        )
+        weight_decay = check_number(
+            "weight_decay", weight_decay, "a non-negative float", lambda v: v < 0
+        )
+        epsilon = check_number("epsilon", epsilon, "a positive float", lambda v: v <= 0)
         if min_losses is not None:
-            values = list(min_losses)
-            if any(
-                isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
-                for v in values
-            ):
+            try:
+                values = list(min_losses)
+            except TypeError:
+                values = [None]
+            if any(not is_number(v) for v in values):
                 raise ValueError(
                     "Received an invalid value for `min_losses`, expected None or a list of "
                     f"finite numbers. Received: min_losses={min_losses!r}"
                 )
             min_losses = [float(v) for v in values]
         super().__init__(name=name, **kwargs)
-        self.learning_rate = float(learning_rate)
-        self.weight_decay = float(weight_decay)
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
         self.min_losses = min_losses
-        self.epsilon = float(epsilon)
+        self.epsilon = epsilon
         self.beta_1, self.beta_2, self.adam_epsilon = 0.9, 0.999, 1e-8
 
     def build(self, num_tasks: int) -> None:

@@ -8,7 +8,13 @@ import keras
 from keras import ops
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer
+from keras_mtl.balancers.base import (
+    Balancer,
+    BalanceResult,
+    check_integer,
+    is_number,
+    register_balancer,
+)
 
 
 @register_balancer("graddrop")
@@ -66,23 +72,13 @@ class GradDrop(Balancer):
     def __init__(self, leak=0.0, seed: int | None = None, name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)
         values = list(leak) if isinstance(leak, list | tuple) else [leak]
-        if not values or any(
-            isinstance(v, bool)
-            or not isinstance(v, int | float)
-            or not math.isfinite(v)
-            or not 0 <= v <= 1
-            for v in values
-        ):
+        if not values or any(not is_number(v) or not 0 <= v <= 1 for v in values):
             raise ValueError(
                 "Received an invalid value for `leak`, expected a number in [0, 1] or a list "
                 f"of them, one per task. Received: leak={leak!r}"
             )
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(
-                f"Received an invalid value for `seed`, expected an integer or None. Received: seed={seed!r}"
-            )
         self.leak = [float(v) for v in leak] if isinstance(leak, list | tuple) else float(leak)
-        self.seed = seed
+        self.seed = None if seed is None else check_integer("seed", seed, "an integer or None")
 
     def build(self, num_tasks: int) -> None:
         super().build(num_tasks)

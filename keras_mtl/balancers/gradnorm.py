@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 from keras import ops
 
-from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer, weighted_direction
+from keras_mtl.balancers.base import (
+    Balancer,
+    BalanceResult,
+    check_number,
+    register_balancer,
+    weighted_direction,
+)
 
 SCOPES = ("last_shared_layer", "shared")
 
@@ -76,28 +80,18 @@ class GradNorm(Balancer):
         name: str | None = None,
         **kwargs,
     ):
-        for arg, value, expected, valid in (
-            ("alpha", alpha, "a non-negative float", lambda v: v >= 0),
-            ("learning_rate", learning_rate, "a positive float", lambda v: v > 0),
-        ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or not valid(value)
-            ):
-                raise ValueError(
-                    f"Received an invalid value for `{arg}`, expected {expected}. "
-                    f"Received: {arg}={value!r}"
-                )
+        alpha = check_number("alpha", alpha, "a non-negative float", lambda v: v < 0)
+        learning_rate = check_number(
+            "learning_rate", learning_rate, "a positive float", lambda v: v <= 0
+        )
         if jacobian_scope not in SCOPES:
             raise ValueError(
                 f"Received an invalid value for `jacobian_scope`, expected one of "
                 f"{list(SCOPES)}. Received: jacobian_scope={jacobian_scope!r}"
             )
         super().__init__(name=name, **kwargs)
-        self.alpha = float(alpha)
-        self.learning_rate = float(learning_rate)
+        self.alpha = alpha
+        self.learning_rate = learning_rate
         self.jacobian_scope = jacobian_scope
 
     def build(self, num_tasks: int) -> None:

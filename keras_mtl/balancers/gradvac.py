@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import check_number, register_balancer
+from keras_mtl.balancers.base import check_integer, check_number, register_balancer
 from keras_mtl.balancers.gramian import GramianBalancer
 from keras_mtl.balancers.pcgrad import random_orders
 
@@ -53,13 +53,8 @@ class GradVac(GramianBalancer):
         self, beta: float = 0.01, seed: int | None = None, name: str | None = None, **kwargs
     ):
         super().__init__(name=name, **kwargs)
-        check_number("beta", beta, "a number in (0, 1]", lambda v: not 0 < v <= 1)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(
-                f"Received an invalid value for `seed`, expected an integer or None. Received: seed={seed!r}"
-            )
-        self.beta = float(beta)
-        self.seed = seed
+        self.beta = check_number("beta", beta, "a number in (0, 1]", lambda v: not 0 < v <= 1)
+        self.seed = None if seed is None else check_integer("seed", seed, "an integer or None")
 
     def build(self, num_tasks: int) -> None:
         super().build(num_tasks)

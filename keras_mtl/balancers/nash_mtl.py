@@ -8,6 +8,7 @@ from keras_mtl.balancers import solvers
 from keras_mtl.balancers.base import (
     Balancer,
     BalanceResult,
+    check_integer,
     check_number,
     register_balancer,
     weighted_direction,
@@ -39,7 +40,9 @@ class NashMTL(Balancer):
     official code, and the event is counted in `<name>_solver_failures`.
 
     Args:
-        max_norm: clipping norm of the shared direction (official: 1.0).
+        max_norm: clipping norm of the shared direction (official: 1.0); a
+            value `<= 0` (e.g. `0.0`) disables clipping, as `if max_norm > 0`
+            does in the official code and in LibMTL.
         update_every: recompute the weights every this many steps.
         optim_niter: maximum number of convex problems per cvxpy solve.
         solver: `"graph"` or `"cvxpy"`.
@@ -72,19 +75,19 @@ class NashMTL(Balancer):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        check_number("max_norm", max_norm, "a finite number")
-        for arg, value in (("update_every", update_every), ("optim_niter", optim_niter)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"Received an invalid value for `{arg}`, expected a positive integer. "
-                    f"Received: {arg}={value!r}"
-                )
+        max_norm = check_number("max_norm", max_norm, "a finite number")
+        update_every = check_integer(
+            "update_every", update_every, "a positive integer", lambda v: v < 1
+        )
+        optim_niter = check_integer(
+            "optim_niter", optim_niter, "a positive integer", lambda v: v < 1
+        )
         if solver not in SOLVERS:
             raise ValueError(
                 f"Received an invalid value for `solver`, expected one of {list(SOLVERS)}. "
                 f"Received: solver={solver!r}"
             )
-        self.max_norm = float(max_norm)
+        self.max_norm = max_norm
         self.update_every = update_every
         self.optim_niter = optim_niter
         self.solver = solver

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import register_balancer
+from keras_mtl.balancers.base import check_integer, register_balancer
 from keras_mtl.balancers.gramian import GramianBalancer
 
 
@@ -50,11 +50,7 @@ class PCGrad(GramianBalancer):
 
     def __init__(self, seed: int | None = None, name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(
-                f"Received an invalid value for `seed`, expected an integer or None. Received: seed={seed!r}"
-            )
-        self.seed = seed
+        self.seed = None if seed is None else check_integer("seed", seed, "an integer or None")
 
     def build(self, num_tasks: int) -> None:
         super().build(num_tasks)

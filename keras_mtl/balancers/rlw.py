@@ -8,6 +8,7 @@ from keras import ops
 from keras_mtl.balancers.base import (
     Balancer,
     BalanceResult,
+    check_integer,
     check_number,
     register_balancer,
     weighted_direction,
@@ -71,15 +72,13 @@ class RLW(Balancer):
                 "Received an invalid value for `distribution`, expected one of "
                 f"{list(DISTRIBUTIONS)}. Received: distribution={distribution!r}"
             )
-        check_number("concentration", concentration, "a positive float", lambda v: v <= 0)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(
-                f"Received an invalid value for `seed`, expected None or an integer. "
-                f"Received: seed={seed!r}"
-            )
+        concentration = check_number(
+            "concentration", concentration, "a positive float", lambda v: v <= 0
+        )
+        seed = None if seed is None else check_integer("seed", seed, "None or an integer")
         super().__init__(name=name, **kwargs)
         self.distribution = distribution
-        self.concentration = float(concentration)
+        self.concentration = concentration
         self.seed = seed
         # XLA has no kernel for the stateless Gamma sampler.
         self.supports_jit = distribution != "dirichlet"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 from keras import ops
 
-from keras_mtl.balancers.base import Balancer, BalanceResult, register_balancer, weighted_direction
+from keras_mtl.balancers.base import (
+    Balancer,
+    BalanceResult,
+    is_number,
+    register_balancer,
+    weighted_direction,
+)
 
 
 @register_balancer("fixed", "static", "static_weighting")
@@ -39,27 +43,26 @@ class StaticWeighting(Balancer):
 
     def __init__(self, weights=None, name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)
-        values = list(weights.values()) if isinstance(weights, dict) else weights
-        if values is not None:
-            bad = [
-                v
-                for v in values
-                if isinstance(v, bool)
-                or not isinstance(v, int | float)
-                or not math.isfinite(v)
-                or v < 0
-            ]
-            if bad:
+        if weights is None:
+            self.weights_config = None
+        else:
+            items = dict(weights) if isinstance(weights, dict) else None
+            try:
+                values = list(weights) if items is None else list(items.values())
+            except TypeError:
+                values = [None]
+            if any(not is_number(v) or v < 0 for v in values):
                 raise ValueError(
-                    "Received an invalid value for `weights`, expected non-negative "
-                    f"finite numbers. Received: weights={weights!r}"
+                    "Received an invalid value for `weights`, expected None, a sequence of "
+                    "non-negative finite numbers or a dict {task_name: weight} of them. "
+                    f"Received: weights={weights!r}"
                 )
-        self.weights_config = (
-            dict(weights)
-            if isinstance(weights, dict)
-            else (None if weights is None else [float(v) for v in weights])
-        )
-        self._resolved = None if isinstance(weights, dict) else self.weights_config
+            self.weights_config = (
+                [float(v) for v in values]
+                if items is None
+                else {k: float(v) for k, v in items.items()}
+            )
+        self._resolved = None if isinstance(self.weights_config, dict) else self.weights_config
 
     def set_task_names(self, task_names: list[str]) -> None:
         """Orders dict weights by `task_names` (called by `MultiTaskModel`).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from keras_mtl._validation import check_integer
 from keras_mtl.layers.cgc import CGC
 from keras_mtl.layers.mmoe import MMoE
 from keras_mtl.layers.ple import PLE
@@ -108,13 +109,10 @@ class GateMonitor(keras.callbacks.Callback):
         prefix: str = "gate",
     ):
         super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(
-                "Received an invalid value for `batch_size`, expected a positive integer. "
-                f"Received: batch_size={batch_size!r}"
-            )
+        self.batch_size = check_integer(
+            "batch_size", batch_size, "a positive integer", lambda v: v < 1
+        )
         self.validation_data = validation_data
-        self.batch_size = batch_size
         self.task_names = None if task_names is None else [str(t) for t in task_names]
         self.layer_selection = layers
         self.prefix = prefix

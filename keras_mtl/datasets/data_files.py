@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from keras_mtl._validation import check_integer
+
 ENV_VAR = "KERAS_MTL_DATA_DIR"
 
 
@@ -207,11 +209,7 @@ def to_tf_dataset(
     """
     import tensorflow as tf
 
-    if not (isinstance(batch_size, int) and batch_size > 0):
-        raise ValueError(
-            "Received an invalid value for `batch_size`, expected a positive integer. "
-            f"Received: batch_size={batch_size!r}"
-        )
+    batch_size = check_integer("batch_size", batch_size, "a positive integer", lambda v: v < 1)
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         first = next(iter(x.values())) if isinstance(x, dict) else x

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from keras_mtl._validation import check_integer
 from keras_mtl.datasets.data_files import DataFile, locate_files, to_tf_dataset
 
 TASKS = ("left", "right")
@@ -134,11 +135,12 @@ def overlay(left: np.ndarray, right: np.ndarray, right_offset: int = 6) -> np.nd
     >>> int(out[0, 0, 0]), int(out[0, -1, -1]), int(out.sum())
     (255, 200, 455)
     """
-    if not (isinstance(right_offset, int) and 0 <= right_offset <= CANVAS - SIZE):
-        raise ValueError(
-            "Received an invalid value for `right_offset`, expected an integer in "
-            f"[0, {CANVAS - SIZE}]. Received: right_offset={right_offset!r}"
-        )
+    right_offset = check_integer(
+        "right_offset",
+        right_offset,
+        f"an integer in [0, {CANVAS - SIZE}]",
+        lambda v: not 0 <= v <= CANVAS - SIZE,
+    )
     if left.shape != right.shape or left.shape[1:] != (SIZE, SIZE):
         raise ValueError(
             f"Expected `left` and `right` of the same shape (n, {SIZE}, {SIZE}). "

@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 
+from keras_mtl._validation import check_integer
 from keras_mtl.datasets.data_files import DataFile, default_cache_dir, locate_files, to_tf_dataset
 
 SUBDIR = "qm9"
@@ -352,10 +353,9 @@ def load_data(
             f"Received an invalid value for `targets`, expected a non-empty subset of "
             f"{tuple(TARGETS)}. Received: targets={targets!r}"
         )
-    if num_train is not None and not (isinstance(num_train, int) and num_train > 0):
-        raise ValueError(
-            "Received an invalid value for `num_train`, expected a positive integer or None. "
-            f"Received: num_train={num_train!r}"
+    if num_train is not None:
+        num_train = check_integer(
+            "num_train", num_train, "a positive integer or None", lambda v: v < 1
         )
     paths = locate_files(SUBDIR, FILES, data_dir=data_dir, download=download, cache_dir=cache_dir)
     data = parse(paths, cache_dir=cache_dir, use_cache=use_cache)

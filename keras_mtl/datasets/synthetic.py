@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_mtl._validation import check_integer, check_number, invalid_value
+
 TASKS = ("task_1", "task_2")
-
-
-def _check(name: str, value, ok: bool, expected: str) -> None:
-    if not ok:
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected {expected}. Received: {name}={value!r}"
-        )
 
 
 def generate(
@@ -73,23 +68,18 @@ def generate(
         Ma et al., "Modeling Task Relationships in Multi-task Learning with
         Multi-gate Mixture-of-Experts", KDD 2018.
     """
-    _check(
-        "num_samples",
-        num_samples,
-        isinstance(num_samples, int) and num_samples > 0,
-        "a positive integer",
-    )
-    _check("correlation", correlation, -1.0 <= float(correlation) <= 1.0, "a float in [-1, 1]")
-    _check("input_dim", input_dim, isinstance(input_dim, int) and input_dim >= 2, "an integer >= 2")
-    _check("num_sin", num_sin, isinstance(num_sin, int) and num_sin >= 0, "a non-negative integer")
+    num_samples = check_integer("num_samples", num_samples, "a positive integer", lambda v: v < 1)
+    p = check_number("correlation", correlation, "a float in [-1, 1]", lambda v: not -1 <= v <= 1)
+    input_dim = check_integer("input_dim", input_dim, "an integer >= 2", lambda v: v < 2)
+    num_sin = check_integer("num_sin", num_sin, "a non-negative integer", lambda v: v < 0)
     rng = np.random.default_rng(seed)
     # Two orthonormal directions from the QR decomposition of a Gaussian matrix.
     q, _ = np.linalg.qr(rng.standard_normal((input_dim, 2)))
     u1, u2 = q[:, 0], q[:, 1]
-    p = float(correlation)
     w1 = scale * u1
     w2 = scale * (p * u1 + np.sqrt(max(0.0, 1.0 - p * p)) * u2)
-    _check("sinusoids", sinusoids, sinusoids in ("random", "index"), "'random' or 'index'")
+    if sinusoids not in ("random", "index"):
+        raise invalid_value("sinusoids", sinusoids, "'random' or 'index'")
     if sinusoids == "index":
         alpha = np.arange(1.0, num_sin + 1.0)
         beta = alpha**2
@@ -142,7 +132,8 @@ def load_data(
     ((8, 3), (2, 3), ['task_1', 'task_2'])
     """
     del data_dir
-    _check("num_test", num_test, isinstance(num_test, int) and num_test > 0, "a positive integer")
+    num_train = check_integer("num_train", num_train, "a positive integer", lambda v: v < 1)
+    num_test = check_integer("num_test", num_test, "a positive integer", lambda v: v < 1)
     x, y = generate(
         num_train + num_test, correlation=correlation, input_dim=input_dim, seed=seed, **kwargs
     )

@@ -5,28 +5,33 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_mtl.layers.expert_bank import ExpertBank, _check_positive_int, _check_rate, mix_experts
+from keras_mtl._validation import is_integer
+from keras_mtl.layers.expert_bank import (
+    ExpertBank,
+    _check_positive_int,
+    _check_rate,
+    _check_units,
+    mix_experts,
+)
 from keras_mtl.layers.gate import check_gate, make_gate
 
 
 def check_task_experts(num_task_experts, num_tasks: int) -> tuple[int, ...]:
     """Validates `num_task_experts` (an int, or one positive int per task)."""
-    if isinstance(num_task_experts, int) and not isinstance(num_task_experts, bool):
+    if is_integer(num_task_experts):
         counts = (num_task_experts,) * num_tasks
     else:
         try:
             counts = tuple(num_task_experts)
         except TypeError:
             counts = ()
-    if len(counts) != num_tasks or any(
-        isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts
-    ):
+    if len(counts) != num_tasks or any(not is_integer(c) or c < 1 for c in counts):
         raise ValueError(
             "Received an invalid value for `num_task_experts`, expected a positive integer or "
             f"one positive integer per task (num_tasks={num_tasks}). "
             f"Received: num_task_experts={num_task_experts!r}"
         )
-    return counts
+    return tuple(int(c) for c in counts)
 
 
 def _is_shape_list(input_shape) -> bool:
@@ -120,6 +125,7 @@ class CGC(keras.layers.Layer):
         self.num_tasks = _check_positive_int("num_tasks", num_tasks)
         self.num_shared_experts = _check_positive_int("num_shared_experts", num_shared_experts)
         self.num_task_experts = check_task_experts(num_task_experts, num_tasks)
+        expert_units = _check_units("expert_units", expert_units)
         _check_rate("expert_dropout", expert_dropout)
         self.gate, self.gate_kwargs = check_gate(gate, gate_kwargs)
         self.shared_output = bool(shared_output)

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_mtl._validation import check_integer, check_number
 from keras_mtl.layers.expert_bank import _check_positive_int, fresh_initializer
 from keras_mtl.layers.gate import softmax_last_axis
 
@@ -103,29 +104,17 @@ class DSelectK(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.num_experts = _check_positive_int("num_experts", num_experts)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_experts:
-            raise ValueError(
-                "Received an invalid value for `k`, expected an integer in [1, num_experts="
-                f"{num_experts}]. Received: k={k!r}"
-            )
-        if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not gamma > 0:
-            raise ValueError(
-                "Received an invalid value for `gamma`, expected a positive float. "
-                f"Received: gamma={gamma!r}"
-            )
-        if (
-            isinstance(entropy_reg, bool)
-            or not isinstance(entropy_reg, int | float)
-            or not entropy_reg >= 0
-        ):
-            raise ValueError(
-                "Received an invalid value for `entropy_reg`, expected a non-negative float. "
-                f"Received: entropy_reg={entropy_reg!r}"
-            )
-        self.k = k
-        self.gamma = float(gamma)
-        self.entropy_reg = float(entropy_reg)
-        self.num_binary = max(1, math.ceil(math.log2(num_experts)))
+        self.k = check_integer(
+            "k",
+            k,
+            f"an integer in [1, num_experts={self.num_experts}]",
+            lambda v: not 1 <= v <= self.num_experts,
+        )
+        self.gamma = check_number("gamma", gamma, "a positive float", lambda v: v <= 0)
+        self.entropy_reg = check_number(
+            "entropy_reg", entropy_reg, "a non-negative float", lambda v: v < 0
+        )
+        self.num_binary = max(1, math.ceil(math.log2(self.num_experts)))
         self.z_initializer = keras.initializers.get(
             z_initializer or keras.initializers.RandomUniform(-self.gamma / 100, self.gamma / 100)
         )
@@ -133,7 +122,7 @@ class DSelectK(keras.layers.Layer):
             w_initializer or keras.initializers.RandomUniform(-0.05, 0.05)
         )
         # Row j holds the binary code of expert j, most significant bit first.
-        codes = [list(np.binary_repr(j, width=self.num_binary)) for j in range(num_experts)]
+        codes = [list(np.binary_repr(j, width=self.num_binary)) for j in range(self.num_experts)]
         self._codes = np.array(codes, dtype="int32").astype("float32")
         self.z_dense = keras.layers.Dense(
             self.k * self.num_binary,

@@ -5,37 +5,26 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_mtl._validation import check_integer, check_number, invalid_value, is_integer
+
 
 def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected a positive integer. "
-            f"Received: {name}={value!r}"
-        )
-    return value
+    return check_integer(name, value, "a positive integer", lambda v: v < 1)
 
 
 def _check_units(name: str, value) -> tuple[int, ...]:
-    units = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+    units = (value,) if is_integer(value) else value
     try:
         units = tuple(units)
     except TypeError:
         units = ()
-    if not units or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units):
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected a positive integer or a "
-            f"non-empty sequence of them. Received: {name}={value!r}"
-        )
-    return units
+    if not units or any(not is_integer(u) or u < 1 for u in units):
+        raise invalid_value(name, value, "a positive integer or a non-empty sequence of them")
+    return tuple(int(u) for u in units)
 
 
 def _check_rate(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected a float in [0, 1). "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
+    return check_number(name, value, "a float in [0, 1)", lambda v: not 0 <= v < 1)
 
 
 def fresh_initializer(initializer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_mtl._validation import check_number
 from keras_mtl.layers.expert_bank import _check_positive_int, _check_rate, fresh_initializer
 
 GATE_TYPES = ("softmax", "dselect_k")
@@ -73,16 +74,9 @@ class Gate(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.num_experts = _check_positive_int("num_experts", num_experts)
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, int | float)
-            or not temperature > 0
-        ):
-            raise ValueError(
-                "Received an invalid value for `temperature`, expected a positive float. "
-                f"Received: temperature={temperature!r}"
-            )
-        self.temperature = float(temperature)
+        self.temperature = check_number(
+            "temperature", temperature, "a positive float", lambda v: v <= 0
+        )
         self.dropout = _check_rate("dropout", dropout)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)

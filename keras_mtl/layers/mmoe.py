@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import keras
 
-from keras_mtl.layers.expert_bank import ExpertBank, _check_positive_int, _check_rate, mix_experts
+from keras_mtl.layers.expert_bank import (
+    ExpertBank,
+    _check_positive_int,
+    _check_rate,
+    _check_units,
+    mix_experts,
+)
 from keras_mtl.layers.gate import check_gate, make_gate
 
 
@@ -84,6 +90,7 @@ class MMoE(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_tasks = _check_positive_int("num_tasks", num_tasks)
         self.num_experts = _check_positive_int("num_experts", num_experts)
+        expert_units = _check_units("expert_units", expert_units)
         _check_rate("expert_dropout", expert_dropout)
         self.gate, self.gate_kwargs = check_gate(gate, gate_kwargs)
         self.return_gate_weights = bool(return_gate_weights)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_mtl.layers.cgc import CGC, check_task_experts
-from keras_mtl.layers.expert_bank import _check_positive_int, _check_rate
+from keras_mtl.layers.expert_bank import _check_positive_int, _check_rate, _check_units
 from keras_mtl.layers.gate import check_gate
 
 
@@ -97,6 +97,7 @@ class PLE(keras.layers.Layer):
         self.num_levels = _check_positive_int("num_levels", num_levels)
         self.num_shared_experts = _check_positive_int("num_shared_experts", num_shared_experts)
         self.num_task_experts = check_task_experts(num_task_experts, num_tasks)
+        expert_units = _check_units("expert_units", expert_units)
         _check_rate("expert_dropout", expert_dropout)
         self.gate, self.gate_kwargs = check_gate(gate, gate_kwargs)
         self.return_gate_weights = bool(return_gate_weights)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from keras_mtl.layers.expert_bank import fresh_initializer
+from keras_mtl._validation import check_bool
+from keras_mtl.layers.expert_bank import _check_rate, _check_units, fresh_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -34,8 +35,8 @@ class SharedBottom(keras.layers.Layer):
         Tensor of shape `(batch, ..., units[-1])`.
 
     Raises:
-        ValueError: for empty or non-positive `units` or a `dropout` outside
-            `[0, 1)`.
+        ValueError: for empty or non-positive `units`, a `dropout` outside
+            `[0, 1)` or a `batch_norm` that is not a bool.
 
     Example:
 
@@ -60,23 +61,10 @@ class SharedBottom(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        units_tuple = (units,) if isinstance(units, int) else tuple(units)
-        if not units_tuple or any(
-            isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units_tuple
-        ):
-            raise ValueError(
-                "Received an invalid value for `units`, expected a positive integer "
-                f"or a non-empty sequence of them. Received: units={units!r}"
-            )
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(
-                "Received an invalid value for `dropout`, expected a float in [0, 1). "
-                f"Received: dropout={dropout!r}"
-            )
-        self.units = units_tuple
+        self.units = _check_units("units", units)
+        self.dropout = _check_rate("dropout", dropout)
+        self.batch_norm = check_bool("batch_norm", batch_norm)
         self.activation = keras.activations.get(activation)
-        self.dropout = float(dropout)
-        self.batch_norm = bool(batch_norm)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.dense_layers = [

@@ -1,9 +1,12 @@
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from keras_mtl import balancers
 from keras_mtl.balancers import EqualWeighting, StaticWeighting
+from keras_mtl.balancers.base import check_integer, check_number
 
 J = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 
@@ -79,3 +82,84 @@ def test_aggregate_runs_inside_tf_function():
     np.testing.assert_allclose(
         fn(tf.constant(J, tf.float32), tf.constant([1.0, 1.0])), [-1.0, 1.5, 1.5]
     )
+
+
+# Each balancer built from NumPy scalars (or arrays) and from the equal Python values.
+NUMPY_ARGS = [
+    ("DWA", {"temperature": np.float32(2.0), "steps_per_epoch": np.int64(3)}),
+    ("CAGrad", {"c": np.float32(0.5), "rescale": np.int64(2)}),
+    (
+        "NashMTL",
+        {"max_norm": np.float64(2.0), "update_every": np.int64(2), "optim_niter": np.int32(5)},
+    ),
+    ("StaticWeighting", {"weights": np.array([1, 2], "float32")}),
+    ("StaticWeighting", {"weights": {"a": np.float32(0.5), "b": np.int64(2)}}),
+    ("PCGrad", {"seed": np.int64(3)}),
+    ("RLW", {"concentration": np.float32(0.5), "seed": np.int32(1)}),
+    ("GradVac", {"beta": np.float32(0.5), "seed": np.int64(1)}),
+    ("GradDrop", {"leak": [np.float32(0.5), np.float64(0.0)], "seed": np.int64(2)}),
+    ("FAMO", {"learning_rate": np.float32(0.5), "min_losses": np.zeros(2, "float32")}),
+    ("DBMTL", {"beta": np.float32(0.5), "eps": np.float16(0.0), "num_params": np.int64(3)}),
+    ("GradNorm", {"alpha": np.float32(1.0), "learning_rate": np.float64(0.5)}),
+    ("DTP", {"gamma": np.int64(1), "alpha": np.float32(0.5)}),
+    ("UncertaintyWeighting", {"initial_log_variance": np.float32(0.5)}),
+]
+
+
+def _python(value):
+    if isinstance(value, dict):
+        return {k: _python(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_python(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _no_numpy_values(config):
+    if isinstance(config, dict):
+        return all(_no_numpy_values(v) for v in config.values())
+    if isinstance(config, list | tuple):
+        return all(_no_numpy_values(v) for v in config)
+    return not isinstance(config, np.generic | np.ndarray)
+
+
+@pytest.mark.parametrize("name, kwargs", NUMPY_ARGS, ids=[n for n, _ in NUMPY_ARGS])
+def test_numpy_scalars_are_accepted_and_stored_as_python_types(name, kwargs):
+    cls = getattr(balancers, name)
+    b = cls(name="b", **kwargs)
+    config = b.get_config()
+    assert config == cls(name="b", **{k: _python(v) for k, v in kwargs.items()}).get_config()
+    assert _no_numpy_values(config)
+    json.dumps(config)
+    assert cls.from_config(config).get_config() == config
+
+
+def test_check_number_and_check_integer():
+    assert type(check_number("x", np.float32(0.5), "a float")) is float
+    assert type(check_integer("n", np.uint8(4), "an integer")) is int
+    for value in (True, np.bool_(True), "1", None, float("inf"), np.array([1.0])):
+        with pytest.raises(ValueError, match=r"expected a float\. Received: x="):
+            check_number("x", value, "a float")
+    for value in (True, 2.5, 2.0, np.float32(2.0), "2"):
+        with pytest.raises(ValueError, match=r"`n`, expected an integer\. Received: n="):
+            check_integer("n", value, "an integer")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: balancers.DWA(temperature=np.float32(0.0)), r"temperature=np.float32\(0.0\)"),
+        (
+            lambda: balancers.NashMTL(update_every=np.float64(2.5)),
+            r"update_every=np.float64\(2.5\)",
+        ),
+        (lambda: balancers.NashMTL(optim_niter=True), "optim_niter=True"),
+        (lambda: balancers.CAGrad(rescale=np.int64(3)), r"rescale=np.int64\(3\)"),
+        (lambda: balancers.PCGrad(seed=1.5), "seed=1.5"),
+        (lambda: balancers.StaticWeighting(2.0), r"`weights`, expected .*Received: weights=2.0"),
+        (lambda: balancers.StaticWeighting({"a": -1}), r"weights=\{'a': -1\}"),
+        (lambda: balancers.FAMO(min_losses=0.0), "min_losses=0.0"),
+    ],
+)
+def test_bad_numbers_name_the_argument_and_value(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

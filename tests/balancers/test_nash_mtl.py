@@ -39,6 +39,9 @@ def test_max_norm_clips_the_direction_only():
     np.testing.assert_allclose(np.linalg.norm(d), 1.0, rtol=1e-5)
     np.testing.assert_allclose(d, d_free / np.linalg.norm(d_free), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(alpha, alpha_free, rtol=1e-6)
+    # As in the official code and LibMTL, any max_norm <= 0 means no clipping.
+    d_negative, _ = checks.run(NashMTL(max_norm=np.float32(-1.0)), jac)
+    np.testing.assert_allclose(d_negative, d_free, rtol=1e-6)
 
 
 def test_update_every_reuses_weights():

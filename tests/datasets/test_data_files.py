@@ -184,3 +184,6 @@ def test_to_tf_dataset_batches_dict_inputs_and_labels():
     assert sorted(shuffled[0][1]["a"].numpy()[:, 0].tolist()) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="batch_size"):
         to_tf_dataset(x, y, batch_size=0)
+    with pytest.raises(ValueError, match="batch_size=True"):
+        to_tf_dataset(x, y, batch_size=True)
+    assert len(list(to_tf_dataset(x, y, batch_size=np.int64(2)))) == 3

@@ -44,6 +44,12 @@ def test_overlay_validates_arguments():
     a = np.zeros((2, 28, 28), "uint8")
     with pytest.raises(ValueError, match="right_offset=9"):
         multi_mnist.overlay(a, a, right_offset=9)
+    with pytest.raises(ValueError, match="right_offset=4.0"):
+        multi_mnist.overlay(a, a, right_offset=4.0)
+    np.testing.assert_array_equal(
+        multi_mnist.overlay(a, a, right_offset=np.int64(4)),
+        multi_mnist.overlay(a, a, right_offset=4),
+    )
     with pytest.raises(ValueError, match="same shape"):
         multi_mnist.overlay(a, a[:1])
 

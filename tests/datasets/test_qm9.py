@@ -99,6 +99,8 @@ def test_argument_and_file_errors(tmp_path):
         qm9.load_data(tmp_path, targets=["gap"], **kw)
     with pytest.raises(ValueError, match="num_train=0"):
         qm9.load_data(tmp_path, num_train=0, **kw)
+    with pytest.raises(ValueError, match="num_train=2.0"):
+        qm9.load_data(tmp_path, num_train=2.0, **kw)
     np.save(tmp_path / "libmtl_qm9_random_split.npy", np.array([0, 1]))
     with pytest.raises(ValueError, match="permutation of 0..2"):
         qm9.load_data(tmp_path, **kw)

@@ -40,11 +40,25 @@ def test_label_correlation_falls_with_the_task_correlation():
         ({"num_samples": 0}, "num_samples=0"),
         ({"num_samples": 5, "correlation": 1.5}, "correlation=1.5"),
         ({"num_samples": 5, "input_dim": 1}, "input_dim=1"),
+        ({"num_samples": True}, "num_samples=True"),
+        ({"num_samples": 5.0}, "num_samples=5.0"),
+        ({"num_samples": 5, "correlation": "high"}, r"`correlation`, .*correlation='high'"),
+        ({"num_samples": 5, "num_sin": np.float32(1.5)}, r"num_sin=np.float32\(1.5\)"),
     ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         synthetic.generate(**kwargs)
+
+
+def test_numpy_scalars_are_accepted():
+    a = synthetic.load_data(num_train=np.int64(8), num_test=np.int32(2), input_dim=np.int64(3))
+    b = synthetic.load_data(num_train=8, num_test=2, input_dim=3)
+    np.testing.assert_array_equal(a[0][0], b[0][0])
+    x, _ = synthetic.generate(np.int64(4), correlation=np.float32(0.5), num_sin=np.int64(1))
+    assert x.shape == (4, 100)
+    with pytest.raises(ValueError, match="num_train=-2"):
+        synthetic.load_data(num_train=-2, num_test=5)
 
 
 def test_index_sinusoids_follow_the_formula():

@@ -1,6 +1,8 @@
 """Checks every expert-family layer goes through: symbolic and eager calls, the
 three input ranks, config round trip, .keras save/load, mixed precision."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -20,6 +22,31 @@ BUILDERS = {
     "esmm": lambda: ESMM(tower_units=(4,), shared_units=(5,), return_cvr=True),
     "customized_sharing": lambda: CustomizedSharing(
         num_tasks=2, num_shared_experts=1, num_task_experts=2, expert_units=(3,)
+    ),
+}
+
+# The same layers built from NumPy scalars (float32 only for exactly representable values).
+i, f, d = np.int64, np.float32, np.float64
+NUMPY_BUILDERS = {
+    "expert_bank": lambda: ExpertBank(num_experts=i(3), units=(i(6), i(4)), dropout=d(0.1)),
+    "gate": lambda: Gate(num_experts=i(3), temperature=f(0.5), dropout=d(0.2), use_bias=True),
+    "dselect_k": lambda: DSelectK(num_experts=i(5), k=i(2), gamma=f(0.5), entropy_reg=d(1e-3)),
+    "mmoe": lambda: MMoE(num_tasks=i(2), num_experts=i(3), expert_units=(i(4),)),
+    "mmoe_dselect_k": lambda: MMoE(
+        num_tasks=2, num_experts=4, expert_units=(4,), gate="dselect_k", gate_kwargs={"k": 2}
+    ),
+    "cgc": lambda: CGC(
+        num_tasks=i(2),
+        num_shared_experts=i(2),
+        num_task_experts=np.array([1, 2]),
+        expert_units=i(4),
+    ),
+    "ple": lambda: PLE(
+        num_tasks=i(2), num_levels=i(2), num_shared_experts=i(1), expert_units=[i(4)]
+    ),
+    "esmm": lambda: ESMM(tower_units=(i(4),), shared_units=i(5), return_cvr=True),
+    "customized_sharing": lambda: CustomizedSharing(
+        num_tasks=i(2), num_shared_experts=i(1), num_task_experts=i(2), expert_units=(i(3),)
     ),
 }
 
@@ -66,6 +93,15 @@ def test_config_round_trip(name):
     again(x)
     layer(x)
     assert [w.shape for w in again.weights] == [w.shape for w in layer.weights]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_numpy_scalars_are_accepted_and_stored_as_python_types(name):
+    config = NUMPY_BUILDERS[name]().get_config()
+    plain = BUILDERS[name]().get_config()
+    assert {**config, "name": None} == {**plain, "name": None}
+    json.dumps(config)
+    assert type(NUMPY_BUILDERS[name]()).from_config(config).get_config() == config
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))

@@ -106,3 +106,6 @@ def test_errors():
         monitor.compute()
     with pytest.raises(ValueError, match="batch_size=0"):
         GateMonitor(np.ones((2, 4)), batch_size=0)
+    with pytest.raises(ValueError, match="batch_size=2.0"):
+        GateMonitor(np.ones((2, 4)), batch_size=2.0)
+    assert type(GateMonitor(np.ones((2, 4)), batch_size=np.int64(2)).batch_size) is int

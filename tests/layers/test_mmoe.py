@@ -93,6 +93,11 @@ def test_user_supplied_expert_layer():
         ({"num_tasks": 2, "num_experts": 2, "gate": "dselect_k"}, "gate_kwargs=None"),
         ({"num_tasks": 2, "num_experts": 3, "gate": "dselect_k", "gate_kwargs": {"k": 4}}, "k=4"),
         ({"num_tasks": 2, "num_experts": 2, "expert_dropout": 1.0}, "expert_dropout=1.0"),
+        (
+            {"num_tasks": 2, "num_experts": 2, "expert_units": (-4,)},
+            r"`expert_units`.*expert_units=\(-4,\)",
+        ),
+        ({"num_tasks": 2, "num_experts": 2.0}, "num_experts=2.0"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):
