@@ -34,6 +34,45 @@ def test_batch_norm_and_dropout_are_training_aware():
     assert len(layer.non_trainable_weights) >= 2  # moving mean and variance
 
 
+def test_batch_norm_uses_batch_statistics_in_training_and_moving_ones_in_inference():
+    # No dropout, so only batch normalisation can tell training from inference.
+    layer = SharedBottom(units=(6, 4), activation="tanh", batch_norm=True, dropout=0.0)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(16, 5)).astype("float32")
+    layer.build(x.shape)
+    # Non-trivial gamma, beta and moving statistics, far from the batch's own.
+    for norm in layer.norm_layers:
+        n = norm.gamma.shape[0]
+        norm.gamma.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
+        norm.beta.assign(rng.normal(size=n).astype("float32"))
+        norm.moving_mean.assign(rng.normal(size=n).astype("float32"))
+        norm.moving_variance.assign(rng.uniform(0.5, 3.0, n).astype("float32"))
+
+    def reference(training):
+        h = x.astype("float64")
+        for dense, norm in zip(layer.dense_layers, layer.norm_layers, strict=True):
+            assert dense.bias is None  # batch norm's beta replaces the bias
+            h = h @ np.asarray(dense.kernel, "float64")
+            if training:
+                mean, var = h.mean(axis=0), h.var(axis=0)  # biased variance
+            else:
+                mean = np.asarray(norm.moving_mean, "float64")
+                var = np.asarray(norm.moving_variance, "float64")
+            gamma, beta = np.asarray(norm.gamma, "float64"), np.asarray(norm.beta, "float64")
+            h = np.tanh(gamma * (h - mean) / np.sqrt(var + norm.epsilon) + beta)
+        return h
+
+    expected_inference = reference(training=False)
+    np.testing.assert_allclose(
+        np.asarray(layer(x, training=False)), expected_inference, rtol=1e-4, atol=1e-5
+    )
+    expected_training = reference(training=True)
+    assert not np.allclose(expected_training, expected_inference, atol=1e-2)
+    np.testing.assert_allclose(
+        np.asarray(layer(x, training=True)), expected_training, rtol=1e-4, atol=1e-5
+    )
+
+
 def test_config_round_trip_and_keras_save(tmp_path):
     layer = SharedBottom(
         units=(6, 3), activation="gelu", dropout=0.1, batch_norm=True, kernel_regularizer="l2"
@@ -64,6 +103,10 @@ def test_config_round_trip_and_keras_save(tmp_path):
         ({"units": ()}, r"units=\(\)"),
         ({"units": (4, -1)}, r"units=\(4, -1\)"),
         ({"dropout": 1.0}, "dropout=1.0"),
+        ({"units": None}, r"`units`, expected .*Received: units=None"),
+        ({"units": 2.0}, "units=2.0"),
+        ({"units": (4, 4), "dropout": [0.1]}, r"`dropout`, expected .*Received: dropout=\[0.1\]"),
+        ({"batch_norm": "yes"}, r"`batch_norm`, expected a bool. Received: batch_norm='yes'"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):
