@@ -225,6 +225,14 @@ class GradientEngine:
             local = tf.stack(task_local)
             reg = model.regularization_loss() / replicas
             losses = tf.stop_gradient(_all_reduce(ctx, local, replicas))
+            # Graph mode orders an assertion before nothing it does not feed:
+            # the balancer reads `losses` through the identity, and the
+            # update waits for every check.
+            checks = []
+            if self.nonfinite == "raise":
+                checks = _check_losses_and_rate(losses, model.task_names, optimizer)
+                with tf.control_dependencies(checks):
+                    losses = tf.identity(losses)
             # Everything differentiated later must be computed under the tape.
             step = _Step(
                 model=model,
@@ -236,13 +244,13 @@ class GradientEngine:
                 ctx=ctx,
                 replicas=replicas,
                 rep=rep,
+                checks=checks,
             )
             if mode == "jacobian":
                 targets = tf.stack(step.task_targets)
             reg_scaled = _rescale(reg, scale)
-            if self.nonfinite == "raise":
-                _assert_finite_losses(losses, model.task_names)
-            balancer.observe(y_clean, y_pred, masks)
+            with tf.control_dependencies(checks):
+                balancer.observe(y_clean, y_pred, masks)
             if mode in ("weighted", "scoped"):
                 if mode == "weighted":
                     weights = tf.stop_gradient(balancer.aggregate(None, losses).weights)
@@ -279,7 +287,7 @@ class GradientEngine:
         del tape, step  # release the persistent tape's resources before the update
 
         objective = tf.reduce_sum(weights * losses) + model.regularization_loss()
-        finite = self._apply(model, grads, variables, losses, weights, state)
+        finite = self._apply(model, grads, variables, losses, weights, state, checks)
         return {
             "losses": losses,
             "weights": weights,
@@ -302,7 +310,7 @@ class GradientEngine:
         reach = [[g is not None for g in gs] for gs in per_task]
         shared = self._shared_indices(step.model, step.model_vars, reach)
         jac, shared_vars = self._shared_jacobian(step, per_task, shared)
-        result = step.model.balancer.aggregate(jac, step.losses)
+        result = _aggregate(step, jac)
         weights = tf.stop_gradient(result.weights)
         direction = unflatten(_rescale(result.direction, step.scale, step.replicas), shared_vars)
         return _place(_weighted_sum(per_task, weights), shared, direction), weights
@@ -324,7 +332,7 @@ class GradientEngine:
         num_tasks = len(step.task_targets)
         jac = tf.concat([tf.reshape(tf.cast(r, tf.float32), [num_tasks, -1]) for r in rows], 1)
         jac = _all_reduce(step.ctx, _unscale(jac, step.scale), step.replicas)
-        result = step.model.balancer.aggregate(jac, step.losses)
+        result = _aggregate(step, jac)
         weights = tf.stop_gradient(result.weights)
         others = [i for i in range(len(model_vars)) if i not in set(shared)]
         other_grads = step.tape.gradient(
@@ -350,9 +358,7 @@ class GradientEngine:
         # A task that does not reach the representation has a zero row.
         rows = [[tf.zeros_like(rep) if gs[0] is None else gs[0]] for gs in per_task]
         jac = _unscale(jacobian_rows(rows, [rep]), step.scale)
-        result = step.model.balancer.aggregate(
-            jac, step.losses, representation=tf.stop_gradient(tf.cast(rep, tf.float32))
-        )
+        result = _aggregate(step, jac, representation=tf.stop_gradient(tf.cast(rep, tf.float32)))
         weights = tf.stop_gradient(result.weights)
         other_grads = _weighted_sum([gs[1:] for gs in per_task], weights)
         rep_grad = tf.cast(
@@ -372,10 +378,10 @@ class GradientEngine:
         last_layer = model_vars[shared[-1]].path.rsplit("/", 1)[0]
         scope = [i for i in shared if model_vars[i].path.rsplit("/", 1)[0] == last_layer]
         jac, _ = self._shared_jacobian(step, per_task, scope)
-        return tf.stop_gradient(step.model.balancer.aggregate(jac, step.losses).weights)
+        return tf.stop_gradient(_aggregate(step, jac).weights)
 
     # ------------------------------------------------------------------ apply
-    def _apply(self, model, grads, variables, losses, weights, state):
+    def _apply(self, model, grads, variables, losses, weights, state, checks):
         optimizer = model.optimizer
         pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
         applied_grads = [g for g, _ in pairs]
@@ -393,7 +399,7 @@ class GradientEngine:
                 # Outside the dependency: XLA cannot lift slot variables whose
                 # creation depends on a tensor of the step.
                 optimizer.build(applied_vars)
-            with tf.control_dependencies([weights]):
+            with tf.control_dependencies([weights, *checks]):
                 optimizer.apply(applied_grads, applied_vars)
             return tf.constant(True)
 
@@ -401,7 +407,7 @@ class GradientEngine:
         if self.nonfinite == "raise":
             if not scaled_loss:
                 # The loss scale optimizer skips overflowing steps by itself.
-                tf.debugging.Assert(
+                checks = checks + _assertion(
                     _all_finite(applied_grads),
                     [
                         "Non-finite gradient or balanced direction although every task loss is "
@@ -411,7 +417,7 @@ class GradientEngine:
                 )
             return update()
         finite = tf.logical_and(
-            _all_finite([losses]),
+            _all_finite([losses, _learning_rate(optimizer)]),
             tf.constant(True) if scaled_loss else _all_finite(applied_grads),
         )
         # Undo what the balancer wrote into its state from a non-finite step.
@@ -453,6 +459,15 @@ class _Step(NamedTuple):
     ctx: Any  # the replica context
     replicas: int
     rep: tf.Tensor | None  # the SharedRepresentation tensor in representation mode
+    checks: list  # the step's assertions (graph mode), run before the balancer
+
+
+def _aggregate(step, jacobian, **kwargs):
+    # The Jacobian need not depend on `losses`: without the identity, a
+    # balancer could write state from it before the checks fail.
+    with tf.control_dependencies(step.checks):
+        jacobian = tf.identity(jacobian)
+    return step.model.balancer.aggregate(jacobian, step.losses, **kwargs)
 
 
 def _rescale(value, scale, replicas: int = 1):
@@ -472,9 +487,15 @@ def _all_reduce(ctx, value, replicas):
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
-def _assert_finite_losses(losses, task_names):
+def _assertion(condition, message) -> list:
+    """`[the assert op]` in a graph, `[]` eagerly (where it has already run)."""
+    op = tf.debugging.Assert(condition, message)
+    return [] if op is None else [op]
+
+
+def _check_losses_and_rate(losses, task_names, optimizer) -> list:
     # One assertion for all tasks: a per-task op costs more than the check.
-    tf.debugging.Assert(
+    checks = _assertion(
         tf.reduce_all(tf.math.is_finite(losses)),
         [
             "Non-finite task loss; the step was not applied. Pass compile(nonfinite=`skip`) to "
@@ -482,6 +503,16 @@ def _assert_finite_losses(losses, task_names):
             losses,
         ],
     )
+    # A NaN learning rate turns finite gradients into a NaN update.
+    rate = _learning_rate(optimizer)
+    return checks + _assertion(
+        tf.math.is_finite(rate),
+        ["Non-finite learning rate; the step was not applied. learning_rate:", rate],
+    )
+
+
+def _learning_rate(optimizer):
+    return tf.cast(optimizer.learning_rate, tf.float32)
 
 
 def _all_finite(tensors):

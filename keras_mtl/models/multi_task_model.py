@@ -30,7 +30,8 @@ class MultiTaskModel(keras.Model):
     the compiled metrics.
 
     Missing labels: give `sample_weight={task: w}` with 0 for examples that
-    have no label for the task, or NaN in float labels. A task's loss is the
+    have no label for the task (any weight that is not positive, NaN
+    included, counts as 0), or NaN in float labels. A task's loss is the
     weighted sum of its per-example losses divided by the number of labelled
     examples (equal to Keras's mean when every example is labelled); a batch
     without any label for a task gives it loss 0 and no gradient. Metrics
@@ -142,8 +143,16 @@ class MultiTaskModel(keras.Model):
                     "Expected `loss` to be a dict {task_name: loss} with one loss per task "
                     f"{task_names}. Received: loss=None"
                 )
+            if isinstance(loss, list | tuple):
+                raise ValueError(
+                    f"Expected `loss` to be a dict {{task_name: loss}} with the tasks {task_names}, "
+                    f"or one loss for every task. Received: loss={loss!r}"
+                )
             losses = {name: loss for name in task_names}
+        loss_fns = [_loss_fn(name, losses[name]) for name in task_names]
         metrics = self._check_task_dict("metrics", metrics, task_names, required=False)
+        _check_metrics(metrics)
+        _check_shared_layers(self, shared_layers)
         balancer = balancers_module.get(balancer)
         self._engine = GradientEngine(gradient_mode, shared_layers, nonfinite)
         balancer.set_task_names(task_names)
@@ -170,7 +179,7 @@ class MultiTaskModel(keras.Model):
         self.balancer = balancer
         self.task_names = task_names
         self._losses_config = losses
-        self._loss_fns = [_loss_fn(losses[name]) for name in task_names]
+        self._loss_fns = loss_fns
         self._metrics_config = metrics
         self._gradient_config = {
             "shared_layers": None
@@ -283,9 +292,13 @@ class MultiTaskModel(keras.Model):
                 f"{type(y_pred).__name__}"
             )
         missing = [t for t in names if t not in y_pred]
-        if missing:
+        unknown = [k for k in y_pred if k not in names]
+        if missing or unknown:
             raise ValueError(
-                f"The model returned outputs {list(y_pred)}, which lack the tasks {missing}."
+                f"The model returned outputs {list(y_pred)}; the tasks compiled with `loss` are "
+                f"{names}."
+                + (f" Missing outputs: {missing}." if missing else "")
+                + (f" Outputs without a loss: {unknown}." if unknown else "")
             )
         if sample_weight is not None and not isinstance(sample_weight, dict):
             sample_weight = {name: sample_weight for name in names}
@@ -314,6 +327,14 @@ class MultiTaskModel(keras.Model):
                         f"(batch, 1). Received: sample_weight with shape {tuple(sw.shape)}"
                     )
                 valid = sw > 0 if valid is None else ops.logical_and(valid, sw > 0)
+                # NaN and negative weights mark missing labels like 0 does.
+                sw = ops.where(valid, sw, 0.0)
+            if valid is not None:
+                # The loss may be inf or NaN on unlabelled examples, and so
+                # may its derivative there; a select passes no gradient, not
+                # even 0 * inf, to the branch it drops.
+                keep = ops.reshape(valid, (-1,) + (1,) * (len(pred.shape) - 1))
+                pred = ops.where(keep, pred, ops.stop_gradient(pred))
             values = ops.cast(fn(target, pred), "float32")
             if len(values.shape) > 1:
                 values = ops.mean(ops.reshape(values, (ops.shape(values)[0], -1)), axis=1)
@@ -329,7 +350,6 @@ class MultiTaskModel(keras.Model):
             else:
                 labelled = ops.cast(valid, "float32")
                 weighted = values if sw is None else values * sw
-                # `where`, not a product: unlabelled examples may have inf/NaN losses.
                 sums.append(ops.sum(ops.where(valid, weighted, 0.0)))
                 counts.append(ops.sum(labelled))
             y_clean[name] = target
@@ -431,6 +451,7 @@ class MultiTaskModel(keras.Model):
         Args and Returns: as `keras.Model.fit`.
         """
         self._check_compiled()
+        _check_y_argument(y)
         if self.built:
             with self.distribute_strategy.scope():
                 self._engine.prepare(self)
@@ -445,6 +466,14 @@ class MultiTaskModel(keras.Model):
             callbacks=callbacks,
             **kwargs,
         )
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`, with `y` checked to be a dict of labels.
+
+        Args and Returns: as `keras.Model.evaluate`.
+        """
+        _check_y_argument(y)
+        return super().evaluate(x, y, *args, **kwargs)
 
     # ----------------------------------------------------------------- saving
     def get_compile_config(self):
@@ -521,16 +550,77 @@ class _BalancerEpochHook(keras.callbacks.Callback):
         self._mtl_model.balancer.on_epoch_begin(epoch)
 
 
-def _loss_fn(identifier):
+def _loss_fn(task: str, identifier):
     """Returns a function giving per-example (unreduced) losses."""
     if isinstance(identifier, keras.losses.Loss):
         return identifier.call
-    fn = keras.losses.get(identifier)
+    try:
+        fn = keras.losses.get(identifier)
+    except (ValueError, TypeError):
+        fn = None
     if isinstance(fn, keras.losses.Loss):
         return fn.call
     if fn is None:
         raise ValueError(
-            "Received an invalid value for `loss`, expected a loss name, function or "
-            f"keras.losses.Loss. Received: loss={identifier!r}"
+            f"Received an invalid loss for task '{task}', expected a loss name, function or "
+            f"keras.losses.Loss. Received: loss={{'{task}': {identifier!r}}}"
         )
     return fn
+
+
+def _check_y_argument(y) -> None:
+    # Checked before Keras turns a list into a tuple and an array into a tensor.
+    if y is not None and not isinstance(y, dict):
+        raise ValueError(
+            "Expected `y` to be a dict {task_name: labels}. Received: y of type "
+            f"{type(y).__name__}"
+        )
+
+
+def _check_metrics(metrics) -> None:
+    """Resolves metric names now, so that a typo names its task and `metrics`."""
+    for task, entries in (metrics or {}).items():
+        for entry in entries if isinstance(entries, list | tuple) else [entries]:
+            # Keras picks the accuracy and crossentropy variants from the labels.
+            if not isinstance(entry, str) or entry.lower() in (
+                "accuracy",
+                "acc",
+                "crossentropy",
+                "ce",
+            ):
+                continue
+            try:
+                keras.metrics.get(entry)
+            except ValueError:
+                raise ValueError(
+                    f"Received an unknown metric for task '{task}', expected a metric name, "
+                    f"function or keras.metrics.Metric. Received: metrics={{'{task}': "
+                    f"{entries!r}}}"
+                ) from None
+
+
+def _check_shared_layers(model, shared_layers) -> None:
+    if shared_layers is None:
+        return
+    if not isinstance(shared_layers, list | tuple) or not shared_layers:
+        raise ValueError(
+            "Expected `shared_layers` to be a non-empty list of layers or layer names. "
+            f"Received: shared_layers={shared_layers!r}"
+        )
+    layers = list(model._flatten_layers(include_self=False))
+    names = [layer.name for layer in layers]
+    for entry in shared_layers:
+        if isinstance(entry, str):
+            found = entry in names
+        elif isinstance(entry, keras.layers.Layer):
+            found = any(entry is layer for layer in layers)
+        else:
+            raise ValueError(
+                "Expected `shared_layers` to hold layers or layer names. Received: "
+                f"shared_layers={shared_layers!r} with an element of type {type(entry).__name__}"
+            )
+        if not found:
+            raise ValueError(
+                f"Layer {getattr(entry, 'name', entry)!r} in `shared_layers` is not a layer of the "
+                f"model. The model's layers: {names}"
+            )

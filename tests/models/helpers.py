@@ -27,16 +27,23 @@ def traced_train_step(model, x, y):
     return tf.function(model.train_step).get_concrete_function(batch).graph
 
 
-def build(d=6, seed=1, representation=False, model_cls=None):
-    """A two-task shared-bottom MLP; `model_cls=keras.Model` for plain Keras."""
+def build(d=6, seed=1, representation=False, model_cls=None, regularizer=None):
+    """A two-task shared-bottom MLP; `model_cls=keras.Model` for plain Keras.
+
+    `regularizer` goes on the trunk's and the hidden tower layers' kernels.
+    """
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((d,))
-    h = keras_mtl.layers.SharedBottom(units=(8,), name="trunk")(inputs)
+    h = keras_mtl.layers.SharedBottom(units=(8,), kernel_regularizer=regularizer, name="trunk")(
+        inputs
+    )
     if representation:
         h = keras_mtl.layers.SharedRepresentation(name="rep")(h)
     outputs = {
         name: keras.layers.Dense(1, name=name)(
-            keras.layers.Dense(4, activation="tanh", name=f"{name}_hidden")(h)
+            keras.layers.Dense(
+                4, activation="tanh", kernel_regularizer=regularizer, name=f"{name}_hidden"
+            )(h)
         )
         for name in TASKS
     }

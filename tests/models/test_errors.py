@@ -73,3 +73,60 @@ def test_invalid_compile_options():
             optimizer="sgd", loss=LOSS, balancer=NormalizedEMA(), gradient_mode="representation"
         )
         model.fit(*data(n=8), verbose=0)
+
+
+def test_y_of_the_wrong_type_is_named_as_given():
+    x, y = data(n=16)
+    model = build()
+    model.compile(optimizer="sgd", loss=LOSS)
+    with pytest.raises(ValueError, match="Expected `y` to be a dict.*Received: y of type list"):
+        model.fit(x, [y["task_1"], y["task_2"]], verbose=0)
+    with pytest.raises(ValueError, match="Received: y of type ndarray"):
+        model.evaluate(x, y["task_1"], verbose=0)
+
+
+def test_unknown_loss_and_metric_names_name_their_task():
+    model = build()
+    with pytest.raises(ValueError, match=r"loss for task 'task_2'.*loss=\{'task_2': 'msee'\}"):
+        model.compile(optimizer="sgd", loss={"task_1": "mse", "task_2": "msee"})
+    with pytest.raises(ValueError, match=r"Expected `loss` to be a dict.*loss=\['mse', 'mse'\]"):
+        model.compile(optimizer="sgd", loss=["mse", "mse"])
+    with pytest.raises(
+        ValueError, match=r"metric for task 'task_1'.*metrics=\{'task_1': \['mae', 'maee'\]\}"
+    ):
+        model.compile(optimizer="sgd", loss=LOSS, metrics={"task_1": ["mae", "maee"]})
+    # Names that Keras resolves from the labels are left to Keras.
+    model.compile(optimizer="sgd", loss=LOSS, metrics={"task_1": ["acc", "mae"]})
+
+
+def test_shared_layers_must_be_layers_of_the_model():
+    model = build()
+    other = keras.layers.Dense(2, name="elsewhere")
+    cases = [
+        ("trunk", r"non-empty list of layers.*shared_layers='trunk'"),
+        ([3], r"layers or layer names.*element of type int"),
+        (["nope"], r"Layer 'nope' in `shared_layers` is not a layer of the model.*'trunk'"),
+        ([other], r"Layer 'elsewhere' in `shared_layers` is not a layer of the model"),
+    ]
+    for shared_layers, message in cases:
+        with pytest.raises(ValueError, match=message):
+            model.compile(optimizer="sgd", loss=LOSS, shared_layers=shared_layers)
+    model.compile(optimizer="sgd", loss=LOSS, shared_layers=["trunk", model.get_layer("task_1")])
+
+
+def test_a_subclassed_output_without_a_loss_is_named():
+    class ThreeOutputs(keras_mtl.MultiTaskModel):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.trunk = keras.layers.Dense(4)
+            self.heads = {t: keras.layers.Dense(1) for t in ("task_1", "task_2", "task_3")}
+
+        def call(self, inputs):
+            h = self.trunk(inputs)
+            return {t: head(h) for t, head in self.heads.items()}
+
+    x, y = data(n=16)
+    model = ThreeOutputs()
+    model.compile(optimizer="sgd", loss=LOSS)
+    with pytest.raises(ValueError, match=r"Outputs without a loss: \['task_3'\]"):
+        model.fit(x, y, verbose=0)

@@ -29,19 +29,21 @@ def test_ew_equals_plain_keras_with_summed_losses():
 
 
 def _brute_force_grads(model, x, y, weights):
+    """Gradients of `sum_t w_t L_t` plus the layers' regularisation losses."""
     with tf.GradientTape() as tape:
         pred = model(x, training=True)
         loss = sum(
             w * tf.reduce_mean(tf.square(pred[t] - y[t]))
             for w, t in zip(weights, TASKS, strict=True)
         )
+        loss += sum(model.losses)
     return tape.gradient(loss, model.trainable_variables)
 
 
 @pytest.mark.parametrize("mode", ["loop", "jacobian", "representation"])
 def test_every_gradient_mode_matches_brute_force(mode):
     x, y = data(n=32)
-    model = build(representation=True)
+    model = build(representation=True, regularizer=keras.regularizers.L2(0.05))
     model.compile(
         optimizer=keras.optimizers.SGD(1.0),
         loss=LOSS,
@@ -81,7 +83,7 @@ def test_every_gradient_mode_matches_brute_force(mode):
 
 def test_loss_only_balancer_takes_one_weighted_backward():
     x, y = data(n=32)
-    model = build()
+    model = build(regularizer=keras.regularizers.L2(0.05))
     model.compile(
         optimizer=keras.optimizers.SGD(1.0),
         loss=LOSS,
@@ -133,6 +135,42 @@ def test_partially_missing_labels_average_over_labelled_examples():
     )
     assert by_nan["task_1_loss"] == pytest.approx(expected, rel=1e-5)
     assert by_weight["task_1_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def _relative_square(y_true, y_pred):
+    # Infinite where the label is 0, as the NaN labels are once replaced.
+    return tf.reduce_mean(tf.square(y_pred - y_true) / y_true, axis=-1)
+
+
+@pytest.mark.parametrize(("balancer", "weights"), [("ew", [1.0, 1.0]), (Capture(), [0.3, 0.7])])
+def test_unlabelled_examples_put_no_nan_into_the_gradient(balancer, weights):
+    x, y = data(n=8)
+    y = {name: v + 5.0 for name, v in y.items()}
+    labelled_1 = np.array([1, 0, 1, 1, 0, 1, 1, 1], bool)
+    sw_2 = np.array([1, 1, 1, np.nan, 1, 0, -1, 1], "float32")
+    labelled_2 = sw_2 > 0
+    y_nan = {"task_1": np.where(labelled_1[:, None], y["task_1"], np.nan), "task_2": y["task_2"]}
+    model = build()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss={"task_1": _relative_square, "task_2": "mse"},
+        balancer=balancer,
+        gradient_mode="loop",
+    )
+    before = [np.array(v) for v in model.trainable_variables]
+    with tf.GradientTape() as tape:
+        pred = model(x, training=True)
+        loss_1 = tf.reduce_mean(
+            _relative_square(y["task_1"][labelled_1], pred["task_1"][labelled_1])
+        )
+        loss_2 = tf.reduce_mean(tf.square(pred["task_2"][labelled_2] - y["task_2"][labelled_2]))
+        total = weights[0] * loss_1 + weights[1] * loss_2
+    expected = tape.gradient(total, model.trainable_variables)
+    sample_weight = {"task_1": np.ones(8, "float32"), "task_2": sw_2}
+    history = model.fit(x, y_nan, sample_weight=sample_weight, batch_size=8, verbose=0)
+    for b, v, g in zip(before, model.trainable_variables, expected, strict=True):
+        np.testing.assert_allclose((b - np.array(v)) / 0.1, np.asarray(g), rtol=1e-4, atol=1e-6)
+    assert history.history["task_1_loss"] == [pytest.approx(float(loss_1), rel=1e-5)]
 
 
 def test_save_load_resume_takes_the_same_next_step(tmp_path):
@@ -220,6 +258,12 @@ def test_callbacks_and_validation_data_work(tmp_path):
         assert len(history.history[key]) == 3, key
     assert (tmp_path / "best.keras").exists()
     assert any((tmp_path / "tb").rglob("events.out.tfevents*"))
+    # `evaluate` weighs the tasks with the weights of the last training step.
+    last = np.array(model.balancer.ema)  # NormalizedEMA's weights are its state
+    result = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    assert [result["task_1_weight"], result["task_2_weight"]] == pytest.approx(last, rel=1e-6)
+    objective = last[0] * result["task_1_loss"] + last[1] * result["task_2_loss"]
+    assert result["loss"] == pytest.approx(objective, rel=1e-5)
 
 
 def _fit_with_ema(x, y, optimizer, batch_size, epochs, **compile_kwargs):
@@ -232,7 +276,7 @@ def _fit_with_ema(x, y, optimizer, batch_size, epochs, **compile_kwargs):
 
 def test_graph_mode_with_jit_compile_matches_eager():
     x, y = data(n=32)
-    eager, _ = _fit_with_ema(x, y, keras.optimizers.SGD(0.1), 16, 1, jit_compile=False)
+    eager, _ = _fit_with_ema(x, y, keras.optimizers.SGD(0.1), 16, 1, run_eagerly=True)
     jit, _ = _fit_with_ema(x, y, keras.optimizers.SGD(0.1), 16, 1, jit_compile=True)
     for a, b in zip(eager, jit, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -285,6 +329,40 @@ def test_mixed_precision_trains_with_a_gradient_balancer():
     assert history.history["loss"][1] < history.history["loss"][0]
 
 
+@pytest.mark.parametrize("mode", ["loop", "jacobian"])
+def test_mixed_precision_step_is_unscaled(mode):
+    # SGD, unlike Adam, shows a gradient off by the loss scale.
+    x, y = data(n=32)
+    reference = build()
+    expected = _brute_force_grads(reference, x, y, [0.3, 0.7])
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.set_weights(reference.get_weights())
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(1.0), initial_scale=1024)
+    model.compile(
+        optimizer=optimizer, loss=LOSS, balancer=Capture(), gradient_mode=mode, run_eagerly=True
+    )
+    before = [np.array(v) for v in model.trainable_variables]
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    assert float(optimizer.dynamic_scale) == 1024.0  # the step was applied, not skipped
+    for b, v, g in zip(before, model.trainable_variables, expected, strict=True):
+        np.testing.assert_allclose(b - np.array(v), np.asarray(g), rtol=2e-2, atol=2e-3)
+    jac, losses = Capture.last
+    for t, name in enumerate(TASKS):
+        pred = reference(x)[name]
+        np.testing.assert_allclose(
+            losses[t], float(tf.reduce_mean(tf.square(pred - y[name]))), rtol=2e-2
+        )
+    shared = [v for v in reference.trainable_variables if v.path.startswith("trunk/")]
+    with tf.GradientTape() as tape:
+        loss_1 = tf.reduce_mean(tf.square(reference(x)["task_1"] - y["task_1"]))
+    row = np.concatenate([np.ravel(g) for g in tape.gradient(loss_1, shared)])
+    np.testing.assert_allclose(jac[0], row, rtol=2e-2, atol=2e-3)
+
+
 def test_nonfinite_loss_raises_by_default_and_skip_mode_counts():
     x, y = data(n=32)
     y_bad = {"task_1": y["task_1"], "task_2": np.full_like(y["task_2"], np.inf)}
@@ -309,6 +387,30 @@ def test_nonfinite_loss_raises_by_default_and_skip_mode_counts():
     # A good batch afterwards trains normally.
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     assert not np.array_equal(before[0], np.array(model.trainable_variables[0]))
+
+
+@pytest.mark.parametrize("balancer", ["ew", NormalizedEMA()])
+def test_a_nan_learning_rate_never_reaches_the_weights(balancer):
+    x, y = data(n=32)
+    model = build()
+    model.compile(optimizer=keras.optimizers.SGD(float("nan")), loss=LOSS, balancer=balancer)
+    model.build((None, 6))
+    state = [*model.trainable_variables, *model.balancer.weights]
+    before = [np.array(v) for v in state]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Non-finite learning rate.*nan"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    for b, v in zip(before, state, strict=True):
+        np.testing.assert_array_equal(b, np.array(v))
+
+    model.compile(
+        optimizer=keras.optimizers.SGD(float("nan")), loss=LOSS, balancer="ew", nonfinite="skip"
+    )
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert history.history["skipped_steps"] == [2.0]
+    for b, v in zip(
+        before[: len(model.trainable_variables)], model.trainable_variables, strict=True
+    ):
+        np.testing.assert_array_equal(b, np.array(v))
 
 
 def test_skipped_steps_add_nothing_to_the_logged_means():
