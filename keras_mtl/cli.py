@@ -4,8 +4,29 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, received {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,12 +48,18 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated balancer names (default: ew,uw,dwa,pcgrad,mgda,db_mtl "
         "where available)",
     )
-    demo.add_argument("--epochs", type=int, default=5, help="epochs per balancer (default 5)")
+    demo.add_argument(
+        "--epochs", type=_positive_int, default=5, help="epochs per balancer (default 5)"
+    )
     demo.add_argument(
         "--correlation", type=float, default=0.5, help="task correlation in [-1, 1] (default 0.5)"
     )
-    demo.add_argument("--samples", type=int, default=8000, help="training examples (default 8000)")
-    demo.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    demo.add_argument(
+        "--samples", type=_positive_int, default=8000, help="training examples (default 8000)"
+    )
+    demo.add_argument(
+        "--batch-size", type=_positive_int, default=128, help="batch size (default 128)"
+    )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
     bench = commands.add_parser(
@@ -59,10 +86,16 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated balancer names (default ew; with --quick ew,mgda where available)",
     )
-    bench.add_argument("--seeds", type=int, default=None, help="number of seeds (default 1)")
-    bench.add_argument("--epochs", type=int, default=None, help="epochs (default 5)")
-    bench.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
-    bench.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    bench.add_argument(
+        "--seeds", type=_positive_int, default=None, help="number of seeds (default 1)"
+    )
+    bench.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default 5)")
+    bench.add_argument(
+        "--batch-size", type=_positive_int, default=256, help="batch size (default 256)"
+    )
+    bench.add_argument(
+        "--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 1e-3)"
+    )
     bench.add_argument(
         "--data-dir", default=None, help="data folder (default $KERAS_MTL_DATA_DIR, else download)"
     )
@@ -73,11 +106,14 @@ def _parser() -> argparse.ArgumentParser:
         help="STL cache folder (default ~/.keras/keras_mtl/bench_cache)",
     )
     bench.add_argument(
-        "--max-train", type=int, default=None, help="use at most this many training examples"
+        "--max-train",
+        type=_positive_int,
+        default=None,
+        help="use at most this many training examples",
     )
     bench.add_argument(
         "--max-eval",
-        type=int,
+        type=_positive_int,
         default=None,
         help="use at most this many validation / test examples",
     )
@@ -114,8 +150,8 @@ def _bench(args) -> int:
         data_dir=args.data_dir,
         out_dir=args.out,
         cache_dir=args.cache_dir,
-        max_train=args.max_train or (10000 if args.quick else None),
-        max_eval=args.max_eval or (5000 if args.quick else None),
+        max_train=10000 if args.max_train is None and args.quick else args.max_train,
+        max_eval=5000 if args.max_eval is None and args.quick else args.max_eval,
         stl=not args.no_stl,
     )
     run_bench(config)

@@ -75,12 +75,32 @@ def test_bench_quick_on_census_income(tmp_path, capsys):
         (["--dataset", "nope"], "Unknown dataset 'nope'"),
         (["--arch", "tower"], r"Unknown architectures \['tower'\]"),
         (["--balancers", "ew,zz"], r"Unknown balancers \['zz'\]"),
-        (["--seeds", "0"], "seeds=0"),
     ],
 )
 def test_bench_errors(extra, message, capsys, tmp_path):
     assert main(["bench", "--dataset", "synthetic", "--out", str(tmp_path), *extra]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("seeds", 0, r"`seeds`, expected a positive integer\. Received: seeds=0"),
+        (
+            "max_train",
+            0,
+            r"`max_train`, expected a positive integer or None\. Received: max_train=0",
+        ),
+        ("max_eval", 2.5, r"max_eval=2\.5"),
+        ("learning_rate", float("nan"), r"positive finite number\. Received: learning_rate=nan"),
+        ("learning_rate", -1e-3, r"learning_rate=-0\.001"),
+    ],
+)
+def test_bench_config_names_the_invalid_field(field, value, message):
+    from keras_mtl.bench import BenchConfig
+
+    with pytest.raises(ValueError, match=message):
+        BenchConfig(dataset="synthetic", **{field: value}).validate()
 
 
 def test_bench_missing_data_files(tmp_path, capsys, monkeypatch):

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from keras_mtl.cli import main
 
 
@@ -30,3 +32,31 @@ def test_help_documents_the_options():
     )
     for option in ("--balancers", "--epochs", "--correlation", "--samples", "--seed"):
         assert option in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--epochs", "0"], "argument --epochs: expected a positive integer, received '0'"),
+        (["demo", "--samples", "-5"], "argument --samples: expected a positive integer"),
+        (["demo", "--batch-size", "x"], "argument --batch-size: expected a positive integer"),
+        (
+            ["bench", "--lr", "nan"],
+            "argument --lr: expected a positive finite number, received 'nan'",
+        ),
+        (["bench", "--lr", "-1"], "argument --lr: expected a positive finite number"),
+        (["bench", "--max-train", "0"], "argument --max-train: expected a positive integer"),
+        (["bench", "--max-eval", "-3"], "argument --max-eval: expected a positive integer"),
+        (["bench", "--seeds", "0"], "argument --seeds: expected a positive integer"),
+    ],
+)
+def test_bad_option_values_are_named(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_without_balancers_is_an_error(capsys):
+    assert main(["demo", "--balancers", ","]) == 2
+    assert "expected names from" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from keras_mtl import balancers as balancer_registry
+from keras_mtl._validation import check_integer, check_number
 from keras_mtl.bench import report
 from keras_mtl.bench.architectures import ARCHITECTURES, build_model
 from keras_mtl.bench.problems import LOADERS, Problem, load_problem
@@ -75,13 +76,15 @@ class BenchConfig:
                 f"Unknown balancers {bad}; expected names from {known}. "
                 f"Received: balancers={list(self.balancers)}"
             )
-        for name in ("seeds", "epochs", "batch_size"):
+        for name in ("seeds", "epochs", "batch_size", "max_train", "max_eval"):
+            optional = name.startswith("max_")
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"Received an invalid value for `{name}`, expected a positive "
-                    f"integer. Received: {name}={value!r}"
-                )
+            if not (optional and value is None):
+                expected = "a positive integer" + (" or None" if optional else "")
+                check_integer(name, value, expected, lambda v: v < 1)
+        check_number(
+            "learning_rate", self.learning_rate, "a positive finite number", lambda v: v <= 0
+        )
 
 
 class _EpochClock(keras.callbacks.Callback):
