@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 # Private in Keras 3, but the only way to build functional models of our own class.
@@ -180,6 +181,7 @@ class MultiTaskModel(keras.Model):
         self.task_names = task_names
         self._losses_config = losses
         self._loss_fns = loss_fns
+        self._keras_losses = [_is_keras_loss(losses[name]) for name in task_names]
         self._metrics_config = metrics
         self._gradient_config = {
             "shared_layers": None
@@ -305,9 +307,11 @@ class MultiTaskModel(keras.Model):
         elif sample_weight is not None:
             self._check_task_dict("sample_weight", sample_weight, names, required=False)
         sums, counts, y_clean, masks = [], [], {}, {}
-        for name, fn in zip(names, self._loss_fns, strict=True):
+        for name, fn, keras_loss in zip(names, self._loss_fns, self._keras_losses, strict=True):
             pred = ops.cast(y_pred[name], "float32")
             target = ops.convert_to_tensor(y[name])
+            if keras_loss:
+                _check_label_width(name, target.shape, pred.shape)
             batch = ops.shape(pred)[0]
             valid = None  # (batch,) bool; None when every example is labelled
             if "float" in str(target.dtype):
@@ -452,6 +456,8 @@ class MultiTaskModel(keras.Model):
         """
         self._check_compiled()
         _check_y_argument(y)
+        if "sample_weight" in kwargs:
+            kwargs["sample_weight"] = self._complete_sample_weight(x, kwargs["sample_weight"])
         if self.built:
             with self.distribute_strategy.scope():
                 self._engine.prepare(self)
@@ -467,13 +473,37 @@ class MultiTaskModel(keras.Model):
             **kwargs,
         )
 
-    def evaluate(self, x=None, y=None, *args, **kwargs):
+    def evaluate(
+        self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, **kwargs
+    ):
         """`keras.Model.evaluate`, with `y` checked to be a dict of labels.
 
         Args and Returns: as `keras.Model.evaluate`.
         """
         _check_y_argument(y)
-        return super().evaluate(x, y, *args, **kwargs)
+        return super().evaluate(
+            x,
+            y,
+            batch_size=batch_size,
+            verbose=verbose,
+            sample_weight=self._complete_sample_weight(x, sample_weight),
+            **kwargs,
+        )
+
+    def _complete_sample_weight(self, x, sample_weight):
+        """A `sample_weight` dict with weights of 1 for the tasks it leaves out.
+
+        Keras wants one array per output; a dict naming only the tasks with
+        missing labels is what users write.
+        """
+        if not isinstance(sample_weight, dict) or self.task_names is None:
+            return sample_weight
+        self._check_task_dict("sample_weight", sample_weight, self.task_names, required=False)
+        first = keras.tree.flatten(x)[0] if x is not None else None
+        if all(t in sample_weight for t in self.task_names) or not hasattr(first, "shape"):
+            return sample_weight
+        ones = np.ones((first.shape[0],), "float32")
+        return {t: sample_weight.get(t, ones) for t in self.task_names}
 
     # ----------------------------------------------------------------- saving
     def get_compile_config(self):
@@ -566,6 +596,33 @@ def _loss_fn(task: str, identifier):
             f"keras.losses.Loss. Received: loss={{'{task}': {identifier!r}}}"
         )
     return fn
+
+
+def _is_keras_loss(identifier) -> bool:
+    """Whether `identifier` names or is one of Keras's own losses."""
+    if isinstance(identifier, str):
+        return True
+    owner = (
+        identifier
+        if callable(identifier) and not isinstance(identifier, keras.losses.Loss)
+        else type(identifier)
+    )
+    return getattr(owner, "__module__", "").startswith("keras.")
+
+
+def _check_label_width(task: str, labels, predictions) -> None:
+    # Keras's losses broadcast labels of another width against the
+    # predictions without a word; sparse labels have width 1. Custom losses
+    # may read wider labels, so only Keras's own are checked.
+    if len(labels) != len(predictions) or not len(labels):
+        return
+    width, expected = labels[-1], predictions[-1]
+    if width is not None and expected is not None and width not in (1, expected):
+        raise ValueError(
+            f"Expected the labels of task '{task}' to have a last dimension of 1 or {expected}, "
+            f"like its predictions of shape {tuple(predictions)}. Received: y['{task}'] with "
+            f"shape {tuple(labels)}"
+        )
 
 
 def _check_y_argument(y) -> None:

@@ -130,3 +130,35 @@ def test_a_subclassed_output_without_a_loss_is_named():
     model.compile(optimizer="sgd", loss=LOSS)
     with pytest.raises(ValueError, match=r"Outputs without a loss: \['task_3'\]"):
         model.fit(x, y, verbose=0)
+
+
+def test_labels_of_another_width_are_an_error_for_keras_losses():
+    x, y = data(n=16)
+    wide = {"task_1": np.repeat(y["task_1"], 3, axis=1), "task_2": y["task_2"]}
+    model = build()
+    model.compile(optimizer="sgd", loss=LOSS)
+    with pytest.raises(
+        ValueError, match=r"task 'task_1' to have a last dimension of 1 or 1.*shape \(None, 3\)"
+    ):
+        model.fit(x, wide, verbose=0)
+
+    # A custom loss may read wider labels (here: a per-example weight column).
+    def weighted_mse(y_true, y_pred):
+        return y_true[:, 1] * keras.ops.square(y_pred[:, 0] - y_true[:, 0])
+
+    model.compile(optimizer="sgd", loss={"task_1": weighted_mse, "task_2": "mse"})
+    model.fit(x, wide, verbose=0)
+
+
+def test_a_sample_weight_dict_may_leave_out_tasks():
+    x, y = data(n=16)
+    weight = np.array([0, 1] * 8, "float32")
+    model = build()
+    model.compile(optimizer="sgd", loss=LOSS)
+    full = {"task_1": weight, "task_2": np.ones(16, "float32")}
+    expected = model.evaluate(x, y, sample_weight=full, verbose=0, return_dict=True)
+    partial = model.evaluate(x, y, sample_weight={"task_1": weight}, verbose=0, return_dict=True)
+    assert partial == pytest.approx(expected, rel=1e-6)
+    model.fit(x, y, sample_weight={"task_1": weight}, verbose=0)
+    with pytest.raises(ValueError, match=r"keys of `sample_weight`.*unknown: \['task_3'\]"):
+        model.fit(x, y, sample_weight={"task_1": weight, "task_3": weight}, verbose=0)
