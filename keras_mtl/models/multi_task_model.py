@@ -614,12 +614,17 @@ def _check_label_width(task: str, labels, predictions) -> None:
     # Keras's losses broadcast labels of another width against the
     # predictions without a word; sparse labels have width 1. Custom losses
     # may read wider labels, so only Keras's own are checked.
-    if len(labels) != len(predictions) or not len(labels):
+    try:
+        same_rank = len(labels) == len(predictions) > 0
+    except ValueError:  # a shape of unknown rank
+        return
+    if not same_rank:
         return
     width, expected = labels[-1], predictions[-1]
     if width is not None and expected is not None and width not in (1, expected):
+        allowed = "1" if expected == 1 else f"1 or {expected}"
         raise ValueError(
-            f"Expected the labels of task '{task}' to have a last dimension of 1 or {expected}, "
+            f"Expected the labels of task '{task}' to have a last dimension of {allowed}, "
             f"like its predictions of shape {tuple(predictions)}. Received: y['{task}'] with "
             f"shape {tuple(labels)}"
         )
