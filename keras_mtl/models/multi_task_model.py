@@ -171,36 +171,44 @@ class MultiTaskModel(keras.Model):
             )
         if jit_compile == "auto" and not balancer.supports_jit:
             jit_compile = False
-        previous = self.balancer
-        if previous is not None and previous is not balancer:
-            # Keras untracks only variables on `del`; the old balancer's
-            # variables would otherwise stay in the model's weights.
-            self._tracker.untrack(previous)
-            del self.balancer
-        self.balancer = balancer
-        self.task_names = task_names
-        self._losses_config = losses
-        self._loss_fns = loss_fns
-        self._keras_losses = [_is_keras_loss(losses[name]) for name in task_names]
-        self._metrics_config = metrics
-        self._gradient_config = {
-            "shared_layers": None
-            if shared_layers is None
-            else [getattr(s, "name", s) for s in shared_layers],
-            "gradient_mode": gradient_mode,
-            "nonfinite": nonfinite,
-        }
-        super().compile(
-            optimizer=optimizer,
-            loss=None,
-            weighted_metrics=metrics,
-            run_eagerly=run_eagerly,
-            steps_per_execution=steps_per_execution,
-            jit_compile=jit_compile,
-        )
-        self._task_loss_tracker = _TaskMeans(task_names, "loss")
-        self._task_weight_tracker = _TaskMeans(task_names, "weight")
-        self._make_state_variables(len(task_names))
+        # A built subclassed model locks its state; recompiling replaces the
+        # balancer and the trackers and may add state variables.
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            previous = self.balancer
+            if previous is not None and previous is not balancer:
+                # Keras untracks only variables on `del`; the old balancer's
+                # variables would otherwise stay in the model's weights.
+                self._tracker.untrack(previous)
+                del self.balancer
+            self.balancer = balancer
+            self.task_names = task_names
+            self._losses_config = losses
+            self._loss_fns = loss_fns
+            self._keras_losses = [_is_keras_loss(losses[name]) for name in task_names]
+            self._metrics_config = metrics
+            self._gradient_config = {
+                "shared_layers": None
+                if shared_layers is None
+                else [getattr(s, "name", s) for s in shared_layers],
+                "gradient_mode": gradient_mode,
+                "nonfinite": nonfinite,
+            }
+            super().compile(
+                optimizer=optimizer,
+                loss=None,
+                weighted_metrics=metrics,
+                run_eagerly=run_eagerly,
+                steps_per_execution=steps_per_execution,
+                jit_compile=jit_compile,
+            )
+            self._task_loss_tracker = _TaskMeans(task_names, "loss")
+            self._task_weight_tracker = _TaskMeans(task_names, "weight")
+            self._make_state_variables(len(task_names))
+        finally:
+            if locked:
+                self._tracker.lock()
 
     def _make_state_variables(self, num_tasks: int) -> None:
         existing = getattr(self, "_last_task_weights", None)

@@ -314,6 +314,14 @@ def test_subclassed_model_trains():
     assert history.history["task_1_loss"][-1] < history.history["task_1_loss"][0]
     assert model.shared_variable_paths == [v.path for v in model.trunk.trainable_variables]
 
+    # One step with fixed weights equals the brute-force step.
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=LOSS, balancer=Capture())
+    before = [np.array(v) for v in model.trainable_variables]
+    expected = _brute_force_grads(model, x, y, [0.3, 0.7])
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    for b, v, g in zip(before, model.trainable_variables, expected, strict=True):
+        np.testing.assert_allclose(b - np.array(v), np.asarray(g), atol=1e-5)
+
 
 def test_mixed_precision_trains_with_a_gradient_balancer():
     x, y = data(n=64)
