@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_mtl._validation import is_integer
+from keras_mtl._validation import check_bool, is_integer
 from keras_mtl.layers.expert_bank import (
     ExpertBank,
     _check_positive_int,
@@ -128,8 +128,8 @@ class CGC(keras.layers.Layer):
         expert_units = _check_units("expert_units", expert_units)
         _check_rate("expert_dropout", expert_dropout)
         self.gate, self.gate_kwargs = check_gate(gate, gate_kwargs)
-        self.shared_output = bool(shared_output)
-        self.return_gate_weights = bool(return_gate_weights)
+        self.shared_output = check_bool("shared_output", shared_output)
+        self.return_gate_weights = check_bool("return_gate_weights", return_gate_weights)
 
         def bank(count, name):
             return ExpertBank(

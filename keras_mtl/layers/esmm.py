@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_mtl._validation import check_bool
 from keras_mtl.layers.expert_bank import _check_rate, _check_units, fresh_initializer
 from keras_mtl.layers.shared_bottom import SharedBottom
 
@@ -87,7 +88,7 @@ class ESMM(keras.layers.Layer):
         )
         self.dropout = _check_rate("dropout", dropout)
         self.activation = keras.activations.get(activation)
-        self.return_cvr = bool(return_cvr)
+        self.return_cvr = check_bool("return_cvr", return_cvr)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_mtl._validation import check_integer, check_number, invalid_value, is_integer
+from keras_mtl._validation import check_bool, check_integer, check_number, invalid_value, is_integer
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -173,7 +173,7 @@ class ExpertBank(keras.layers.Layer):
                 f"or a layer config dict. Received: expert={expert!r}"
             )
         self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
+        self.use_bias = check_bool("use_bias", use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_mtl._validation import check_number
+from keras_mtl._validation import check_bool, check_number
 from keras_mtl.layers.expert_bank import _check_positive_int, _check_rate, fresh_initializer
 
 GATE_TYPES = ("softmax", "dselect_k")
@@ -78,7 +78,7 @@ class Gate(keras.layers.Layer):
             "temperature", temperature, "a positive float", lambda v: v <= 0
         )
         self.dropout = _check_rate("dropout", dropout)
-        self.use_bias = bool(use_bias)
+        self.use_bias = check_bool("use_bias", use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.dense = keras.layers.Dense(

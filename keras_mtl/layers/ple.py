@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_mtl._validation import check_bool
 from keras_mtl.layers.cgc import CGC, check_task_experts
 from keras_mtl.layers.expert_bank import _check_positive_int, _check_rate, _check_units
 from keras_mtl.layers.gate import check_gate
@@ -100,7 +101,7 @@ class PLE(keras.layers.Layer):
         expert_units = _check_units("expert_units", expert_units)
         _check_rate("expert_dropout", expert_dropout)
         self.gate, self.gate_kwargs = check_gate(gate, gate_kwargs)
-        self.return_gate_weights = bool(return_gate_weights)
+        self.return_gate_weights = check_bool("return_gate_weights", return_gate_weights)
         self.levels = [
             CGC(
                 num_tasks,

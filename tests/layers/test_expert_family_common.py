@@ -137,3 +137,28 @@ def test_mixed_precision_runs(name):
             assert all(t.dtype == "float16" for t in outputs)
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+@pytest.mark.parametrize(
+    "make, argument",
+    [
+        (
+            lambda: MMoE(num_tasks=2, num_experts=2, return_gate_weights="yes"),
+            "return_gate_weights",
+        ),
+        (lambda: PLE(num_tasks=2, return_gate_weights=1), "return_gate_weights"),
+        (lambda: CGC(num_tasks=2, shared_output="no"), "shared_output"),
+        (lambda: ExpertBank(num_experts=2, use_bias=None), "use_bias"),
+        (lambda: Gate(num_experts=2, use_bias="no"), "use_bias"),
+    ],
+)
+def test_flags_must_be_bools(make, argument):
+    with pytest.raises(ValueError, match=rf"`{argument}`, expected a bool\. Received: {argument}="):
+        make()
+
+
+def test_esmm_return_cvr_must_be_a_bool():
+    with pytest.raises(
+        ValueError, match=r"`return_cvr`, expected a bool\. Received: return_cvr='y'"
+    ):
+        ESMM(return_cvr="y")
