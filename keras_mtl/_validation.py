@@ -90,6 +90,49 @@ def check_integer(name: str, value, expected: str, invalid=None) -> int:
     return int(value)
 
 
+def check_positive_int(name: str, value, allow_none: bool = False) -> int | None:
+    """`check_integer` for a positive integer (or `None` when `allow_none`).
+
+    Example:
+
+    >>> check_positive_int("num_tasks", np.int64(3)), check_positive_int("cap", None, allow_none=True)
+    (3, None)
+    """
+    if allow_none and value is None:
+        return None
+    expected = "a positive integer or None" if allow_none else "a positive integer"
+    return check_integer(name, value, expected, lambda v: v < 1)
+
+
+def check_units(name: str, value) -> tuple[int, ...]:
+    """Layer widths: a positive integer or a non-empty sequence of them, as a tuple.
+
+    Example:
+
+    >>> check_units("units", 8), check_units("units", [np.int64(4), 2])
+    ((8,), (4, 2))
+    """
+    units = (value,) if is_integer(value) else value
+    try:
+        units = tuple(units)
+    except TypeError:
+        units = ()
+    if not units or any(not is_integer(u) or u < 1 for u in units):
+        raise invalid_value(name, value, "a positive integer or a non-empty sequence of them")
+    return tuple(int(u) for u in units)
+
+
+def check_rate(name: str, value) -> float:
+    """A dropout rate: a float in `[0, 1)`.
+
+    Example:
+
+    >>> check_rate("dropout", 0.1)
+    0.1
+    """
+    return check_number(name, value, "a float in [0, 1)", lambda v: not 0 <= v < 1)
+
+
 def check_bool(name: str, value) -> bool:
     """Validates a boolean argument (a Python or NumPy bool); returns a Python bool.
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from keras_mtl import balancers as balancer_registry
-from keras_mtl._validation import check_integer
+from keras_mtl._validation import check_positive_int
 from keras_mtl.datasets import synthetic
 from keras_mtl.layers import SharedBottom, SharedRepresentation
 from keras_mtl.models.multi_task_model import MultiTaskModel
@@ -83,7 +83,7 @@ def run_demo(
             `num_train` or `batch_size` that is not a positive integer.
     """
     for name, value in (("epochs", epochs), ("num_train", num_train), ("batch_size", batch_size)):
-        check_integer(name, value, "a positive integer", lambda v: v < 1)
+        check_positive_int(name, value)
     available = balancer_registry.available()
     if balancers is None:
         balancers = [b for b in DEFAULT_BALANCERS if b in available]

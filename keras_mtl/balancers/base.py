@@ -9,7 +9,12 @@ import numpy as np
 from keras import ops
 
 # Re-exported: the balancer modules validate their arguments with these.
-from keras_mtl._validation import check_integer, check_number, is_number  # noqa: F401
+from keras_mtl._validation import (  # noqa: F401
+    check_integer,
+    check_number,
+    check_positive_int,
+    is_number,
+)
 
 _SEED_PREFIX = "seed_generator_state_"
 
@@ -163,9 +168,7 @@ class Balancer(keras.layers.Layer):
         Raises:
             ValueError: if `num_tasks` is not a positive integer.
         """
-        self.num_tasks = check_integer(
-            "num_tasks", num_tasks, "a positive integer", lambda v: v < 1
-        )
+        self.num_tasks = check_positive_int("num_tasks", num_tasks)
 
     def add_state(self, name: str, shape, initializer="zeros", dtype: str = "float32"):
         """Adds a non-trainable state variable.

@@ -8,8 +8,8 @@ from keras_mtl.balancers import solvers
 from keras_mtl.balancers.base import (
     Balancer,
     BalanceResult,
-    check_integer,
     check_number,
+    check_positive_int,
     register_balancer,
     weighted_direction,
 )
@@ -81,13 +81,7 @@ class DBMTL(Balancer):
         self.beta = check_number("beta", beta, "a number in [0, 1)", lambda v: not 0 <= v < 1)
         self.sigma = check_number("sigma", sigma, "a non-negative number", lambda v: v < 0)
         self.eps = check_number("eps", eps, "a non-negative number", lambda v: v < 0)
-        self.num_params = (
-            None
-            if num_params is None
-            else check_integer(
-                "num_params", num_params, "a positive integer or None", lambda v: v < 1
-            )
-        )
+        self.num_params = check_positive_int("num_params", num_params, allow_none=True)
         self.moving_gradients = None
 
     def build(self, num_tasks: int) -> None:

@@ -8,8 +8,8 @@ from keras_mtl.balancers import solvers
 from keras_mtl.balancers.base import (
     Balancer,
     BalanceResult,
-    check_integer,
     check_number,
+    check_positive_int,
     register_balancer,
     weighted_direction,
 )
@@ -76,12 +76,8 @@ class NashMTL(Balancer):
     ):
         super().__init__(name=name, **kwargs)
         max_norm = check_number("max_norm", max_norm, "a finite number")
-        update_every = check_integer(
-            "update_every", update_every, "a positive integer", lambda v: v < 1
-        )
-        optim_niter = check_integer(
-            "optim_niter", optim_niter, "a positive integer", lambda v: v < 1
-        )
+        update_every = check_positive_int("update_every", update_every)
+        optim_niter = check_positive_int("optim_niter", optim_niter)
         if solver not in SOLVERS:
             raise ValueError(
                 f"Received an invalid value for `solver`, expected one of {list(SOLVERS)}. "

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from keras_mtl import balancers as balancer_registry
-from keras_mtl._validation import check_integer, check_number
+from keras_mtl._validation import check_number, check_positive_int
 from keras_mtl.bench import report
 from keras_mtl.bench.architectures import ARCHITECTURES, build_model
 from keras_mtl.bench.problems import LOADERS, Problem, load_problem
@@ -76,12 +76,10 @@ class BenchConfig:
                 f"Unknown balancers {bad}; expected names from {known}. "
                 f"Received: balancers={list(self.balancers)}"
             )
-        for name in ("seeds", "epochs", "batch_size", "max_train", "max_eval"):
-            optional = name.startswith("max_")
-            value = getattr(self, name)
-            if not (optional and value is None):
-                expected = "a positive integer" + (" or None" if optional else "")
-                check_integer(name, value, expected, lambda v: v < 1)
+        for name in ("seeds", "epochs", "batch_size"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("max_train", "max_eval"):
+            check_positive_int(name, getattr(self, name), allow_none=True)
         check_number(
             "learning_rate", self.learning_rate, "a positive finite number", lambda v: v <= 0
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_mtl._validation import check_integer
+from keras_mtl._validation import check_positive_int
 from keras_mtl.layers.cgc import CGC
 from keras_mtl.layers.mmoe import MMoE
 from keras_mtl.layers.ple import PLE
@@ -109,9 +109,7 @@ class GateMonitor(keras.callbacks.Callback):
         prefix: str = "gate",
     ):
         super().__init__()
-        self.batch_size = check_integer(
-            "batch_size", batch_size, "a positive integer", lambda v: v < 1
-        )
+        self.batch_size = check_positive_int("batch_size", batch_size)
         self.validation_data = validation_data
         self.task_names = None if task_names is None else [str(t) for t in task_names]
         self.layer_selection = layers

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from keras_mtl._validation import check_integer
+from keras_mtl._validation import check_positive_int
 
 ENV_VAR = "KERAS_MTL_DATA_DIR"
 
@@ -209,7 +209,7 @@ def to_tf_dataset(
     """
     import tensorflow as tf
 
-    batch_size = check_integer("batch_size", batch_size, "a positive integer", lambda v: v < 1)
+    batch_size = check_positive_int("batch_size", batch_size)
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         first = next(iter(x.values())) if isinstance(x, dict) else x

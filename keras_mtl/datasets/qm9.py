@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from keras_mtl._validation import check_integer
+from keras_mtl._validation import check_positive_int
 from keras_mtl.datasets.data_files import DataFile, default_cache_dir, locate_files, to_tf_dataset
 
 SUBDIR = "qm9"
@@ -353,10 +353,7 @@ def load_data(
             f"Received an invalid value for `targets`, expected a non-empty subset of "
             f"{tuple(TARGETS)}. Received: targets={targets!r}"
         )
-    if num_train is not None:
-        num_train = check_integer(
-            "num_train", num_train, "a positive integer or None", lambda v: v < 1
-        )
+    num_train = check_positive_int("num_train", num_train, allow_none=True)
     paths = locate_files(SUBDIR, FILES, data_dir=data_dir, download=download, cache_dir=cache_dir)
     data = parse(paths, cache_dir=cache_dir, use_cache=use_cache)
     n = len(data["mol_id"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_mtl._validation import check_integer, check_number, invalid_value
+from keras_mtl._validation import check_integer, check_number, check_positive_int, invalid_value
 
 TASKS = ("task_1", "task_2")
 
@@ -68,7 +68,7 @@ def generate(
         Ma et al., "Modeling Task Relationships in Multi-task Learning with
         Multi-gate Mixture-of-Experts", KDD 2018.
     """
-    num_samples = check_integer("num_samples", num_samples, "a positive integer", lambda v: v < 1)
+    num_samples = check_positive_int("num_samples", num_samples)
     p = check_number("correlation", correlation, "a float in [-1, 1]", lambda v: not -1 <= v <= 1)
     input_dim = check_integer("input_dim", input_dim, "an integer >= 2", lambda v: v < 2)
     num_sin = check_integer("num_sin", num_sin, "a non-negative integer", lambda v: v < 0)
@@ -132,8 +132,8 @@ def load_data(
     ((8, 3), (2, 3), ['task_1', 'task_2'])
     """
     del data_dir
-    num_train = check_integer("num_train", num_train, "a positive integer", lambda v: v < 1)
-    num_test = check_integer("num_test", num_test, "a positive integer", lambda v: v < 1)
+    num_train = check_positive_int("num_train", num_train)
+    num_test = check_positive_int("num_test", num_test)
     x, y = generate(
         num_train + num_test, correlation=correlation, input_dim=input_dim, seed=seed, **kwargs
     )

@@ -387,6 +387,18 @@ class GradientEngine:
         applied_grads = [g for g, _ in pairs]
         applied_vars = [v for _, v in pairs]
 
+        scaled_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        if self.nonfinite == "raise" and not scaled_loss:
+            # The loss scale optimizer skips overflowing steps by itself.
+            checks = checks + _assertion(
+                _all_finite(applied_grads),
+                [
+                    "Non-finite gradient or balanced direction although every task loss is "
+                    "finite; the update was not applied. Task losses:",
+                    losses,
+                ],
+            )
+
         def update():
             # The balancer may have read variables that the optimizer now
             # writes (its own trainable ones). Grappler's dependency optimizer
@@ -403,18 +415,7 @@ class GradientEngine:
                 optimizer.apply(applied_grads, applied_vars)
             return tf.constant(True)
 
-        scaled_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         if self.nonfinite == "raise":
-            if not scaled_loss:
-                # The loss scale optimizer skips overflowing steps by itself.
-                checks = checks + _assertion(
-                    _all_finite(applied_grads),
-                    [
-                        "Non-finite gradient or balanced direction although every task loss is "
-                        "finite; the update was not applied. Task losses:",
-                        losses,
-                    ],
-                )
             return update()
         finite = tf.logical_and(
             _all_finite([losses, _learning_rate(optimizer)]),

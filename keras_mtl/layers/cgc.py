@@ -5,14 +5,14 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_mtl._validation import check_bool, is_integer
-from keras_mtl.layers.expert_bank import (
-    ExpertBank,
-    _check_positive_int,
-    _check_rate,
-    _check_units,
-    mix_experts,
+from keras_mtl._validation import (
+    check_bool,
+    check_positive_int,
+    check_rate,
+    check_units,
+    is_integer,
 )
+from keras_mtl.layers.expert_bank import ExpertBank, mix_experts
 from keras_mtl.layers.gate import check_gate, make_gate
 
 
@@ -122,11 +122,11 @@ class CGC(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_tasks = _check_positive_int("num_tasks", num_tasks)
-        self.num_shared_experts = _check_positive_int("num_shared_experts", num_shared_experts)
+        self.num_tasks = check_positive_int("num_tasks", num_tasks)
+        self.num_shared_experts = check_positive_int("num_shared_experts", num_shared_experts)
         self.num_task_experts = check_task_experts(num_task_experts, num_tasks)
-        expert_units = _check_units("expert_units", expert_units)
-        _check_rate("expert_dropout", expert_dropout)
+        expert_units = check_units("expert_units", expert_units)
+        check_rate("expert_dropout", expert_dropout)
         self.gate, self.gate_kwargs = check_gate(gate, gate_kwargs)
         self.shared_output = check_bool("shared_output", shared_output)
         self.return_gate_weights = check_bool("return_gate_weights", return_gate_weights)

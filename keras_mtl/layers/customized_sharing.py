@@ -5,8 +5,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_mtl._validation import check_positive_int, check_rate, check_units
 from keras_mtl.layers.cgc import check_task_experts
-from keras_mtl.layers.expert_bank import ExpertBank, _check_positive_int, _check_rate, _check_units
+from keras_mtl.layers.expert_bank import ExpertBank
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -74,11 +75,11 @@ class CustomizedSharing(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_tasks = _check_positive_int("num_tasks", num_tasks)
-        self.num_shared_experts = _check_positive_int("num_shared_experts", num_shared_experts)
+        self.num_tasks = check_positive_int("num_tasks", num_tasks)
+        self.num_shared_experts = check_positive_int("num_shared_experts", num_shared_experts)
         self.num_task_experts = check_task_experts(num_task_experts, num_tasks)
-        expert_units = _check_units("expert_units", expert_units)
-        _check_rate("expert_dropout", expert_dropout)
+        expert_units = check_units("expert_units", expert_units)
+        check_rate("expert_dropout", expert_dropout)
 
         def bank(count, name):
             return ExpertBank(

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_mtl._validation import check_integer, check_number
-from keras_mtl.layers.expert_bank import _check_positive_int, fresh_initializer
+from keras_mtl._validation import check_integer, check_number, check_positive_int
+from keras_mtl.layers.expert_bank import fresh_initializer
 from keras_mtl.layers.gate import softmax_last_axis
 
 # Keeps log() finite on exact zeros of the selector outputs.
@@ -103,7 +103,7 @@ class DSelectK(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_experts = _check_positive_int("num_experts", num_experts)
+        self.num_experts = check_positive_int("num_experts", num_experts)
         self.k = check_integer(
             "k",
             k,

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_mtl._validation import check_bool
-from keras_mtl.layers.expert_bank import _check_rate, _check_units, fresh_initializer
+from keras_mtl._validation import check_bool, check_rate, check_units
+from keras_mtl.layers.expert_bank import fresh_initializer
 from keras_mtl.layers.shared_bottom import SharedBottom
 
 
@@ -82,11 +82,11 @@ class ESMM(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.tower_units = _check_units("tower_units", tower_units)
+        self.tower_units = check_units("tower_units", tower_units)
         self.shared_units = (
-            None if shared_units is None else _check_units("shared_units", shared_units)
+            None if shared_units is None else check_units("shared_units", shared_units)
         )
-        self.dropout = _check_rate("dropout", dropout)
+        self.dropout = check_rate("dropout", dropout)
         self.activation = keras.activations.get(activation)
         self.return_cvr = check_bool("return_cvr", return_cvr)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)

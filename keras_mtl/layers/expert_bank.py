@@ -5,26 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_mtl._validation import check_bool, check_integer, check_number, invalid_value, is_integer
-
-
-def _check_positive_int(name: str, value) -> int:
-    return check_integer(name, value, "a positive integer", lambda v: v < 1)
-
-
-def _check_units(name: str, value) -> tuple[int, ...]:
-    units = (value,) if is_integer(value) else value
-    try:
-        units = tuple(units)
-    except TypeError:
-        units = ()
-    if not units or any(not is_integer(u) or u < 1 for u in units):
-        raise invalid_value(name, value, "a positive integer or a non-empty sequence of them")
-    return tuple(int(u) for u in units)
-
-
-def _check_rate(name: str, value) -> float:
-    return check_number(name, value, "a float in [0, 1)", lambda v: not 0 <= v < 1)
+from keras_mtl._validation import check_bool, check_positive_int, check_rate, check_units
 
 
 def fresh_initializer(initializer):
@@ -164,9 +145,9 @@ class ExpertBank(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_experts = _check_positive_int("num_experts", num_experts)
-        self.units = _check_units("units", units)
-        self.dropout = _check_rate("dropout", dropout)
+        self.num_experts = check_positive_int("num_experts", num_experts)
+        self.units = check_units("units", units)
+        self.dropout = check_rate("dropout", dropout)
         if expert is not None and not isinstance(expert, keras.layers.Layer | dict):
             raise ValueError(
                 "Received an invalid value for `expert`, expected None, a keras.layers.Layer "

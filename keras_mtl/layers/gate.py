@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_mtl._validation import check_bool, check_number
-from keras_mtl.layers.expert_bank import _check_positive_int, _check_rate, fresh_initializer
+from keras_mtl._validation import check_bool, check_number, check_positive_int, check_rate
+from keras_mtl.layers.expert_bank import fresh_initializer
 
 GATE_TYPES = ("softmax", "dselect_k")
 
@@ -73,11 +73,11 @@ class Gate(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_experts = _check_positive_int("num_experts", num_experts)
+        self.num_experts = check_positive_int("num_experts", num_experts)
         self.temperature = check_number(
             "temperature", temperature, "a positive float", lambda v: v <= 0
         )
-        self.dropout = _check_rate("dropout", dropout)
+        self.dropout = check_rate("dropout", dropout)
         self.use_bias = check_bool("use_bias", use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from keras_mtl._validation import check_bool
-from keras_mtl.layers.expert_bank import (
-    ExpertBank,
-    _check_positive_int,
-    _check_rate,
-    _check_units,
-    mix_experts,
-)
+from keras_mtl._validation import check_bool, check_positive_int, check_rate, check_units
+from keras_mtl.layers.expert_bank import ExpertBank, mix_experts
 from keras_mtl.layers.gate import check_gate, make_gate
 
 
@@ -89,10 +83,10 @@ class MMoE(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_tasks = _check_positive_int("num_tasks", num_tasks)
-        self.num_experts = _check_positive_int("num_experts", num_experts)
-        expert_units = _check_units("expert_units", expert_units)
-        _check_rate("expert_dropout", expert_dropout)
+        self.num_tasks = check_positive_int("num_tasks", num_tasks)
+        self.num_experts = check_positive_int("num_experts", num_experts)
+        expert_units = check_units("expert_units", expert_units)
+        check_rate("expert_dropout", expert_dropout)
         self.gate, self.gate_kwargs = check_gate(gate, gate_kwargs)
         self.return_gate_weights = check_bool("return_gate_weights", return_gate_weights)
         self.experts = ExpertBank(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from keras_mtl._validation import check_bool
-from keras_mtl.layers.expert_bank import _check_rate, _check_units, fresh_initializer
+from keras_mtl._validation import check_bool, check_rate, check_units
+from keras_mtl.layers.expert_bank import fresh_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -61,8 +61,8 @@ class SharedBottom(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.units = _check_units("units", units)
-        self.dropout = _check_rate("dropout", dropout)
+        self.units = check_units("units", units)
+        self.dropout = check_rate("dropout", dropout)
         self.batch_norm = check_bool("batch_norm", batch_norm)
         self.activation = keras.activations.get(activation)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)

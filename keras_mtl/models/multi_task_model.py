@@ -186,7 +186,6 @@ class MultiTaskModel(keras.Model):
             self.task_names = task_names
             self._losses_config = losses
             self._loss_fns = loss_fns
-            self._keras_losses = [_is_keras_loss(losses[name]) for name in task_names]
             self._metrics_config = metrics
             self._gradient_config = {
                 "shared_layers": None
@@ -315,10 +314,10 @@ class MultiTaskModel(keras.Model):
         elif sample_weight is not None:
             self._check_task_dict("sample_weight", sample_weight, names, required=False)
         sums, counts, y_clean, masks = [], [], {}, {}
-        for name, fn, keras_loss in zip(names, self._loss_fns, self._keras_losses, strict=True):
+        for name, fn in zip(names, self._loss_fns, strict=True):
             pred = ops.cast(y_pred[name], "float32")
             target = ops.convert_to_tensor(y[name])
-            if keras_loss:
+            if _is_keras_loss(self._losses_config[name]):
                 _check_label_width(name, target.shape, pred.shape)
             batch = ops.shape(pred)[0]
             valid = None  # (batch,) bool; None when every example is labelled
