@@ -104,6 +104,17 @@ def check_positive_int(name: str, value, allow_none: bool = False) -> int | None
     return check_integer(name, value, expected, lambda v: v < 1)
 
 
+def check_seed(value) -> int | None:
+    """A random seed: an integer or `None` (unseeded).
+
+    Example:
+
+    >>> check_seed(np.int64(7)), check_seed(None)
+    (7, None)
+    """
+    return None if value is None else check_integer("seed", value, "an integer or None")
+
+
 def check_units(name: str, value) -> tuple[int, ...]:
     """Layer widths: a positive integer or a non-empty sequence of them, as a tuple.
 

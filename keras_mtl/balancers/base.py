@@ -13,6 +13,7 @@ from keras_mtl._validation import (  # noqa: F401
     check_integer,
     check_number,
     check_positive_int,
+    check_seed,
     is_number,
 )
 

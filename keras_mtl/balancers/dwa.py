@@ -7,8 +7,8 @@ from keras import ops
 from keras_mtl.balancers.base import (
     Balancer,
     BalanceResult,
-    check_integer,
     check_number,
+    check_positive_int,
     register_balancer,
     weighted_direction,
 )
@@ -69,10 +69,7 @@ class DWA(Balancer):
         **kwargs,
     ):
         temperature = check_number("temperature", temperature, "a positive float", lambda v: v <= 0)
-        if steps_per_epoch is not None:
-            steps_per_epoch = check_integer(
-                "steps_per_epoch", steps_per_epoch, "None or a positive integer", lambda v: v < 1
-            )
+        steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
         super().__init__(name=name, **kwargs)
         self.temperature = temperature
         self.steps_per_epoch = steps_per_epoch

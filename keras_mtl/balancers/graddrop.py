@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_mtl.balancers import solvers
 from keras_mtl.balancers.base import (
     Balancer,
     BalanceResult,
-    check_integer,
+    check_seed,
     is_number,
     register_balancer,
 )
@@ -71,14 +72,17 @@ class GradDrop(Balancer):
 
     def __init__(self, leak=0.0, seed: int | None = None, name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)
-        values = list(leak) if isinstance(leak, list | tuple) else [leak]
+        per_task = isinstance(leak, list | tuple) or (
+            isinstance(leak, np.ndarray) and leak.ndim == 1
+        )
+        values = list(leak) if per_task else [leak]
         if not values or any(not is_number(v) or not 0 <= v <= 1 for v in values):
             raise ValueError(
                 "Received an invalid value for `leak`, expected a number in [0, 1] or a list "
                 f"of them, one per task. Received: leak={leak!r}"
             )
-        self.leak = [float(v) for v in leak] if isinstance(leak, list | tuple) else float(leak)
-        self.seed = None if seed is None else check_integer("seed", seed, "an integer or None")
+        self.leak = [float(v) for v in values] if per_task else float(leak)
+        self.seed = check_seed(seed)
 
     def build(self, num_tasks: int) -> None:
         super().build(num_tasks)

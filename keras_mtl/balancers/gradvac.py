@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import check_integer, check_number, register_balancer
+from keras_mtl.balancers.base import check_number, check_seed, register_balancer
 from keras_mtl.balancers.gramian import GramianBalancer
 from keras_mtl.balancers.pcgrad import random_orders
 
@@ -54,7 +54,7 @@ class GradVac(GramianBalancer):
     ):
         super().__init__(name=name, **kwargs)
         self.beta = check_number("beta", beta, "a number in (0, 1]", lambda v: not 0 < v <= 1)
-        self.seed = None if seed is None else check_integer("seed", seed, "an integer or None")
+        self.seed = check_seed(seed)
 
     def build(self, num_tasks: int) -> None:
         super().build(num_tasks)

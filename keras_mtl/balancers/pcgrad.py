@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import check_integer, register_balancer
+from keras_mtl.balancers.base import check_seed, register_balancer
 from keras_mtl.balancers.gramian import GramianBalancer
 
 
@@ -50,7 +50,7 @@ class PCGrad(GramianBalancer):
 
     def __init__(self, seed: int | None = None, name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)
-        self.seed = None if seed is None else check_integer("seed", seed, "an integer or None")
+        self.seed = check_seed(seed)
 
     def build(self, num_tasks: int) -> None:
         super().build(num_tasks)

@@ -8,8 +8,8 @@ from keras import ops
 from keras_mtl.balancers.base import (
     Balancer,
     BalanceResult,
-    check_integer,
     check_number,
+    check_seed,
     register_balancer,
     weighted_direction,
 )
@@ -75,7 +75,7 @@ class RLW(Balancer):
         concentration = check_number(
             "concentration", concentration, "a positive float", lambda v: v <= 0
         )
-        seed = None if seed is None else check_integer("seed", seed, "None or an integer")
+        seed = check_seed(seed)
         super().__init__(name=name, **kwargs)
         self.distribution = distribution
         self.concentration = concentration

@@ -25,7 +25,7 @@ def test_representation_mode_matches_numpy():
     grads = rng.normal(size=(num_tasks, batch, features))
     jac = grads.reshape(num_tasks, -1)
     leak = np.array([0.0, 0.5, 0.0])
-    d, w = checks.run(GradDrop(leak=list(leak), seed=3), jac, representation=rep)
+    d, w = checks.run(GradDrop(leak=leak, seed=3), jac, representation=rep)
     draw = checks.seeded_uniform(3, (features,))
     expected = graddrop_numpy(grads, np.sign(rep), draw, leak)
     np.testing.assert_allclose(d, expected, rtol=1e-5, atol=1e-6)
@@ -78,8 +78,12 @@ def test_config_and_validation():
     checks.check_config_round_trip(GradDrop(leak=[0.1, 0.2], seed=1), GradDrop)
     assert GradDrop.preferred_gradient_mode == "representation"
     assert isinstance(balancers.get("graddrop"), GradDrop)
+    # A NumPy array of leaks is stored as a list of floats, so the config stays JSON.
+    assert GradDrop(leak=np.array([0.1, 0.2])).get_config()["leak"] == [0.1, 0.2]
     with pytest.raises(ValueError, match="leak"):
         GradDrop(leak=1.5)
+    with pytest.raises(ValueError, match=r"Received: leak=array\(\[0.1, 1.2\]\)"):
+        GradDrop(leak=np.array([0.1, 1.2]))
     with pytest.raises(ValueError, match="leak"):
         GradDrop(leak=[0.1, 0.2]).build(3)
 

@@ -95,8 +95,8 @@ def test_config_round_trip_and_state_restore_continue_the_trajectory(name):
         np.testing.assert_array_equal(_run(copy, jac, losses).weights, _run(b, jac, losses).weights)
 
 
-def _compiled(balancer):
-    balancer.build(3)
+def _compiled(balancer, num_tasks=3):
+    balancer.build(num_tasks)
     return tf.function(lambda j, losses: _run(balancer, j, losses).weights, jit_compile=True)
 
 
@@ -106,13 +106,19 @@ def test_xla_matches_eager_where_supported(name):
     if not b.supports_jit:
         assert name == "rlw_dirichlet"
         return
-    step = _compiled(b)
-    # XLA draws random numbers with another algorithm: random methods are
-    # compared with a second compiled instance, the others with eager execution.
-    other = _compiled(reference) if name in ("rlw", "log_pcgrad") else None
-    for jac, losses in _steps(steps=3):
+    # With two tasks PCGrad's random task order cannot change its result.
+    num_tasks = 2 if name == "log_pcgrad" else 3
+    step = _compiled(b, num_tasks)
+    if name == "rlw":
+        # XLA draws random numbers with another algorithm: RLW's weights are
+        # checked against the softmax of the normal draws XLA itself makes.
+        generator = keras.random.SeedGenerator(1)
+        draw = tf.function(
+            lambda: keras.ops.softmax(keras.random.normal((3,), seed=generator)), jit_compile=True
+        )
+    for jac, losses in _steps(num_tasks=num_tasks, steps=3):
         losses = losses.astype("float32")
-        expected = other(jac, losses) if other else _run(reference, jac, losses).weights
+        expected = draw() if name == "rlw" else _run(reference, jac, losses).weights
         np.testing.assert_allclose(step(jac, losses), expected, rtol=1e-5)
 
 

@@ -1,6 +1,7 @@
 """NumPy re-implementations of the expert-family layers, written from the papers'
 equations, used as references by the layer tests."""
 
+import keras
 import numpy as np
 
 
@@ -14,8 +15,38 @@ def softmax(z):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+ACTIVATIONS = {"relu": relu, "tanh": np.tanh, "linear": lambda v: v}
+
+
+def dense(layer, x):
+    """A user-supplied `keras.layers.Dense` expert."""
+    h = np.asarray(x, "float64") @ np.asarray(layer.kernel, "float64")
+    if layer.use_bias:
+        h = h + np.asarray(layer.bias, "float64")
+    return ACTIVATIONS[keras.activations.serialize(layer.activation)](h)
+
+
+def conv2d_same(layer, x):
+    """A user-supplied stride-1 `keras.layers.Conv2D` expert with "same" padding."""
+    kernel = np.asarray(layer.kernel, "float64")  # (kh, kw, c_in, c_out)
+    kh, kw = kernel.shape[:2]
+    x = np.asarray(x, "float64")
+    padded = np.pad(x, ((0, 0), (kh // 2, (kh - 1) // 2), (kw // 2, (kw - 1) // 2), (0, 0)))
+    out = np.zeros((*x.shape[:3], kernel.shape[-1]))
+    for i in range(kh):
+        for j in range(kw):
+            window = padded[:, i : i + x.shape[1], j : j + x.shape[2]]
+            out += np.einsum("bhwc,co->bhwo", window, kernel[i, j])
+    out = out + np.asarray(layer.bias, "float64")
+    return ACTIVATIONS[keras.activations.serialize(layer.activation)](out)
+
+
 def expert_bank(bank, x, activation=relu):
-    """(B, d) -> (B, E, h) from the bank's stacked kernels, one expert at a time."""
+    """(B, ..., d) -> (B, ..., E, h), one expert at a time: the bank's stacked
+    kernels, or its clones of a user Dense or Conv2D expert."""
+    if bank.experts:
+        one = conv2d_same if isinstance(bank.experts[0], keras.layers.Conv2D) else dense
+        return np.stack([one(e, x) for e in bank.experts], axis=-2)
     kernels = [np.asarray(k, "float64") for k in bank.kernels]
     biases = [np.asarray(b, "float64") for b in bank.biases]
     outputs = []
@@ -29,6 +60,9 @@ def expert_bank(bank, x, activation=relu):
 
 
 def gate(layer, x):
+    """Softmax gate weights (B, E), or a DSelect-k gate's weights."""
+    if hasattr(layer, "z_dense"):
+        return dselect_k(layer, x)[0]
     kernel = np.asarray(layer.dense.kernel, "float64")
     logits = np.asarray(x, "float64") @ kernel
     if layer.use_bias:

@@ -96,8 +96,17 @@ def test_user_expert_in_ple_and_dselect_k_gates():
         gate="dselect_k",
         gate_kwargs={"k": 2},
     )
-    outputs = layer(np.random.default_rng(5).normal(size=(3, 4)).astype("float32"))
+    x = np.random.default_rng(5).normal(size=(3, 4)).astype("float32")
+    outputs = layer(x)
     assert [tuple(o.shape) for o in outputs] == [(3, 4), (3, 4)]
+    # Every bank holds its own Dense clones and every gate is a DSelect-k gate.
+    assert all(len(lv.shared_experts.experts) == 2 for lv in layer.levels)
+    assert all(hasattr(g, "z_dense") for lv in layer.levels for g in lv.gates)
+    h = [x, x, x]
+    for level in layer.levels:
+        h = reference.cgc(level, h[:2], h[-1] if len(h) == 3 else None)
+    for out, ref in zip(outputs, h, strict=True):
+        np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls", [CGC, PLE])

@@ -99,7 +99,9 @@ def test_user_expert_on_image_feature_maps():
     conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu")
     bank = ExpertBank(num_experts=2, expert=conv)
     x = np.random.default_rng(4).normal(size=(2, 6, 6, 3)).astype("float32")
-    assert tuple(bank(x).shape) == (2, 6, 6, 2, 4)
+    out = np.asarray(bank(x))
+    assert out.shape == (2, 6, 6, 2, 4)
+    np.testing.assert_allclose(out, reference.expert_bank(bank, x), rtol=1e-4, atol=1e-5)
     assert tuple(bank(keras.Input((6, 6, 3))).shape) == (None, 6, 6, 2, 4)
 
 

@@ -81,6 +81,12 @@ def test_shapes_for_three_input_ranks(name, leading):
     symbolic = _outputs(layer(keras.Input((*leading, 5))))
     assert [tuple(t.shape) for t in eager] == [(2, *leading, *e) for e in EXPECTED[name]]
     assert [tuple(t.shape) for t in symbolic] == [(None, *leading, *e) for e in EXPECTED[name]]
+    # The layers act per position: the same values as the flattened batch.
+    flat = _outputs(layer(x.reshape(-1, 5), training=False))
+    for t, f in zip(_outputs(layer(x, training=False)), flat, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(t).reshape(np.asarray(f).shape), np.asarray(f), rtol=1e-5, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
@@ -122,11 +128,17 @@ def test_keras_save_and_load_give_equal_predictions(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
-def test_mixed_precision_runs(name):
+def test_mixed_precision_matches_float32(name):
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
+    reference_layer = BUILDERS[name]()
+    expected = _outputs(reference_layer(x, training=False))
     keras.config.set_dtype_policy("mixed_float16")
     try:
         layer = BUILDERS[name]()
-        x = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
+        layer(x)
+        layer.set_weights(reference_layer.get_weights())
+        for t, e in zip(_outputs(layer(x, training=False)), expected, strict=True):
+            np.testing.assert_allclose(np.asarray(t, "float32"), e, rtol=1e-2, atol=1e-2)
         outputs = _outputs(layer(x, training=True))
         assert all(np.isfinite(np.asarray(t, "float32")).all() for t in outputs)
         assert all(w.dtype == "float32" for w in layer.weights)

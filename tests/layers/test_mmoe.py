@@ -40,8 +40,12 @@ def test_one_expert_equals_a_shared_bottom_with_the_same_weights():
 
 def test_one_gate_is_the_omoe_baseline():
     layer = MMoE(num_tasks=1, num_experts=3, expert_units=4)
-    outputs = layer(np.ones((2, 5), "float32"))
+    x = np.random.default_rng(4).normal(size=(6, 5)).astype("float32")
+    outputs = layer(x)
     assert isinstance(outputs, list) and len(outputs) == 1
+    w = reference.gate(layer.gates[0], x)
+    expected = reference.mix(w, reference.expert_bank(layer.experts, x))
+    np.testing.assert_allclose(np.asarray(outputs[0]), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_dselect_k_gate():
