@@ -25,7 +25,21 @@ def _as_nested(values: Any, argument: str) -> dict[str, dict[str | None, float]]
     if isinstance(values, Mapping):
         items = list(values.items())
     elif isinstance(values, (Sequence, np.ndarray)) and not isinstance(values, str):
-        items = [(i, v) for i, v in enumerate(np.asarray(values, dtype="float64").ravel())]
+        # One number per task: a nested sequence is refused rather than flattened,
+        # which would silently turn it into more tasks.
+        if isinstance(values, np.ndarray):
+            flat = values.ndim == 1
+        else:
+            flat = not any(
+                isinstance(v, Sequence | np.ndarray | Mapping) and not isinstance(v, str)
+                for v in values
+            )
+        if not flat:
+            raise ValueError(
+                f"`{argument}` as a sequence must be flat, one number per task. Received: "
+                f"{argument}={values!r}"
+            )
+        items = list(enumerate(values))
     else:
         raise TypeError(
             f"`{argument}` must be a dict {{task: {{metric: value}}}}, a dict {{task: value}} "

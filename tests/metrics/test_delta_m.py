@@ -119,6 +119,13 @@ def test_clear_errors():
         delta_m({"a": "0.9"}, {"a": 1.0}, True)
     with pytest.raises(TypeError, match="`results` must be a dict"):
         delta_m(0.9, 1.0, True)
+    with pytest.raises(ValueError, match=r"must be flat.*Received: results=\[\[1.0, 2.0\]\]"):
+        delta_m([[1.0, 2.0]], [1.0, 2.0], True)
+    for ragged in ([1.0, [2.0, 3.0]], np.ones((2, 2))):
+        with pytest.raises(ValueError, match="must be flat"):
+            delta_m(ragged, [1.0, 2.0], True)
+    with pytest.raises(TypeError, match=r"`baselines\[1\]` must be a number"):
+        delta_m([1.0, 2.0], [1.0, "2"], True)
     with pytest.raises(ValueError, match="`results` is empty"):
         delta_m({}, {}, True)
     with pytest.raises(ValueError, match="Received: average='median'"):
