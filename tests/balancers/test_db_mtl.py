@@ -42,6 +42,24 @@ def test_representation_variant_balances_current_gradients():
     np.testing.assert_allclose(d, (norms.max() / norms) @ grads, rtol=1e-5)
 
 
+def test_representation_variant_averages_the_norms_over_steps():
+    # n <- b n + (1 - b) |J_t / (L_t + eps)| (n starts at 0), then
+    # d = sum_t (max_s n_s / n_t) g_t with the current log-loss gradients.
+    rng = np.random.default_rng(2)
+    beta = 0.6
+    b = DBMTL(beta=beta)
+    moving = np.zeros(2)
+    for _ in range(3):
+        jac = rng.normal(size=(2, 6)) * rng.uniform(0.2, 5.0, size=(2, 1))
+        loss = rng.uniform(0.5, 2.0, size=2)
+        d, _ = checks.run(b, jac, loss, representation=np.zeros((2, 3)))
+        grads = jac / loss[:, None]
+        moving = beta * moving + (1 - beta) * np.linalg.norm(grads, axis=1)
+        expected = (moving.max() / moving) @ grads
+        np.testing.assert_allclose(d, expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(b.moving_norms), moving, rtol=1e-5)
+
+
 def test_jacobian_width_must_not_change():
     b = DBMTL()
     checks.run(b, np.ones((2, 4)))
@@ -64,6 +82,8 @@ def test_config_and_validation():
     restored.build(2)
     assert tuple(restored.moving_gradients.shape) == (2, 3)
     assert isinstance(balancers.get("db_mtl"), DBMTL)
+    # LibMTL's DB-MTL defaults: beta 0.9, sigma 0 (constant rate), eps 1e-8.
+    assert (DBMTL().beta, DBMTL().sigma, DBMTL().eps) == (0.9, 0.0, 1e-8)
     for kwargs in ({"beta": 1.0}, {"sigma": -1.0}, {"eps": -1.0}, {"num_params": 0}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             DBMTL(**kwargs)

@@ -52,6 +52,22 @@ def test_hand_computed_third_epoch():
     np.testing.assert_allclose(b.aggregate(None, [5.0, 5.0]).weights, w, rtol=1e-6)
 
 
+def test_epochs_of_different_lengths_use_mean_losses():
+    # r_t = mean loss of epoch k-1 / mean loss of epoch k-2 (not sums): the
+    # epochs here have 1, 3 and 2 steps.
+    rng = np.random.default_rng(5)
+    epochs = [list(rng.uniform(0.1, 2.0, size=(n, 3))) for n in (1, 3, 2, 2)]
+    b = DWA()
+    b.build(3)
+    got = []
+    for e, epoch in enumerate(epochs):
+        b.on_epoch_begin(e)
+        got.extend(np.asarray(b.aggregate(None, losses).weights) for losses in epoch)
+    np.testing.assert_allclose(np.array(got), _reference(epochs), rtol=1e-5)
+    r = np.mean(epochs[1], axis=0) / np.mean(epochs[0], axis=0)
+    np.testing.assert_allclose(got[4], 3 * np.exp(r / 2) / np.exp(r / 2).sum(), rtol=1e-5)
+
+
 def test_steps_per_epoch_matches_epoch_hooks_and_runs_in_a_tf_function():
     epochs = _epochs(seed=1)
     b = DWA(steps_per_epoch=3)

@@ -86,6 +86,17 @@ def test_graph_mode_matches_eager_and_state_restore_continues():
         np.testing.assert_allclose(copy.aggregate(None, losses).weights, w, rtol=1e-5)
 
 
+def test_a_zero_loss_at_either_step_gives_no_logit_gradient():
+    # delta_t = 0 for a task whose loss is 0 now or at the previous step; the
+    # other task's delta = log 2 drives the first Adam step, which moves
+    # every logit by the learning rate: xi = -0.025 sign(z (delta - z . delta)).
+    for first, second in (([1.0, 1.0], [0.0, 0.5]), ([0.0, 1.0], [1.0, 0.5])):
+        b = FAMO()
+        b.aggregate(None, first)
+        b.aggregate(None, second)
+        np.testing.assert_allclose(np.array(b.logits), [0.025, -0.025], rtol=1e-4)
+
+
 def test_zero_and_extreme_losses_are_finite():
     b = FAMO()
     for losses in ([0.0, 1.0], [1e-8, 1e6], [1e6, 0.0], [0.0, 0.0], [1.0, 1e-8]):

@@ -100,5 +100,7 @@ def test_state_restore_graph_mode_config_and_validation():
         GradNorm().aggregate(None, [1.0, 1.0])
     with pytest.raises(ValueError, match="Received: jacobian_scope='all'"):
         GradNorm(jacobian_scope="all")
+    # The paper's NYUv2 alpha (as in LibMTL) and the documented learning rate.
+    assert (GradNorm().alpha, GradNorm().learning_rate) == (1.5, 0.025)
     with pytest.raises(ValueError, match="Received: alpha=-1"):
         GradNorm(alpha=-1)

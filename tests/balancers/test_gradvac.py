@@ -67,6 +67,7 @@ def test_properties():
 def test_config_and_validation():
     checks.check_config_round_trip(GradVac(beta=0.2, seed=3), GradVac)
     assert isinstance(balancers.get("gradvac"), GradVac)
+    assert GradVac().beta == 0.01  # the paper's EMA rate
     for beta in (0.0, 1.5, float("nan")):
         with pytest.raises(ValueError, match="beta"):
             GradVac(beta=beta)

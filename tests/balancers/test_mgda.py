@@ -14,6 +14,18 @@ def test_reference_value():
     np.testing.assert_allclose(w, [0.6, 0.4], atol=1e-6)
 
 
+def test_two_tasks_closed_form_is_clipped_to_the_simplex():
+    # Sener & Koltun, Algorithm 1: gamma = clip((g2 - g1).g2 / |g1 - g2|^2, 0, 1).
+    # Here g1 = [1, 0] is the min-norm point of the segment (unclipped: 1.4).
+    for jac, weights in (
+        ([[1.0, 0.0], [3.0, 1.0]], [1.0, 0.0]),
+        ([[3.0, 1.0], [1.0, 0.0]], [0.0, 1.0]),
+    ):
+        d, w = checks.run(MGDA(), jac)
+        np.testing.assert_allclose(w, weights, atol=1e-6)
+        np.testing.assert_allclose(d, [1.0, 0.0], atol=1e-6)
+
+
 def test_weights_against_dense_grid():
     rng = np.random.default_rng(0)
     jac = rng.normal(size=(3, 6))

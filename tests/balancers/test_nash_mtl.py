@@ -44,6 +44,16 @@ def test_max_norm_clips_the_direction_only():
     np.testing.assert_allclose(d_negative, d_free, rtol=1e-6)
 
 
+def test_max_norm_does_not_lengthen_a_short_direction():
+    # The official code clips (clip_grad_norm_): a direction already shorter
+    # than max_norm is left as is, not rescaled up to it.
+    jac = 0.01 * np.array([[1.0, 0.5, 0.0], [0.2, 1.0, 0.3]])
+    d, _ = checks.run(NashMTL(max_norm=1.0), jac)
+    d_free, _ = checks.run(NashMTL(max_norm=0.0), jac)
+    assert 0.0 < np.linalg.norm(d_free) < 0.5
+    np.testing.assert_allclose(d, d_free, rtol=1e-6)
+
+
 def test_update_every_reuses_weights():
     rng = np.random.default_rng(1)
     jacs = [rng.normal(size=(3, 6)) + 1.0 for _ in range(4)]
@@ -79,6 +89,9 @@ def test_config_and_validation():
         NashMTL(max_norm=2.0, update_every=5, optim_niter=7, solver="cvxpy"), NashMTL
     )
     assert isinstance(balancers.get("nash_mtl"), NashMTL)
+    # The official defaults: max_norm=1.0, update_weights_every=1, optim_niter=20.
+    b = NashMTL()
+    assert (b.max_norm, b.update_every, b.optim_niter, b.solver) == (1.0, 1, 20, "graph")
     for kwargs in (
         {"update_every": 0},
         {"optim_niter": -1},

@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -31,13 +32,22 @@ def test_reference_value():
 
 @pytest.mark.parametrize("num_tasks", [3, 5, 10])
 def test_matches_classic_algorithm_with_same_orders(num_tasks):
-    import keras
-
     rng = np.random.default_rng(num_tasks)
     jac = rng.normal(size=(num_tasks, 20)) + 0.2 * rng.normal(size=(1, 20))
     orders = np.asarray(random_orders(num_tasks, keras.random.SeedGenerator(7)))
     d, _ = checks.run(PCGrad(seed=7), jac)
     np.testing.assert_allclose(d, classic_pcgrad(jac, orders), rtol=1e-5, atol=1e-5)
+
+
+def test_a_task_is_never_projected_off_its_own_gradient():
+    # Task 0 visits 1, 2, then itself (seed 12); after the two projections
+    # <g_0', g_0> < 0, and Algorithm 1 (j != i) must not project g_0' off g_0.
+    jac = np.array([[1.0, 0.0], [-1.0, 0.1], [-1.0, -5.0]])
+    orders = np.asarray(random_orders(3, keras.random.SeedGenerator(12)))
+    assert orders[0].tolist() == [1, 2, 0]
+    d, _ = checks.run(PCGrad(seed=12), jac)
+    np.testing.assert_allclose(d, classic_pcgrad(jac, orders), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(d[0], -0.00952018, rtol=1e-4)
 
 
 def test_orders_are_random_permutations_and_seeded():

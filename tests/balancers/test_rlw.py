@@ -27,6 +27,15 @@ def test_normal_default_is_softmax_of_standard_normal_draws():
     np.testing.assert_allclose(_draws(RLW(seed=3), 3, tasks=4), expected, rtol=1e-6)
 
 
+def test_dirichlet_is_normalised_gamma_draws():
+    # Dirichlet(a) = Gamma(a) draws divided by their sum (not a softmax of them).
+    generator = keras.random.SeedGenerator(4)
+    draws = [np.asarray(keras.random.gamma((3,), alpha=0.5, seed=generator)) for _ in range(3)]
+    expected = [g / g.sum() for g in draws]
+    got = _draws(RLW(distribution="dirichlet", concentration=0.5, seed=4), 3)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
 def test_reproducible_inside_tf_function_and_after_state_restore():
     eager = _draws(RLW(seed=5), 6)
     b = RLW(seed=5)
