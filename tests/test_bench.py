@@ -171,3 +171,170 @@ def test_summary_delta_m_and_pareto_by_hand():
     assert pcgrad["delta_m"][0] == pytest.approx((0 - 50) / 2)
     assert ew["a"][0] == pytest.approx(0.90) and pcgrad["time_vs_ew"] == pytest.approx(1.5)
     assert ew["pareto"] and not pcgrad["pareto"]
+
+
+def test_score_skips_examples_with_nan_labels():
+    import numpy as np
+
+    from keras_mtl.bench.scores import score
+
+    y = np.array([[0.0], [np.nan], [1.0], [1.0], [np.nan], [0.0]])
+    p = np.array([[0.1], [0.9], [0.8], [0.35], [0.0], [0.4]])
+    # Kept: labels 0, 1, 1, 0 with scores 0.1, 0.8, 0.35, 0.4 -> 3 of 4 pairs ordered.
+    assert score("auc", y, p) == pytest.approx(0.75, abs=1e-3)
+    # MAE over the kept rows only: (0.1 + 0.2 + 0.65 + 0.4) / 4.
+    assert score("mae", y, p) == pytest.approx(0.3375, abs=1e-6)
+
+
+def _row(arch, balancer, seed, a, b, seconds=1.0):
+    return {
+        "arch": arch,
+        "balancer": balancer,
+        "seed": seed,
+        "metrics": {"a": a, "b": b},
+        "epoch_seconds": seconds,
+    }
+
+
+def _toy_problem():
+    spec_auc = TaskSpec(1, "sigmoid", "binary_crossentropy", "auc", True)
+    spec_mse = TaskSpec(1, None, "mse", "mse", False)
+    return Problem("toy", {"a": spec_auc, "b": spec_mse}, None, None, None, "mlp")
+
+
+def test_summary_uses_each_seeds_own_stl_baseline():
+    config = BenchConfig(dataset="synthetic", archs=("mmoe",), balancers=("ew",), seeds=2)
+    runs = [_row("mmoe", "ew", 0, 0.88, 0.50), _row("mmoe", "ew", 1, 0.88, 0.50)]
+    stl = {
+        ("mmoe", "a", 0): 0.80,
+        ("mmoe", "b", 0): 0.40,
+        ("mmoe", "a", 1): 0.88,
+        ("mmoe", "b", 1): 0.50,
+    }
+    (row,) = summarize(_toy_problem(), config, runs, stl)["rows"]
+    # seed 0: (+10 - 25) / 2 = -7.5 ; seed 1 equals its baseline: 0.
+    assert row["delta_m"][0] == pytest.approx(-3.75)
+    assert row["delta_m"][1] == pytest.approx(7.5 / 2**0.5)
+
+
+def test_pareto_counts_a_tie_on_one_task_as_dominated():
+    config = BenchConfig(dataset="synthetic", archs=("mmoe",), balancers=("ew", "uw", "dwa"))
+    runs = [
+        _row("mmoe", "ew", 0, 0.90, 0.50),
+        _row("mmoe", "uw", 0, 0.90, 0.40),  # same AUC, lower MSE: dominates ew
+        _row("mmoe", "dwa", 0, 0.95, 0.60),  # better AUC, worse MSE: a trade-off
+    ]
+    rows = summarize(_toy_problem(), config, runs, {})["rows"]
+    assert [r["pareto"] for r in rows] == [False, True, True]
+
+
+def test_table_cells_by_hand():
+    from keras_mtl.bench.report import table
+
+    config = BenchConfig(dataset="synthetic", archs=("mmoe",), balancers=("ew", "uw"), seeds=2)
+    runs = [
+        _row("mmoe", "ew", 0, 0.88, 0.50, 2.0),
+        _row("mmoe", "ew", 1, 0.92, 0.50, 2.0),
+        _row("mmoe", "uw", 0, 0.80, 0.40, 3.0),
+        _row("mmoe", "uw", 1, 0.80, 0.40, 3.0),
+    ]
+    stl = {
+        ("mmoe", "a", 0): 0.78,
+        ("mmoe", "a", 1): 0.82,
+        ("mmoe", "b", 0): 0.40,
+        ("mmoe", "b", 1): 0.40,
+    }
+    lines = table(summarize(_toy_problem(), config, runs, stl)).splitlines()
+    assert lines[0] == "| arch | balancer | a auc | b mse | Δm % | s/epoch | vs ew | Pareto |"
+    # STL rows: mean ± sample std over seeds, in the task's own column.
+    assert lines[2] == "| mmoe | STL (a) | 0.8000 ± 0.0283 |  |  |  |  |  |"
+    assert lines[3] == "| mmoe | STL (b) |  | 0.4000 ± 0.0000 |  |  |  |  |"
+    # ew: seed 0 (12.82 - 25) / 2 = -6.09, seed 1 (12.20 - 25) / 2 = -6.40: -6.25 ± 0.22.
+    # ew and uw trade AUC against MSE: both Pareto-optimal.
+    assert lines[4] == (
+        "| mmoe | ew | 0.9000 ± 0.0283 | 0.5000 ± 0.0000 | -6.25 ± 0.22 | 2.00 | 1.00x | * |"
+    )
+    # uw: seed 0 (+2.564 + 0) / 2 = +1.282, seed 1 (-2.439 + 0) / 2 = -1.220: +0.03 ± 1.77.
+    assert lines[5].startswith("| mmoe | uw | 0.8000 ± 0.0000 | 0.4000 ± 0.0000 | +0.03 ± 1.77 |")
+    assert lines[5].endswith("| 3.00 | 1.50x | * |")
+
+
+def test_stl_cache_key_changes_with_every_setting():
+    from keras_mtl.bench.runner import _stl_key
+
+    base = BenchConfig(dataset="synthetic", max_train=100, max_eval=50)
+    key = _stl_key(base, "mmoe", "a", 0)
+    assert key == _stl_key(
+        BenchConfig(dataset="synthetic", max_train=100, max_eval=50), "mmoe", "a", 0
+    )
+    changed = {
+        "dataset": "census_income",
+        "epochs": 7,
+        "batch_size": 64,
+        "learning_rate": 1e-2,
+        "max_train": 200,
+        "max_eval": 60,
+    }
+    for field, value in changed.items():
+        other = BenchConfig(**{**vars(base), field: value})
+        assert _stl_key(other, "mmoe", "a", 0) != key, field
+    assert _stl_key(base, "shared_bottom", "a", 0) != key
+    assert _stl_key(base, "mmoe", "b", 0) != key
+    assert _stl_key(base, "mmoe", "a", 1) != key
+
+
+def test_problem_task_specs_and_metric_directions(monkeypatch):
+    import numpy as np
+
+    from keras_mtl.bench.problems import LOADERS, load_problem
+    from keras_mtl.datasets import census_income, multi_mnist, qm9
+
+    x = np.zeros((4, 3), "float32")
+
+    def split(*tasks):
+        return x, {t: np.zeros((4, 1), "float32") for t in tasks}
+
+    calls = []
+
+    def fake_census(data_dir, group):
+        calls.append(("census", group))
+        tasks = census_income.TASK_GROUPS[group]
+        return split(*tasks), split(*tasks), split(*tasks)
+
+    def fake_images(data_dir, variant):
+        calls.append(("images", variant))
+        return split("left", "right"), split("left", "right")
+
+    def fake_qm9(data_dir, features):
+        calls.append(("qm9", features))
+        return split("mu", "homo"), split("mu", "homo"), split("mu", "homo")
+
+    monkeypatch.setattr(census_income, "load_data", fake_census)
+    monkeypatch.setattr(multi_mnist, "load_data", fake_images)
+    monkeypatch.setattr(qm9, "load_data", fake_qm9)
+    # dataset -> (metric, higher is better, classes, trunk)
+    expected = {
+        "census_income": ("auc", True, 1, "mlp"),
+        "census_income_group2": ("auc", True, 1, "mlp"),
+        "multi_mnist": ("accuracy", True, 10, "lenet"),
+        "multi_fashion": ("accuracy", True, 10, "lenet"),
+        "multi_fashion_mnist": ("accuracy", True, 10, "lenet"),
+        "synthetic": ("mse", False, 1, "mlp"),
+        "qm9": ("mae", False, 1, "mlp"),
+    }
+    assert set(LOADERS) == set(expected)
+    for name, (metric, higher, units, trunk) in expected.items():
+        problem = load_problem(name, max_train=3, max_eval=2)
+        assert problem.trunk == trunk, name
+        for spec in problem.tasks.values():
+            assert (spec.metric, spec.higher_is_better, spec.units) == (metric, higher, units)
+        assert len(problem.train[0]) == 3 and len(problem.test[0]) == 2
+    assert calls == [
+        ("census", 1),
+        ("census", 2),
+        ("images", "mnist"),
+        ("images", "fashion"),
+        ("images", "fashion_mnist"),
+        ("qm9", "descriptors"),
+    ]
+    assert list(load_problem("census_income_group2").tasks) == ["education", "marital"]

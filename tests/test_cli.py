@@ -60,3 +60,59 @@ def test_bad_option_values_are_named(capsys, argv, message):
 def test_demo_without_balancers_is_an_error(capsys):
     assert main(["demo", "--balancers", ","]) == 2
     assert "expected names from" in capsys.readouterr().err
+
+
+def test_bench_options_reach_the_config(monkeypatch):
+    import keras_mtl.bench
+
+    seen = []
+    monkeypatch.setattr(keras_mtl.bench, "run_bench", seen.append)
+    argv = ["bench", "--dataset", "qm9", "--arch", "mmoe, shared_bottom", "--balancers", "uw,ew"]
+    argv += ["--seeds", "3", "--epochs", "4", "--batch-size", "64", "--lr", "0.02"]
+    argv += ["--data-dir", "/d", "--out", "/o", "--cache-dir", "/c", "--max-train", "100"]
+    argv += ["--max-eval", "50", "--no-stl"]
+    assert main(argv) == 0
+    (config,) = seen
+    assert (config.dataset, config.archs, config.balancers) == (
+        "qm9",
+        ("mmoe", "shared_bottom"),
+        ("uw", "ew"),
+    )
+    assert (config.seeds, config.epochs, config.batch_size, config.learning_rate) == (
+        3,
+        4,
+        64,
+        0.02,
+    )
+    assert (config.data_dir, config.out_dir, config.cache_dir) == ("/d", "/o", "/c")
+    assert (config.max_train, config.max_eval, config.stl) == (100, 50, False)
+    # --quick only fills what was not given.
+    assert main(["bench", "--quick", "--epochs", "3"]) == 0
+    quick = seen[1]
+    assert (quick.epochs, quick.seeds, quick.max_train, quick.max_eval, quick.stl) == (
+        3,
+        1,
+        10000,
+        5000,
+        True,
+    )
+
+
+def test_demo_options_reach_run_demo(monkeypatch):
+    import keras_mtl.demo
+
+    seen = []
+    monkeypatch.setattr(keras_mtl.demo, "run_demo", lambda **kwargs: seen.append(kwargs))
+    argv = ["demo", "--balancers", "ew, uw", "--epochs", "2", "--correlation", "-0.3"]
+    argv += ["--samples", "300", "--batch-size", "16", "--seed", "7"]
+    assert main(argv) == 0
+    assert seen == [
+        {
+            "balancers": ["ew", "uw"],
+            "epochs": 2,
+            "correlation": -0.3,
+            "num_train": 300,
+            "batch_size": 16,
+            "seed": 7,
+        }
+    ]

@@ -165,3 +165,40 @@ def test_census_slice_trains_end_to_end(census):
         balancer="uw",
     )
     assert {"income_loss", "marital_loss", "income_weight"} <= set(history)
+
+
+# The 17 education values of census-income.names; task group 2's label is 1 from college on.
+EDUCATION = {
+    "Children": 0,
+    "Less than 1st grade": 0,
+    "1st 2nd 3rd or 4th grade": 0,
+    "5th or 6th grade": 0,
+    "7th and 8th grade": 0,
+    "9th grade": 0,
+    "10th grade": 0,
+    "11th grade": 0,
+    "12th grade no diploma": 0,
+    "High school graduate": 0,
+    "Some college but no degree": 1,
+    "Associates degree-occup /vocational": 1,
+    "Associates degree-academic program": 1,
+    "Bachelors degree(BA AB BS)": 1,
+    "Masters degree(MA MS MEng MEd MSW MBA)": 1,
+    "Prof school degree (MD DDS DVM LLB JD)": 1,
+    "Doctorate degree(PhD EdD)": 1,
+}
+
+
+def test_group_two_label_of_every_education_value(tmp_path):
+    rows = [_row(education=e) for e in EDUCATION]
+    _write(tmp_path, rows, rows[:2])
+    (_, y), _, _ = census_income.load_data(tmp_path, group=2, download=False, cache_dir=tmp_path)
+    np.testing.assert_array_equal(y["education"][:, 0], list(EDUCATION.values()))
+
+
+def test_group_two_education_count_on_the_real_training_file(data_dir):
+    # Counted from column 5 of census-income.data: 27820 some college, 5358 + 4363
+    # associates, 19865 bachelors, 6541 masters, 1793 prof school, 1263 doctorate.
+    (_, y), _, _ = census_income.load_data(data_dir, group=2)
+    assert int(y["education"].sum()) == 67_003
+    assert round(100 * float(y["marital"].mean()), 2) == 43.35

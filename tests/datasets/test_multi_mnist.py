@@ -160,3 +160,16 @@ def test_multi_mnist_slice_trains_end_to_end(tmp_path):
     loss = "sparse_categorical_crossentropy"
     history = fit_tiny(x, y, {"left": loss, "right": loss}, inputs=inputs, trunk=trunk)
     assert {"left_loss", "right_loss"} <= set(history)
+
+
+def test_test_split_pairing_uses_seed_plus_one(tmp_path):
+    # Documented: the pairing of the training split is seeded with `seed`, that of
+    # the test split with `seed + 1` (a permutation of the right source each).
+    _write_sources(tmp_path)
+    _, _, info = multi_mnist.load_data(tmp_path, seed=3, return_info=True, download=False)
+    np.testing.assert_array_equal(
+        info["train_right_index"], np.random.default_rng(3).permutation(40)
+    )
+    np.testing.assert_array_equal(
+        info["test_right_index"], np.random.default_rng(4).permutation(10)
+    )

@@ -135,6 +135,12 @@ def test_row_count_and_libmtl_split_sizes(loaded, data_dir):
     all_ids = np.sort(ids)
     np.testing.assert_array_equal(info["test_mol_id"], all_ids[perm[:10000]])
     assert x.shape == (110_831, len(qm9.DESCRIPTOR_NAMES)) and np.isfinite(x).all()
+    # Descriptors standardised with training statistics only: exactly zero mean and
+    # unit std on the training split for every non-constant column.
+    z = x.astype("float64")
+    varying = z.std(0) > 0
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(z.std(0)[varying], 1.0, atol=1e-4)
     assert set(y) == set(qm9.TARGETS) and len(y) == 11
 
 
@@ -145,11 +151,19 @@ def test_targets_are_in_ev_and_standardised_with_training_statistics(loaded, raw
         np.testing.assert_allclose(y[task].std(), 1.0, atol=1e-4)
     by_id = {int(r["mol_id"]): r for r in raw_targets}
     test_rows = [by_id[int(i)] for i in info["test_mol_id"][:200]]
+    # Every one of the 11 tasks against its own column of the file; the energies
+    # (Hartree in the file) in eV.
     for task, column, factor in (
-        ("homo", "homo_Ha", 27.2114),
-        ("U0_atom", "U0_atom_Ha", 27.2114),
-        ("zpve", "zpve_Ha", 27.2114),
         ("mu", "mu_D", 1.0),
+        ("alpha", "alpha_bohr3", 1.0),
+        ("homo", "homo_Ha", 27.2114),
+        ("lumo", "lumo_Ha", 27.2114),
+        ("r2", "r2_bohr2", 1.0),
+        ("zpve", "zpve_Ha", 27.2114),
+        ("U0_atom", "U0_atom_Ha", 27.2114),
+        ("U_atom", "U_atom_Ha", 27.2114),
+        ("H_atom", "H_atom_Ha", 27.2114),
+        ("G_atom", "G_atom_Ha", 27.2114),
         ("Cv", "Cv_cal_molK", 1.0),
     ):
         expected = np.array([float(r[column]) * factor for r in test_rows])

@@ -72,3 +72,37 @@ def test_index_sinusoids_follow_the_formula():
         np.testing.assert_allclose(y[name][:, 0], expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="sinusoids='bogus'"):
         synthetic.generate(5, sinusoids="bogus")
+
+
+def test_scale_multiplies_both_weight_vectors():
+    # y_t = c w_t^T x with |u_t| = 1: least squares recovers weights of norm c.
+    x, y = synthetic.generate(300, correlation=0.5, input_dim=6, scale=2.5, num_sin=0, noise_std=0)
+    w1 = np.linalg.lstsq(x, y["task_1"][:, 0], rcond=None)[0]
+    w2 = np.linalg.lstsq(x, y["task_2"][:, 0], rcond=None)[0]
+    assert np.linalg.norm(w1) == pytest.approx(2.5, abs=1e-4)
+    assert np.linalg.norm(w2) == pytest.approx(2.5, abs=1e-4)
+    assert w1 @ w2 == pytest.approx(0.5 * 2.5**2, abs=1e-3)
+
+
+def test_label_noise_is_independent_per_task_with_the_given_std():
+    # p = 1 and no sines: y_1 - y_2 = eps_1 - eps_2, of variance 2 noise_std^2
+    # when the two tasks draw their own noise.
+    x, y = synthetic.generate(20000, correlation=1.0, input_dim=5, num_sin=0, noise_std=0.1)
+    e1 = y["task_1"][:, 0] - x @ np.linalg.lstsq(x, y["task_1"][:, 0], rcond=None)[0]
+    e2 = y["task_2"][:, 0] - x @ np.linalg.lstsq(x, y["task_2"][:, 0], rcond=None)[0]
+    assert e1.std() == pytest.approx(0.1, rel=0.03) and e2.std() == pytest.approx(0.1, rel=0.03)
+    assert abs(np.corrcoef(e1, e2)[0, 1]) < 0.05
+    diff = y["task_1"][:, 0] - y["task_2"][:, 0]
+    assert diff.std() == pytest.approx(0.1 * np.sqrt(2), rel=0.03)
+
+
+def test_load_data_splits_one_generated_sample_without_overlap():
+    (x, y), (xt, yt) = synthetic.load_data(num_train=30, num_test=7, input_dim=4, seed=2)
+    xa, ya = synthetic.generate(37, input_dim=4, seed=2)
+    assert x.shape == (30, 4) and xt.shape == (7, 4)
+    np.testing.assert_array_equal(x, xa[:30])
+    np.testing.assert_array_equal(xt, xa[30:])
+    np.testing.assert_array_equal(yt["task_1"], ya["task_1"][30:])
+    np.testing.assert_array_equal(yt["task_2"], ya["task_2"][30:])
+    # No test example is also a training example.
+    assert not (xt[:, None, :] == x[None, :, :]).all(-1).any()

@@ -109,3 +109,27 @@ def test_errors():
     with pytest.raises(ValueError, match="batch_size=2.0"):
         GateMonitor(np.ones((2, 4)), batch_size=2.0)
     assert type(GateMonitor(np.ones((2, 4)), batch_size=np.int64(2)).batch_size) is int
+
+
+def test_layers_argument_selects_the_reported_layers():
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((4,))
+    first = PLE(num_tasks=2, num_levels=2, expert_units=(3,), name="ple")
+    second = MMoE(num_tasks=2, num_experts=2, expert_units=(3,), name="mmoe")
+    h = first(inputs)
+    g = second(h[0])
+    model = keras.Model(inputs, [g[0], h[1] + g[1]])
+    x, _ = _data()
+    for selection in (["mmoe"], [second]):
+        monitor = GateMonitor(x, layers=selection, task_names=["a", "b"])
+        monitor.set_model(model)
+        stats = monitor.compute()
+        # One layer selected: keys are the bare task names, values that layer's gates.
+        assert sorted(stats) == ["a", "b"]
+        mean, entropy = _stats(second.gate_weights(first(x)[0])[1])
+        np.testing.assert_allclose(stats["b"]["weights"], mean, rtol=1e-5)
+        np.testing.assert_allclose(stats["b"]["entropy"], entropy, rtol=1e-5)
+    monitor = GateMonitor(x, layers=["nope"])
+    monitor.set_model(model)
+    with pytest.raises(ValueError, match="no MMoE, CGC or PLE"):
+        monitor.compute()
