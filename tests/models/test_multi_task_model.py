@@ -113,6 +113,10 @@ def test_all_labels_missing_leaves_the_task_tower_unchanged():
     assert history.history["task_2_loss"] == [0.0, 0.0]
     assert np.all(np.isfinite(history.history["loss"]))
     assert all(np.all(np.isfinite(np.array(v))) for v in model.weights)
+    # `evaluate` too gives a task without any label in the batch loss 0, not 0 / 0.
+    result = model.evaluate(x, y_nan, batch_size=16, verbose=0, return_dict=True)
+    assert result["task_2_loss"] == 0.0
+    assert np.isfinite(result["loss"])
 
 
 def test_partially_missing_labels_average_over_labelled_examples():
@@ -135,6 +139,75 @@ def test_partially_missing_labels_average_over_labelled_examples():
     )
     assert by_nan["task_1_loss"] == pytest.approx(expected, rel=1e-5)
     assert by_weight["task_1_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_sample_weights_scale_the_per_example_losses():
+    # L_t = sum_i w_i l_i / #{i : w_i > 0}: weights other than 0 and 1 count.
+    x, y = data(n=8)
+    weight = np.array([2.0, 0.0, 1.0, 3.0, 0.5, 1.0, -1.0, 1.0], "float32")
+    model = build()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=LOSS)
+    pred = model.predict(x, verbose=0)
+    square = (pred["task_1"][:, 0] - y["task_1"][:, 0]) ** 2
+    positive = np.maximum(weight, 0.0)
+    expected = np.sum(positive * square) / np.count_nonzero(positive)
+    sample_weight = {"task_1": weight, "task_2": np.ones(8, "float32")}
+    result = model.evaluate(
+        x, y, sample_weight=sample_weight, batch_size=8, verbose=0, return_dict=True
+    )
+    assert result["task_1_loss"] == pytest.approx(expected, rel=1e-5)
+    history = model.fit(x, y, sample_weight=sample_weight, batch_size=8, verbose=0)
+    assert history.history["task_1_loss"] == [pytest.approx(expected, rel=1e-5)]
+
+
+def test_labels_of_higher_rank_average_over_positions_and_nan_anywhere_masks():
+    # Per-example losses of shape (batch, 4) are averaged like Keras's mean;
+    # a NaN in any entry of an example's label marks the whole example missing.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 3))
+    h = keras.layers.Dense(5, name="trunk")(inputs)
+    model = keras_mtl.MultiTaskModel(
+        inputs=inputs,
+        outputs={"task_1": keras.layers.Dense(2)(h), "task_2": keras.layers.Dense(1)(h)},
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=LOSS)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 4, 3)).astype("float32")
+    y = {
+        "task_1": rng.normal(size=(6, 4, 2)).astype("float32"),
+        "task_2": rng.normal(size=(6, 4, 1)).astype("float32"),
+    }
+    pred = model.predict(x, verbose=0)
+    result = model.evaluate(x, y, batch_size=6, verbose=0, return_dict=True)
+    for name in TASKS:
+        keras_mean = float(keras.losses.MeanSquaredError()(y[name], pred[name]))
+        assert result[f"{name}_loss"] == pytest.approx(keras_mean, rel=1e-5)
+    y_nan = {"task_1": y["task_1"].copy(), "task_2": y["task_2"]}
+    y_nan["task_1"][0, 1, 0] = np.nan
+    expected = np.mean((pred["task_1"][1:] - y["task_1"][1:]) ** 2)
+    result = model.evaluate(x, y_nan, batch_size=6, verbose=0, return_dict=True)
+    assert result["task_1_loss"] == pytest.approx(expected, rel=1e-5)
+    history = model.fit(x, y_nan, batch_size=6, verbose=0)
+    assert history.history["task_1_loss"] == [pytest.approx(expected, rel=1e-5)]
+
+
+def test_logged_loss_adds_the_regularisation_in_fit_and_evaluate():
+    x, y = data(n=32)
+    model = build(regularizer=keras.regularizers.L2(0.05))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0),
+        loss=LOSS,
+        balancer=keras_mtl.balancers.StaticWeighting({"task_1": 0.3, "task_2": 0.7}),
+    )
+    pred = model(x)
+    task = [float(np.mean((np.asarray(pred[t]) - y[t]) ** 2)) for t in TASKS]
+    reg = float(sum(model.losses))
+    assert reg > 0.05
+    expected = 0.3 * task[0] + 0.7 * task[1] + reg
+    history = model.fit(x, y, batch_size=32, verbose=0)
+    assert history.history["loss"] == [pytest.approx(expected, rel=1e-5)]
+    result = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    assert result["loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def _relative_square(y_true, y_pred):
@@ -442,6 +515,70 @@ def test_skipped_steps_add_nothing_to_the_logged_means():
     for key in ("task_1_loss", "task_2_loss", "task_2_mae"):
         assert history.history[key][0] == pytest.approx(second[key], rel=1e-5), key
     assert np.isfinite(history.history["loss"][0]) and history.history["loss"][0] > 0
+
+
+def test_evaluate_after_a_skipped_last_step_uses_the_last_applied_weights():
+    x, y = data(n=32)
+    y_bad = {"task_1": y["task_1"], "task_2": y["task_2"].copy()}
+    y_bad["task_2"][16:] = np.inf  # the second and last batch is skipped
+    model = build()
+    model.compile(optimizer="sgd", loss=LOSS, balancer=NormalizedEMA(), nonfinite="skip")
+    history = model.fit(x, y_bad, batch_size=16, shuffle=False, verbose=0)
+    assert history.history["skipped_steps"] == [1.0]
+    applied = np.array(model.balancer.ema)  # restored to the first step's weights
+    assert np.all(np.isfinite(applied)) and not np.allclose(applied, 1.0)
+    result = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    assert [result["task_1_weight"], result["task_2_weight"]] == pytest.approx(applied, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("balancer", "mode", "sign", "mixed"),
+    [("uw", "auto", 1.0, False), ("imtl", "loop", -1.0, False), ("imtl", "loop", -1.0, True)],
+)
+def test_balancer_variables_take_the_step_of_their_auxiliary_loss(balancer, mode, sign, mixed):
+    # UW: aux = sum_t exp(-s_t) L_t + s_t, d/ds at s = 0 is 1 - L_t.
+    # IMTL (hybrid): aux = sum_t exp(s_t) L_t - s_t, d/ds at s = 0 is L_t - 1.
+    # One SGD step of rate 0.1 moves s to sign * 0.1 * (L_t - 1), also under
+    # loss scaling (the optimizer unscales the auxiliary gradient too).
+    x, y = data(n=32)
+    optimizer = keras.optimizers.SGD(0.1)
+    if mixed:
+        keras.config.set_dtype_policy("mixed_float16")
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=1024)
+    try:
+        model = build()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile(optimizer=optimizer, loss=LOSS, balancer=balancer, gradient_mode=mode)
+    (variable,) = model.balancer.trainable_variables
+    pred = model(x)
+    task = np.array([np.mean((np.asarray(pred[t], "float32") - y[t]) ** 2) for t in TASKS])
+    model.fit(x, y, batch_size=32, verbose=0)
+    rtol = 2e-2 if mixed else 1e-4
+    np.testing.assert_allclose(np.array(variable), sign * 0.1 * (task - 1.0), rtol=rtol, atol=1e-6)
+
+
+def test_compile_config_keeps_the_gradient_options(tmp_path):
+    x, y = data(n=16)
+    model = build()
+    model.compile(
+        optimizer="sgd",
+        loss=LOSS,
+        balancer=NormalizedEMA(),
+        shared_layers=["trunk"],
+        gradient_mode="jacobian",
+        nonfinite="skip",
+    )
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    config = loaded.get_compile_config()
+    assert config["shared_layers"] == ["trunk"]
+    assert config["gradient_mode"] == "jacobian"
+    assert config["nonfinite"] == "skip"
+    # The loaded model skips a non-finite batch instead of raising.
+    y_bad = {"task_1": y["task_1"], "task_2": np.full_like(y["task_2"], np.inf)}
+    history = loaded.fit(x, y_bad, batch_size=16, verbose=0)
+    assert history.history["skipped_steps"] == [1.0]
 
 
 def test_recompiling_replaces_the_balancer_and_its_variables():
