@@ -338,3 +338,46 @@ def test_problem_task_specs_and_metric_directions(monkeypatch):
         ("qm9", "descriptors"),
     ]
     assert list(load_problem("census_income_group2").tasks) == ["education", "marital"]
+
+
+def test_train_one_keeps_the_weights_of_the_best_validation_epoch(monkeypatch):
+    import numpy as np
+
+    from keras_mtl.bench import runner
+    from keras_mtl.bench.scores import score
+
+    rng = np.random.default_rng(0)
+
+    def split(n, sign):
+        x = rng.normal(size=(n, 6)).astype("float32")
+        return x, {"a": sign * 2.0 * x[:, :1], "b": sign * x[:, 1:2]}
+
+    spec = TaskSpec(1, None, "mse", "mse", False)
+    # Validation labels are the negated relation, so fitting the training data
+    # makes the validation loss worse each epoch; the test labels follow the
+    # training relation, so a selection on the test split would pick the last.
+    problem = Problem(
+        "toy", {"a": spec, "b": spec}, split(128, 1.0), split(32, -1.0), split(32, 1.0), "mlp"
+    )
+    epochs = []
+
+    class Recording(runner._EpochClock):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            assert self.val[0] is problem.val[0]
+            pred = self.model.predict(problem.val[0], verbose=0)
+            loss = sum(np.mean((pred[t] - problem.val[1][t]) ** 2) for t in ("a", "b"))
+            epochs.append((loss, self.model.get_weights(), self.model))
+
+    monkeypatch.setattr(runner, "_EpochClock", Recording)
+    config = BenchConfig(dataset="synthetic", epochs=4, batch_size=16, learning_rate=1e-2)
+    result = runner.train_one(problem, "shared_bottom", "ew", 0, config)
+    losses = [loss for loss, _, _ in epochs]
+    best = int(np.argmin(losses))
+    assert len(epochs) == 4 and best != 3, losses
+    model = epochs[0][2]
+    model.set_weights(epochs[best][1])
+    pred = model.predict(problem.test[0], verbose=0)
+    for t in ("a", "b"):
+        expected = score("mse", problem.test[1][t], pred[t])
+        assert result["metrics"][t] == pytest.approx(expected, rel=1e-5)
