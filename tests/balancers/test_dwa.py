@@ -21,6 +21,16 @@ def _reference(epoch_losses, temperature=2.0):
     return np.array(out)
 
 
+def _run_epochs(b, epochs):
+    """The weights of every step, calling `on_epoch_begin` as `fit` does."""
+    b.build(len(epochs[0][0]))
+    got = []
+    for e, epoch in enumerate(epochs):
+        b.on_epoch_begin(e)
+        got.extend(np.asarray(b.aggregate(None, losses).weights) for losses in epoch)
+    return got
+
+
 def _epochs(seed=0, num_epochs=4, steps=3, tasks=3):
     rng = np.random.default_rng(seed)
     return [list(rng.uniform(0.1, 2.0, size=(steps, tasks))) for _ in range(num_epochs)]
@@ -29,11 +39,7 @@ def _epochs(seed=0, num_epochs=4, steps=3, tasks=3):
 def test_weights_across_epoch_boundaries_with_on_epoch_begin():
     epochs = _epochs()
     b = DWA()
-    b.build(3)
-    got = []
-    for e, epoch in enumerate(epochs):
-        b.on_epoch_begin(e)
-        got.extend(np.asarray(b.aggregate(None, losses).weights) for losses in epoch)
+    got = _run_epochs(b, epochs)
     np.testing.assert_allclose(np.array(got), _reference(epochs), rtol=1e-5)
     assert float(b.epoch) == 3.0 and float(b.completed_epochs) == 3.0
     # Epochs 0 and 1 have equal weights; epoch 2 does not.
@@ -58,11 +64,7 @@ def test_epochs_of_different_lengths_use_mean_losses():
     rng = np.random.default_rng(5)
     epochs = [list(rng.uniform(0.1, 2.0, size=(n, 3))) for n in (1, 3, 2, 2)]
     b = DWA()
-    b.build(3)
-    got = []
-    for e, epoch in enumerate(epochs):
-        b.on_epoch_begin(e)
-        got.extend(np.asarray(b.aggregate(None, losses).weights) for losses in epoch)
+    got = _run_epochs(b, epochs)
     np.testing.assert_allclose(np.array(got), _reference(epochs), rtol=1e-5)
     r = np.mean(epochs[1], axis=0) / np.mean(epochs[0], axis=0)
     np.testing.assert_allclose(got[4], 3 * np.exp(r / 2) / np.exp(r / 2).sum(), rtol=1e-5)

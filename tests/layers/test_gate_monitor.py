@@ -53,13 +53,18 @@ def test_logs_mean_weights_and_entropy_per_task():
     assert layer._gate_recording is False
 
 
-def test_two_gated_layers_are_named_and_tf_data_works():
+def _ple_then_mmoe():
+    """A PLE whose first task output feeds an MMoE: two gated layers in one model."""
     keras.utils.set_random_seed(1)
     inputs = keras.Input((4,))
     first = PLE(num_tasks=2, num_levels=2, expert_units=(3,), name="ple")
     second = MMoE(num_tasks=2, num_experts=2, expert_units=(3,), name="mmoe")
     h = first(inputs)
-    g = second(h[0])
+    return inputs, first, second, h, second(h[0])
+
+
+def test_two_gated_layers_are_named_and_tf_data_works():
+    inputs, first, second, h, g = _ple_then_mmoe()
     model = keras_mtl.MultiTaskModel(
         inputs=inputs,
         outputs={
@@ -112,12 +117,7 @@ def test_errors():
 
 
 def test_layers_argument_selects_the_reported_layers():
-    keras.utils.set_random_seed(1)
-    inputs = keras.Input((4,))
-    first = PLE(num_tasks=2, num_levels=2, expert_units=(3,), name="ple")
-    second = MMoE(num_tasks=2, num_experts=2, expert_units=(3,), name="mmoe")
-    h = first(inputs)
-    g = second(h[0])
+    inputs, first, second, h, g = _ple_then_mmoe()
     model = keras.Model(inputs, [g[0], h[1] + g[1]])
     x, _ = _data()
     for selection in (["mmoe"], [second]):
