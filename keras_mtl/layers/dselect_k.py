@@ -53,6 +53,8 @@ class DSelectK(keras.layers.Layer):
     weights sum to at most 1; as in the authors' code a penalty
     `1 / sum_j r_j` per selector (averaged over examples) is then added in
     training, and the sum is 1 once the selectors have left those codes.
+    With one expert (`m = 0`) the gate has no selector logits and the weight
+    is 1.
 
     Args:
         num_experts: number of experts E, a positive integer.
@@ -114,7 +116,9 @@ class DSelectK(keras.layers.Layer):
         self.entropy_reg = check_number(
             "entropy_reg", entropy_reg, "a non-negative float", lambda v: v < 0
         )
-        self.num_binary = max(1, math.ceil(math.log2(self.num_experts)))
+        # m = 0 for one expert: no selector logits, every selector is the empty
+        # product 1 (as in the authors' code, where ceil(log2 1) = 0).
+        self.num_binary = math.ceil(math.log2(self.num_experts))
         self.z_initializer = keras.initializers.get(
             z_initializer or keras.initializers.RandomUniform(-self.gamma / 100, self.gamma / 100)
         )
@@ -124,12 +128,16 @@ class DSelectK(keras.layers.Layer):
         # Row j holds the binary code of expert j, most significant bit first.
         codes = [list(np.binary_repr(j, width=self.num_binary)) for j in range(self.num_experts)]
         self._codes = np.array(codes, dtype="int32").astype("float32")
-        self.z_dense = keras.layers.Dense(
-            self.k * self.num_binary,
-            kernel_initializer=fresh_initializer(self.z_initializer),
-            bias_initializer=fresh_initializer(self.z_initializer),
-            dtype=self.dtype_policy,
-            name="selector_logits",
+        self.z_dense = (
+            keras.layers.Dense(
+                self.k * self.num_binary,
+                kernel_initializer=fresh_initializer(self.z_initializer),
+                bias_initializer=fresh_initializer(self.z_initializer),
+                dtype=self.dtype_policy,
+                name="selector_logits",
+            )
+            if self.num_binary
+            else None
         )
         self.w_dense = keras.layers.Dense(
             self.k,
@@ -140,11 +148,14 @@ class DSelectK(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        self.z_dense.build(tuple(input_shape))
+        if self.z_dense is not None:
+            self.z_dense.build(tuple(input_shape))
         self.w_dense.build(tuple(input_shape))
 
     def selector_outputs(self, inputs):
         """The k selectors' weights over the experts, `(batch, ..., k, E)`."""
+        if self.z_dense is None:
+            return ops.ones((*ops.shape(inputs)[:-1], self.k, 1), dtype="float32")
         z = ops.cast(self.z_dense(inputs), "float32")
         z = ops.reshape(z, (*ops.shape(z)[:-1], self.k, self.num_binary))
         s = ops.expand_dims(smooth_step(z, self.gamma), -2)  # (..., k, 1, m)

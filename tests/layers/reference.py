@@ -83,13 +83,16 @@ def smooth_step(x, gamma):
 def dselect_k(layer, x):
     """Weights (B, E) and selector outputs (B, k, E) by brute force over the codes."""
     x = np.asarray(x, "float64")
-    z = x @ np.asarray(layer.z_dense.kernel, "float64") + np.asarray(layer.z_dense.bias)
+    if layer.num_binary:
+        z = x @ np.asarray(layer.z_dense.kernel, "float64") + np.asarray(layer.z_dense.bias)
+    else:  # one expert: no code bits
+        z = np.zeros((len(x), layer.k * layer.num_binary))
     z = z.reshape(len(x), layer.k, layer.num_binary)
     a = softmax(x @ np.asarray(layer.w_dense.kernel, "float64") + np.asarray(layer.w_dense.bias))
     s = smooth_step(z, layer.gamma)
     selectors = np.ones((len(x), layer.k, layer.num_experts))
     for j in range(layer.num_experts):
-        bits = [int(c) for c in format(j, f"0{layer.num_binary}b")]
+        bits = [int(c) for c in format(j, f"0{layer.num_binary}b")] if layer.num_binary else []
         for bit_index, bit in enumerate(bits):
             factor = s[:, :, bit_index] if bit else 1.0 - s[:, :, bit_index]
             selectors[:, :, j] *= factor

@@ -107,3 +107,17 @@ def test_regulariser_reaches_the_model_losses():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DSelectK(**kwargs)
+
+
+def test_one_expert_gets_all_the_weight():
+    # With E = 1 the binary code has m = ceil(log2 1) = 0 bits: every selector
+    # is the empty product 1, the weight is 1 for every example, and E = 2^0
+    # leaves no unreachable code to penalise (authors' dselect_k_moe.py).
+    gate = DSelectK(num_experts=1, k=1, entropy_reg=0.0, z_initializer="random_normal")
+    x = np.random.default_rng(6).normal(size=(5, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(gate(x)), np.ones((5, 1)), atol=1e-7)
+    gate(x, training=True)
+    assert gate.losses == []
+    weights, selectors = reference.dselect_k(gate, x)
+    np.testing.assert_allclose(weights, 1.0)
+    np.testing.assert_allclose(selectors, 1.0)
