@@ -76,7 +76,9 @@ class CGC(keras.layers.Layer):
     Call arguments:
         inputs: one tensor `(batch, ..., features)` read by every task and
             the shared experts, or a list of `num_tasks + 1` tensors (the
-            task inputs in task order, then the shared input).
+            task inputs in task order, then the shared input). A padding
+            mask passes on: task t's output keeps task t's input mask,
+            the shared output the shared input's.
         training: whether dropout and gate regularisers are active.
 
     Returns:
@@ -216,6 +218,20 @@ class CGC(keras.layers.Layer):
         if self.return_gate_weights:
             return outputs, weights
         return outputs
+
+    def compute_mask(self, inputs, mask=None):
+        # Acts per position: task t's outputs keep task t's input mask, the
+        # shared output the shared input's.
+        if mask is None:
+            return None
+        if isinstance(mask, list | tuple):
+            if all(m is None for m in mask):
+                return None
+            task_masks, shared_mask = list(mask[:-1]), mask[-1]
+        else:
+            task_masks, shared_mask = [mask] * self.num_tasks, mask
+        masks = task_masks + ([shared_mask] if self.shared_output else [])
+        return (masks, list(masks)) if self.return_gate_weights else masks
 
     def gate_weights(self, inputs, training: bool = False) -> list:
         """The task gates' weights for `inputs` (a list of `(batch, ..., E_t)`)."""

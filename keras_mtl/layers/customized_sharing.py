@@ -34,7 +34,8 @@ class CustomizedSharing(keras.layers.Layer):
         **kwargs: other `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: tensor of shape `(batch, ..., features)`.
+        inputs: tensor of shape `(batch, ..., features)`; its padding mask,
+            if any, is passed on to every output.
         training: whether dropout is active.
 
     Returns:
@@ -111,6 +112,10 @@ class CustomizedSharing(keras.layers.Layer):
             shape = ops.shape(both)
             outputs.append(ops.reshape(both, (*shape[:-2], shape[-2] * shape[-1])))
         return outputs
+
+    def compute_mask(self, inputs, mask=None):
+        # Acts per position: every output keeps the input's padding mask.
+        return None if mask is None else [mask] * self.num_tasks
 
     def compute_output_shape(self, input_shape):
         shape = self.shared_experts.compute_output_shape(tuple(input_shape))

@@ -70,7 +70,8 @@ class DSelectK(keras.layers.Layer):
         **kwargs: other `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: tensor of shape `(batch, ..., features)`.
+        inputs: tensor of shape `(batch, ..., features)`; its padding mask,
+            if any, is passed on to every output.
         training: whether to add the regularisers.
 
     Returns:
@@ -105,6 +106,8 @@ class DSelectK(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        # Acts per position: a padding mask passes through unchanged.
+        self.supports_masking = True
         self.num_experts = check_positive_int("num_experts", num_experts)
         self.k = check_integer(
             "k",

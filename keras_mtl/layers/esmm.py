@@ -45,7 +45,8 @@ class ESMM(keras.layers.Layer):
         **kwargs: other `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: tensor of shape `(batch, ..., features)`.
+        inputs: tensor of shape `(batch, ..., features)`; its padding mask,
+            if any, is passed on to every output.
         training: whether dropout is active.
 
     Returns:
@@ -154,6 +155,13 @@ class ESMM(keras.layers.Layer):
         if self.return_cvr:
             outputs["cvr"] = cvr
         return outputs
+
+    def compute_mask(self, inputs, mask=None):
+        # Acts per position: every probability keeps the input's padding mask.
+        if mask is None:
+            return None
+        names = ("ctr", "ctcvr", "cvr") if self.return_cvr else ("ctr", "ctcvr")
+        return dict.fromkeys(names, mask)
 
     def compute_output_spec(self, inputs, training=None):
         shape = tuple(inputs.shape)[:-1] + (1,)

@@ -103,7 +103,8 @@ class ExpertBank(keras.layers.Layer):
         **kwargs: other `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: tensor of shape `(batch, ..., features)`.
+        inputs: tensor of shape `(batch, ..., features)`; its padding mask,
+            if any, is passed on to every output.
         training: whether dropout is active.
 
     Returns:
@@ -145,6 +146,8 @@ class ExpertBank(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        # Acts per position: a padding mask passes through unchanged.
+        self.supports_masking = True
         self.num_experts = check_positive_int("num_experts", num_experts)
         self.units = check_units("units", units)
         self.dropout = check_rate("dropout", dropout)

@@ -38,7 +38,8 @@ class Gate(keras.layers.Layer):
         **kwargs: other `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: tensor of shape `(batch, ..., features)`.
+        inputs: tensor of shape `(batch, ..., features)`; its padding mask,
+            if any, is passed on to every output.
         training: whether dropout is active.
 
     Returns:
@@ -73,6 +74,8 @@ class Gate(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        # Acts per position: a padding mask passes through unchanged.
+        self.supports_masking = True
         self.num_experts = check_positive_int("num_experts", num_experts)
         self.temperature = check_number(
             "temperature", temperature, "a positive float", lambda v: v <= 0

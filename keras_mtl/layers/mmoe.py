@@ -41,7 +41,8 @@ class MMoE(keras.layers.Layer):
         **kwargs: other `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: tensor of shape `(batch, ..., features)`.
+        inputs: tensor of shape `(batch, ..., features)`; its padding mask,
+            if any, is passed on to every output.
         training: whether dropout and gate regularisers are active.
 
     Returns:
@@ -121,6 +122,13 @@ class MMoE(keras.layers.Layer):
         if self.return_gate_weights:
             return outputs, weights
         return outputs
+
+    def compute_mask(self, inputs, mask=None):
+        # Acts per position: every output keeps the input's padding mask.
+        if mask is None:
+            return None
+        masks = [mask] * self.num_tasks
+        return (masks, list(masks)) if self.return_gate_weights else masks
 
     def gate_weights(self, inputs, training: bool = False) -> list:
         """The per-task gate weights for `inputs` (a list of `(batch, ..., E)`)."""

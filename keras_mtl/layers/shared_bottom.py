@@ -28,7 +28,8 @@ class SharedBottom(keras.layers.Layer):
         **kwargs: other `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: tensor of shape `(batch, ..., features)`.
+        inputs: tensor of shape `(batch, ..., features)`; its padding mask,
+            if any, is passed on to every output.
         training: whether dropout and batch normalisation are in training mode.
 
     Returns:
@@ -61,6 +62,8 @@ class SharedBottom(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        # Acts per position: a padding mask passes through unchanged.
+        self.supports_masking = True
         self.units = check_units("units", units)
         self.dropout = check_rate("dropout", dropout)
         self.batch_norm = check_bool("batch_norm", batch_norm)

@@ -174,3 +174,50 @@ def test_esmm_return_cvr_must_be_a_bool():
         ValueError, match=r"`return_cvr`, expected a bool\. Received: return_cvr='y'"
     ):
         ESMM(return_cvr="y")
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_sequence_mask_reaches_every_output(name):
+    # The layers act per position, so a padding mask must pass through them,
+    # as through keras.layers.Dense; a masked average downstream then skips
+    # the padded positions.
+    tokens = np.array([[3, 1, 0, 0], [2, 5, 7, 0]], "int32")
+    inputs = keras.Input((4,), dtype="int32")
+    embedding = keras.layers.Embedding(9, 5, mask_zero=True)
+    layer = BUILDERS[name]()
+    outputs = _outputs(layer(embedding(inputs)))
+    assert all(getattr(t, "_keras_mask", None) is not None for t in outputs)
+    pooled = [
+        keras.layers.GlobalAveragePooling1D()(t)
+        for t in outputs
+        if len(t.shape) == 3  # (batch, positions, features)
+    ]
+    if not pooled:
+        return
+    model = keras.Model(inputs, pooled)
+    values = _outputs(layer(np.asarray(embedding(tokens)), training=False))
+    mask = (tokens != 0).astype("float64")[..., None]
+    expected = [
+        (np.asarray(v, "float64") * mask).sum(1) / mask.sum(1)
+        for v in values
+        if np.asarray(v).ndim == 3
+    ]
+    for got, want in zip(_outputs(model(tokens)), expected, strict=True):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_cgc_list_input_keeps_each_path_mask():
+    inputs = [keras.Input((3, 4)) for _ in range(3)]
+    masked = [
+        keras.layers.Masking(mask_value=float(v))(x) for v, x in zip((1, 2, 3), inputs, strict=True)
+    ]
+    layer = CGC(num_tasks=2, num_task_experts=1, expert_units=(3,), shared_output=True)
+    outputs = layer(masked)
+    model = keras.Model(inputs, [keras.ops.cast(t._keras_mask, "float32") for t in outputs])
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(2, 3, 4)).astype("float32") for _ in range(3)]
+    for v, x in zip((1, 2, 3), xs, strict=True):
+        x[0, v - 1] = float(v)  # position v - 1 of example 0 is padding of input v
+    expected = [(np.abs(x - v) > 0).any(-1) for v, x in zip((1, 2, 3), xs, strict=True)]
+    for got, want in zip(model(xs), expected, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want.astype("float32"))

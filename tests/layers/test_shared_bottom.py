@@ -142,3 +142,15 @@ def test_regularization_losses_enter_the_objective():
     kernel = np.asarray(model.get_layer("bottom").dense_layers[0].kernel)
     expected = result["a_loss"] + result["b_loss"] + 0.5 * np.sum(kernel**2)
     assert result["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_padding_mask_passes_through_to_a_masked_average():
+    tokens = np.array([[4, 2, 0], [1, 0, 0]], "int32")
+    inputs = keras.Input((3,), dtype="int32")
+    embedding = keras.layers.Embedding(6, 4, mask_zero=True)
+    layer = SharedBottom(units=(5,))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(layer(embedding(inputs))))
+    values = np.asarray(layer(np.asarray(embedding(tokens))), "float64")
+    mask = (tokens != 0).astype("float64")[..., None]
+    expected = (values * mask).sum(1) / mask.sum(1)
+    np.testing.assert_allclose(np.asarray(model(tokens)), expected, rtol=1e-5, atol=1e-6)
