@@ -31,6 +31,11 @@ class DBMTL(Balancer):
 
     Task-specific variables are updated with the gradient of `log(L_t + eps)`
     (weights `1 / (L_t + eps)`, what this balancer reports as weights).
+    The losses must be non-negative, as in the paper: for `L_t + eps < 0`
+    the logarithm is undefined (LibMTL gives NaN) and the factor
+    `1 / (L_t + eps)` is negative, which turns that task's descent into
+    ascent; wrap such a loss (a cosine similarity, a Gaussian NLL) so that
+    it is non-negative first.
     The moving averages `(T, P)` and the step `k` are state variables. The
     number of shared parameters `P` is only known at the first call, so the
     moving-average variable is created then (and, on loading a saved model,

@@ -35,9 +35,14 @@ class FAMO(Balancer):
     keeps the O(1) cost of one forward and one backward pass by comparing
     the losses of consecutive steps instead: at step `k` the logits are first
     updated from `(L(k-1), L(k))`, then give the weights of step `k`. A
-    task whose loss is 0 at either step (no labels in the batch) gets
-    `delta_t = 0` for that update. All state (logits, previous losses, Adam
-    moments and step) lives in variables.
+    task whose loss is not above its bound `m_t` at either step (in practice
+    0: no labels in the batch) gets `delta_t = 0` for that update, and in
+    the step where it is not above its bound it gets weight 0 and is left
+    out of `c`, so that the weights of the other tasks still sum to 1 (with
+    `D_t = 0 + epsilon` it would otherwise take almost all the weight and
+    scale the other tasks' gradients by about `epsilon`). If no task is
+    above its bound, all weights are 0. All state (logits, previous losses,
+    Adam moments and step) lives in variables.
 
     Args:
         learning_rate: Adam learning rate of the logits (0.025).
@@ -146,9 +151,11 @@ class FAMO(Balancer):
         self.steps.assign_add(1.0)
 
         z = ops.softmax(xi)
-        shifted = self._shift(losses)
-        ratio = z / shifted
-        weights = ratio / ops.sum(ratio)
+        # Tasks at (or below) their bound, e.g. without labels, take no weight.
+        present = ops.cast(losses > floor, "float32")
+        ratio = present * z / self._shift(losses)
+        total = ops.sum(ratio)
+        weights = ops.where(total > 0.0, ratio / ops.where(total > 0.0, total, 1.0), 0.0)
         return BalanceResult(weighted_direction(weights, jacobian), weights)
 
     def get_config(self) -> dict:

@@ -21,7 +21,10 @@ class IMTLL(Balancer):
     Every task owns a trainable scale parameter `s_t` (initialised to 0) and
     the objective is `sum_t exp(s_t) L_t - s_t`. Its gradient with respect to
     `s_t` is `exp(s_t) L_t - 1`, which vanishes when the scaled loss
-    `exp(s_t) L_t` is 1 for every task. The weights are `exp(s_t)`.
+    `exp(s_t) L_t` is 1 for every task. The weights are `exp(s_t)`. A task
+    whose loss is exactly 0 (a batch without its labels) adds nothing to the
+    objective in that step: the term `-s_t` alone would raise its scale at
+    every batch without labels.
 
     The model trains the task networks with the weights (stopped gradient)
     and `s` with `auxiliary_loss`, both through the model's optimizer.
@@ -65,7 +68,8 @@ class IMTLL(Balancer):
         return BalanceResult(weighted_direction(weights, jacobian), weights)
 
     def auxiliary_loss(self, losses):
-        """`sum_t exp(s_t) L_t - s_t`, which trains `s` (losses stopped by the engine).
+        """`sum_t exp(s_t) L_t - s_t` over the tasks whose loss is not 0, which
+        trains `s` (losses stopped by the engine).
 
         Args:
             losses: `(num_tasks,)` task losses.
@@ -77,7 +81,9 @@ class IMTLL(Balancer):
         if not self.built:
             self.build(int(losses.shape[0]))
         s = ops.convert_to_tensor(self.scales)
-        return ops.sum(ops.exp(s) * losses - s)
+        # A task without labels in the batch (loss 0) adds no term.
+        present = ops.cast(ops.not_equal(losses, 0.0), "float32")
+        return ops.sum(present * (ops.exp(s) * losses - s))
 
     def get_config(self) -> dict:
         config = super().get_config()

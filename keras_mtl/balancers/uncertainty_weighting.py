@@ -26,7 +26,19 @@ class UncertaintyWeighting(Balancer):
     or, with `regression_form=True`, the form derived for Gaussian likelihoods
     `sum_t 0.5 exp(-s_t) L_t + 0.5 s_t`. Its gradient with respect to `s_t` is
     `-exp(-s_t) L_t + 1` (halved in the regression form), so `s_t` settles
-    at `log(L_t)` and the weight at `1 / L_t`.
+    at `log(L_t)` and the weight at `1 / L_t` (`1 / (2 L_t)` in the
+    regression form).
+
+    The default form is the common simplification `exp(-s) L + s` (as in
+    Gal's example code), not the paper's classification term
+    `L / sigma^2 + log sigma = exp(-s) L + s / 2`. LibMTL uses the regression
+    form for every task with `s` initialised to -0.5:
+    `UncertaintyWeighting(regression_form=True, initial_log_variance=-0.5)`.
+
+    A task whose loss is exactly 0 (a batch without its labels) adds nothing
+    to the objective in that step, the regulariser included: the objective
+    is the likelihood of the observed labels, and the regulariser alone
+    would raise that task's weight at every batch without labels.
 
     The model trains the task networks with the weights `exp(-s_t)` (stopped
     gradient) and the log-variances with `auxiliary_loss`, which holds the
@@ -92,8 +104,8 @@ class UncertaintyWeighting(Balancer):
 
     def auxiliary_loss(self, losses):
         """`sum_t c (exp(-s_t) L_t + s_t)` with `c` = 1 (or 0.5 in the
-        regression form); differentiable in `s` only when the engine stops
-        the losses' gradient.
+        regression form), over the tasks whose loss is not 0; differentiable
+        in `s` only when the engine stops the losses' gradient.
 
         Args:
             losses: `(num_tasks,)` task losses.
@@ -105,7 +117,9 @@ class UncertaintyWeighting(Balancer):
         if not self.built:
             self.build(int(losses.shape[0]))
         s = ops.convert_to_tensor(self.log_variances)
-        return self._factor() * ops.sum(ops.exp(-s) * losses + s)
+        # A task without labels in the batch (loss 0) adds no term.
+        present = ops.cast(ops.not_equal(losses, 0.0), "float32")
+        return self._factor() * ops.sum(present * (ops.exp(-s) * losses + s))
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -101,8 +101,40 @@ def test_zero_and_extreme_losses_are_finite():
     b = FAMO()
     for losses in ([0.0, 1.0], [1e-8, 1e6], [1e6, 0.0], [0.0, 0.0], [1.0, 1e-8]):
         w = np.asarray(b.aggregate(None, losses).weights)
-        assert np.all(np.isfinite(w)) and abs(w.sum() - 1.0) < 1e-5
+        # The weights sum to 1 over the tasks that take part (none for [0, 0]).
+        expected_sum = 0.0 if max(losses) == 0.0 else 1.0
+        assert np.all(np.isfinite(w)) and abs(w.sum() - expected_sum) < 1e-5
     assert np.all(np.isfinite(np.array(b.logits)))
+
+
+def _famo_weights_over_present_tasks(logits, losses, min_losses):
+    """FAMO's w_t = z_t / (c D_t), c = sum_s z_s / D_s, taken over the tasks
+    whose loss is above its bound; the others (no labels, loss 0) get 0."""
+    z = np.exp(logits - logits.max())
+    z = z / z.sum()
+    present = losses > min_losses
+    d = np.where(present, losses - min_losses, 1.0) + 1e-8
+    ratio = np.where(present, z / d, 0.0)
+    return ratio / ratio.sum() if ratio.sum() > 0 else ratio
+
+
+@pytest.mark.parametrize("min_losses", [None, [0.0, 0.2, 0.0]])
+def test_a_task_without_labels_takes_no_weight_from_the_others(min_losses):
+    # A batch without a task's labels gives it loss 0 (at its bound); with
+    # `D = 0 + 1e-8` it would take almost all the weight and scale the other
+    # tasks' gradients by ~1e-8, so the step would train nothing.
+    bound = np.zeros(3) if min_losses is None else np.asarray(min_losses)
+    seq = _loss_sequence(steps=8, seed=2).astype(float) + bound
+    seq[2, 0] = 0.0
+    seq[3, 1] = bound[1]
+    seq[5, 2] = 0.0
+    b = FAMO(min_losses=min_losses)
+    for losses in seq:
+        w = np.asarray(b.aggregate(None, losses.astype("float32")).weights)
+        expected = _famo_weights_over_present_tasks(np.array(b.logits), losses, bound)
+        np.testing.assert_allclose(w, expected, rtol=1e-4, atol=1e-7)
+        absent = losses <= bound
+        assert np.all(w[absent] == 0.0) and abs(w.sum() - 1.0) < 1e-5
 
 
 def test_config_and_validation():

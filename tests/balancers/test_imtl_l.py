@@ -46,3 +46,20 @@ def test_direction_config_and_validation():
     assert isinstance(balancers.get("imtl_l"), IMTLL)
     with pytest.raises(ValueError, match="Received: initial_scale=nan"):
         IMTLL(initial_scale=float("nan"))
+
+
+def test_a_batch_without_a_tasks_labels_leaves_its_scale_alone():
+    # Loss 0 is a batch without the task's labels; the term -s_t alone would
+    # raise s_t (the task's weight) at every such batch. NumPy transcription of
+    # d/ds_t (exp(s_t) L_t - s_t) over the tasks that have labels:
+    s = np.array([0.4, -0.7, 0.0], "float32")
+    losses = np.array([2.0, 0.0, 1.5], "float32")
+    b = IMTLL()
+    b.build(3)
+    b.scales.assign(s)
+    with tf.GradientTape() as tape:
+        aux = b.auxiliary_loss(tf.constant(losses))
+    present = losses != 0.0
+    expected = np.where(present, np.exp(s) * losses - 1.0, 0.0)
+    np.testing.assert_allclose(tape.gradient(aux, b.scales), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(aux), np.sum(present * (np.exp(s) * losses - s)), rtol=1e-6)

@@ -60,3 +60,22 @@ def test_config_round_trip_and_validation():
         UncertaintyWeighting(regression_form=1)
     with pytest.raises(ValueError, match="Received: initial_log_variance=inf"):
         UncertaintyWeighting(initial_log_variance=float("inf"))
+
+
+@pytest.mark.parametrize("regression_form, factor", [(False, 1.0), (True, 0.5)])
+def test_a_batch_without_a_tasks_labels_leaves_its_log_variance_alone(regression_form, factor):
+    # Loss 0 is a batch without the task's labels: Kendall et al.'s objective
+    # is the likelihood of the observed labels, so the task adds no term, and
+    # the regulariser alone would push s_t down (its weight up) at every such
+    # batch. NumPy transcription over the tasks that have labels:
+    # d/ds_t c (exp(-s_t) L_t + s_t) = c (1 - exp(-s_t) L_t) if L_t != 0, else 0.
+    s = np.array([0.3, -1.2, 0.5], "float32")
+    losses = np.array([2.0, 0.0, 0.25], "float32")
+    b = UncertaintyWeighting(regression_form=regression_form)
+    b.build(3)
+    b.log_variances.assign(s)
+    present = losses != 0.0
+    expected = np.where(present, factor * (1.0 - np.exp(-s) * losses), 0.0)
+    np.testing.assert_allclose(_s_gradient(b, losses), expected, rtol=1e-5, atol=1e-7)
+    aux = float(b.auxiliary_loss(losses))
+    np.testing.assert_allclose(aux, factor * np.sum(present * (np.exp(-s) * losses + s)), rtol=1e-6)
