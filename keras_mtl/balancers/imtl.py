@@ -7,6 +7,7 @@ from keras import ops
 from keras_mtl.balancers import solvers
 from keras_mtl.balancers.base import register_balancer
 from keras_mtl.balancers.gramian import GramianBalancer
+from keras_mtl.balancers.imtl_l import _scale_objective
 
 MODES = ("hybrid", "gradient")
 
@@ -27,8 +28,9 @@ class IMTL(GramianBalancer):
     `s_t` per task, the task loss becomes `exp(s_t) L_t - s_t` (trained through
     `auxiliary_loss`), IMTL-G runs on the scaled gradients `exp(s_t) g_t`, and
     the weights are `alpha_t exp(s_t)` (the same parameterisation as
-    `keras_mtl.balancers.IMTLL`, which is IMTL-L alone). `mode="gradient"`
-    is IMTL-G alone.
+    `keras_mtl.balancers.IMTLL`, which is IMTL-L alone; as there, a task
+    whose loss is exactly 0, a batch without its labels, adds no term to the
+    scales' objective). `mode="gradient"` is IMTL-G alone.
 
     Args:
         mode: `"hybrid"` (IMTL) or `"gradient"` (IMTL-G).
@@ -93,8 +95,7 @@ class IMTL(GramianBalancer):
         losses = ops.convert_to_tensor(losses, dtype="float32")
         if not self.built:
             self.build(int(losses.shape[0]))
-        s = ops.convert_to_tensor(self.loss_scale)
-        return ops.sum(ops.exp(s) * losses - s)
+        return _scale_objective(self.loss_scale, losses)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mode": self.mode}

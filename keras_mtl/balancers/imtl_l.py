@@ -80,12 +80,20 @@ class IMTLL(Balancer):
         losses = ops.convert_to_tensor(losses, dtype="float32")
         if not self.built:
             self.build(int(losses.shape[0]))
-        s = ops.convert_to_tensor(self.scales)
-        # A task without labels in the batch (loss 0) adds no term.
-        present = ops.cast(ops.not_equal(losses, 0.0), "float32")
-        return ops.sum(present * (ops.exp(s) * losses - s))
+        return _scale_objective(self.scales, losses)
 
     def get_config(self) -> dict:
         config = super().get_config()
         config["initial_scale"] = self.initial_scale
         return config
+
+
+def _scale_objective(scales, losses):
+    """IMTL-L's `sum_t exp(s_t) L_t - s_t` over the tasks whose loss is not 0.
+
+    A task without labels in the batch (loss 0) adds no term: `-s_t` alone
+    would raise its scale at every such batch.
+    """
+    s = ops.convert_to_tensor(scales)
+    present = ops.cast(ops.not_equal(losses, 0.0), "float32")
+    return ops.sum(present * (ops.exp(s) * losses - s))

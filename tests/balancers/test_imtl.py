@@ -68,3 +68,19 @@ def test_config_and_validation():
     assert isinstance(balancers.get("imtl"), IMTL)
     with pytest.raises(ValueError, match="mode"):
         IMTL(mode="loss")
+
+
+def test_hybrid_batch_without_a_tasks_labels_leaves_its_scale_alone():
+    # As in IMTL-L: loss 0 (no labels in the batch) adds no -s_t term, which
+    # alone would raise that task's scale at every such batch.
+    import tensorflow as tf
+
+    b = IMTL()
+    b.build(3)
+    scales = np.array([0.3, -0.2, 0.1], np.float32)
+    b.loss_scale.assign(scales)
+    losses = np.array([1.0, 0.0, 0.5], np.float32)
+    with tf.GradientTape() as tape:
+        value = b.auxiliary_loss(tf.constant(losses))
+    grad = np.asarray(tape.gradient(value, b.loss_scale.value))
+    np.testing.assert_allclose(grad, [np.exp(0.3) - 1, 0.0, np.exp(0.1) * 0.5 - 1], rtol=1e-5)
