@@ -5,7 +5,12 @@ from __future__ import annotations
 from keras import ops
 
 from keras_mtl.balancers import solvers
-from keras_mtl.balancers.base import check_integer, check_number, register_balancer
+from keras_mtl.balancers.base import (
+    BalanceResult,
+    check_integer,
+    check_number,
+    register_balancer,
+)
 from keras_mtl.balancers.gramian import GramianBalancer
 
 SOLVERS = ("graph", "cvxpy")
@@ -22,7 +27,12 @@ class CAGrad(GramianBalancer):
     `d = g0 + (c |g0| / |g_w|) g_w`, divided by `1 + c^2` (`rescale=1`, the
     official default), `1 + c` (`rescale=2`) or not at all (`rescale=0`),
     and multiplied by `T` as the official code does "to match the sum loss"
-    (so `c = 0` gives equal weighting's sum of gradients).
+    (so `c = 0` gives equal weighting's sum of gradients). As in the official
+    code, `|g0|` and `|g_w|` are the norms of the vectors `g0` and `g_w`
+    (not of `w^T G w`, which loses the digits of a tiny `|g_w|` near a
+    Pareto-stationary point), so the update always stays in the ball. There
+    `c |g0| / |g_w|` is large, and so are the logged weights
+    `T (1/T + lam w) / f`, whose combination still is the bounded update.
 
     `solver="graph"` (default) solves the dual in-graph (accelerated
     projected gradient started at the min-norm point); `solver="cvxpy"` uses
@@ -77,8 +87,7 @@ class CAGrad(GramianBalancer):
         super().build(num_tasks)
         self.solver_failures = self.add_state("solver_failures", ())
 
-    def gramian_weights(self, gram, losses):
-        num = self.num_tasks
+    def _dual_weights(self, gram):
         gram = solvers.normalize_gramian(gram)
         w = solvers.cagrad_weights(gram, self.c)
         if self.solver == "cvxpy":
@@ -86,14 +95,42 @@ class CAGrad(GramianBalancer):
                 lambda g: solvers.cagrad_weights_cvxpy(g, self.c), w, gram
             )
             self.solver_failures.assign_add(failed)
+        return w
+
+    def gramian_weights(self, gram, losses):
+        # Weights with both norms taken from the Gramian; `compute` takes them
+        # from the vectors instead (see there).
+        num = self.num_tasks
+        w = self._dual_weights(gram)
+        gram = solvers.normalize_gramian(gram)
         b = ops.ones((num,)) / num
         g0_norm = ops.sqrt(ops.maximum(ops.sum(b * ops.matmul(gram, b)), 0.0))
         gw_norm = ops.sqrt(ops.maximum(ops.sum(w * ops.matmul(gram, w)), 0.0))
-        # The official code's 1e-8 guards, on the normalised scale.
+        return ops.einsum("k,kt->t", self._coefficients(g0_norm, gw_norm), ops.stack([b, w]))
+
+    def _coefficients(self, g0_norm, gw_norm):
+        """`(T / f, T lam / f)`: the direction is `T (g0 + lam g_w) / f`."""
+        # The official code's 1e-8 guard, on the normalised scale.
         lam = self.c * g0_norm / (gw_norm + 1e-8)
-        weights = num * (b + lam * w)
         factor = {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]
-        return weights / factor
+        return self.num_tasks * ops.stack([ops.ones_like(lam), lam]) / factor
+
+    def compute(self, jacobian, losses, representation=None):
+        num = self.num_tasks
+        gram = solvers.gramian(jacobian)
+        w = self._dual_weights(gram)
+        basis = ops.stack([ops.ones((num,)) / num, w])
+        # g0 and g_w as vectors, and their norms from them: near a Pareto-
+        # stationary point, `w^T G w` (a float32 Gramian) has lost every digit
+        # of the tiny |g_w|, and `c |g0| / |g_w|` times the actual g_w would
+        # leave the ball |d - g0| <= c |g0| by orders of magnitude.
+        vectors = ops.einsum("kt,tp->kp", basis, jacobian)
+        scale = ops.mean(ops.diagonal(gram))  # as `normalize_gramian`
+        scale = ops.sqrt(ops.where(ops.logical_and(scale > 0, ops.isfinite(scale)), scale, 1.0))
+        norms = solvers.row_norms(vectors) / scale
+        coefficients = self._coefficients(norms[0], norms[1])
+        direction = ops.einsum("k,kp->p", coefficients, vectors)
+        return BalanceResult(direction, ops.einsum("k,kt->t", coefficients, basis))
 
     def logs(self) -> dict:
         if self.solver != "cvxpy" or not self.built:

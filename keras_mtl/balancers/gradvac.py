@@ -23,7 +23,13 @@ class GradVac(GramianBalancer):
     (|g_j| sqrt(1 - phi_hat^2)) g_j`; then
     `phi_hat_ij <- (1 - beta) phi_hat_ij + beta phi` (targets start at 0, so
     at first GradVac behaves like PCGrad's projection). The update is
-    `sum_i g_i'`. Computed on the Gramian like `PCGrad`; the `T x T` targets
+    `sum_i g_i'`. The target is updated at every visit of a pair, as in the
+    paper's Algorithm 1; LibMTL (and SamsungLabs/MTL, copied from it) updates
+    it only when `phi < phi_hat`, so its targets can only fall from 0. The
+    similarities are over the whole shared Jacobian (LibMTL's default
+    `GradVac_group_type=0`, "whole model"); the per-layer or per-matrix
+    variants are not offered, since the Jacobian reaches the balancer
+    flattened. Computed on the Gramian like `PCGrad`; the `T x T` targets
     are a state variable saved with the model, and the random orders come
     from a seeded `keras.random.SeedGenerator`.
 

@@ -22,11 +22,17 @@ class NashMTL(Balancer):
     """The Nash bargaining solution of the tasks: `d = sum_t alpha_t g_t` with
     `alpha_t > 0` and `<g_t, d> = 1 / alpha_t` for every task.
 
-    As in the official code, the Gramian is normalised by its Frobenius
-    norm, `alpha` solves the bargaining condition on it and multiplies the raw
-    task losses, and the shared direction is clipped to norm `max_norm`
+    `alpha` solves the bargaining condition on the raw gradients, as the
+    official code does: it divides the Gramian by its Frobenius norm `n` for
+    the solver but keeps `n` in the constraint `alpha_i n (G alpha / n)_i >= 1`,
+    so its `alpha` satisfies `alpha_i <g_i, d> = 1` and the direction has norm
+    `sqrt(T)` at any gradient scale. Here the condition is solved on `G / n`
+    (well scaled) and the solution divided by `sqrt(n)`, which is the same
+    `alpha`. It multiplies the raw task losses (the logged weights scale like
+    `1 / |g_t|`), and the shared direction is clipped to norm `max_norm`
     (`max_norm <= 0` disables clipping; task-specific variables are not
-    clipped). Weights are recomputed every `update_every` steps and reused in
+    clipped), so with the default `max_norm=1` and two or more tasks the
+    shared update has norm 1. Weights are recomputed every `update_every` steps and reused in
     between (the paper's speed-up); the last `alpha` and the step count are
     state variables saved with the model.
 
@@ -56,8 +62,8 @@ class NashMTL(Balancer):
     >>> import numpy as np
     >>> from keras_mtl.balancers import NashMTL
     >>> r = NashMTL(max_norm=0.0).aggregate(np.array([[2.0, 0.0], [0.0, 1.0]]), np.ones(2))
-    >>> np.round(np.asarray(r.weights, dtype=float) ** 2 * [4.0, 1.0] / np.sqrt(17.0), 4).tolist()
-    [1.0, 1.0]
+    >>> np.round(np.asarray(r.weights, dtype=float), 4).tolist()
+    [0.5, 1.0]
 
     References:
         Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022.
@@ -95,27 +101,36 @@ class NashMTL(Balancer):
         self.step = self.add_state("step", ())
         self.solver_failures = self.add_state("solver_failures", ())
 
-    def _solve(self, gram):
+    def _solve(self, gram, frobenius):
+        # `gram` is G / n (n = |G|_F); alpha for G is alpha for G / n over sqrt(n).
+        root = ops.sqrt(frobenius)
         previous = ops.convert_to_tensor(self.alpha)
+        # (nash_weights rescales its warm start, so the raw previous alpha will do.)
         alpha, ok = solvers.nash_weights(gram, init=previous)
-        alpha = ops.where(ok, alpha, previous)
+        ok = ops.logical_and(ok, frobenius > 0)
+        alpha = ops.where(ok, alpha / ops.where(ok, root, 1.0), previous)
         failed = 1.0 - ops.cast(ok, "float32")
         if self.solver == "cvxpy":
-            host = lambda g, a: solvers.nash_weights_cvxpy(g, a, self.optim_niter)  # noqa: E731
-            alpha, failed = solvers.cvxpy_or_fallback(host, alpha, gram, previous)
+            # The official problem: G / n in the objective, n in the constraint.
+            def host(g, a, n):
+                return solvers.nash_weights_cvxpy(g, a, self.optim_niter, normalization=float(n))
+
+            alpha, failed = solvers.cvxpy_or_fallback(host, alpha, gram, previous, frobenius)
         return alpha, failed
 
     def compute(self, jacobian, losses, representation=None):
         gram = solvers.gramian(jacobian)
-        frobenius = ops.sqrt(ops.sum(gram * gram))
+        # Frobenius norm without overflow (|G|^2 overflows float32 from |g| ~ 1e10).
+        frobenius = solvers.row_norms(ops.reshape(gram, (1, -1)))[0]
+        frobenius = ops.where(ops.isfinite(frobenius), frobenius, 0.0)
         gram = gram / ops.where(frobenius > 0, frobenius, 1.0)
         update = ops.equal(ops.mod(self.step, float(self.update_every)), 0.0)
         if self.update_every == 1:
-            alpha, failed = self._solve(gram)
+            alpha, failed = self._solve(gram, frobenius)
         else:
             alpha, failed = ops.cond(
                 update,
-                lambda: self._solve(gram),
+                lambda: self._solve(gram, frobenius),
                 lambda: (ops.convert_to_tensor(self.alpha), ops.zeros(())),
             )
         self.alpha.assign(alpha)

@@ -579,8 +579,9 @@ def nash_weights(gram, init=None, num_iters: int = 100):
     `f(alpha) = 0.5 alpha^T G alpha - sum_i log (G alpha)_i`; damped Newton
     (step `1 / (1 + decrement)`, which keeps `G alpha > 0` for this
     self-concordant function) from a feasible start converges in a few
-    iterations. The start is `init` when `G init > 0`, else a multiple of the
-    min-norm weights (for which `G w >= |w^T J|^2 > 0`).
+    iterations. The start is `init` when `G init > 0`, else the min-norm
+    weights (for which `G w >= |w^T J|^2 > 0`), times the scalar that is best
+    along that ray (so a warm start from gradients of another scale is fine).
 
     Args:
         gram: `(T, T)` Gramian (the caller normalises it).
@@ -602,6 +603,11 @@ def nash_weights(gram, init=None, num_iters: int = 100):
         init = _as64(init)
         init_ok = ops.logical_and(ops.all(ops.matmul(gram, init) > 0), ops.all(ops.isfinite(init)))
         start = ops.where(init_ok, init, start)
+    # The best multiple t * start (t^2 = T / start^T G start, where f's slope
+    # along the ray is zero): a warm start on another scale (the previous
+    # step's gradients) is otherwise far from the solution for damped Newton.
+    curvature = ops.sum(start * ops.matmul(gram, start))
+    start = start * ops.sqrt(num / ops.where(curvature > 0, curvature, float(num)))
     solvable = ops.logical_and(m2 > 1e-10, ops.all(ops.isfinite(gram)))
     trace = ops.sum(ops.diagonal(gram))
     ridge = 1e-12 * ops.maximum(trace, 1e-300) * ops.eye(num, dtype=_DTYPE)

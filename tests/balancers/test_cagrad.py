@@ -72,3 +72,58 @@ def test_config_and_validation():
     for kwargs in ({"c": -1.0}, {"rescale": 3}, {"solver": "scipy"}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             CAGrad(**kwargs)
+
+
+def official_cagrad(jac, c=0.4, rescale=1):
+    """The official update (Cranial-XIX/CAGrad, `cagrad` and `overwrite_grad`)
+    in float64, with the dual solved exactly by cvxpy instead of scipy."""
+    num = jac.shape[0]
+    gram = jac @ jac.T
+    g0_norm = np.sqrt(gram.mean() + 1e-8)
+    radius = c * g0_norm + 1e-8
+    # The dual's minimiser does not change when G is divided by its mean
+    # diagonal (which keeps CLARABEL well scaled).
+    scale = np.trace(gram) / num
+    w = cp.Variable(num)
+    values, vectors = np.linalg.eigh(gram / scale)
+    root = (vectors * np.sqrt(np.maximum(values, 0.0))).T
+    objective = (gram / scale @ np.ones(num) / num) @ w + radius / np.sqrt(scale) * cp.norm(
+        root @ w
+    )
+    cp.Problem(cp.Minimize(objective), [w >= 0, cp.sum(w) == 1]).solve(solver="CLARABEL")
+    gw = w.value @ jac
+    g = jac.mean(axis=0) + radius / (np.linalg.norm(gw) + 1e-8) * gw
+    return num * g / {0: 1.0, 1: 1 + c * c, 2: 1 + c}[rescale]
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 1e3])
+def test_direction_stays_in_the_ball_near_pareto_stationary_points(scale):
+    # g3 = -(g1 + g2) in float32: a convex combination almost vanishes and
+    # |g_w| is rounding noise. The official update is T (g0 + c|g0| u) / (1 + c^2)
+    # with |u| <= 1, whatever u is; so must ours be.
+    rng = np.random.default_rng(0)
+    c = 0.4
+    for _ in range(10):
+        a, b, e = (scale * rng.normal(size=(3, 50))).astype(np.float32)
+        jac = np.stack([a, b, -(a + b), e]).astype(np.float32)
+        d, _ = checks.run(CAGrad(c=c), jac)
+        g0 = jac.astype(np.float64).mean(axis=0)
+        reference = official_cagrad(jac.astype(np.float64), c)
+        # Both in the ball |d (1 + c^2) / T - g0| <= c |g0| (on its sphere
+        # unless |g_w| is below the 1e-8 guard).
+        radius = c * np.linalg.norm(g0)
+        for direction in (d, reference):
+            offset = np.linalg.norm(direction * (1 + c * c) / 4 - g0)
+            assert offset <= radius * (1 + 1e-3), (offset, radius)
+
+
+def test_gramian_weights_agree_with_compute_away_from_stationarity():
+    rng = np.random.default_rng(4)
+    jac = rng.normal(size=(3, 8)) + rng.normal(size=(1, 8))
+    b = CAGrad()
+    d, w = checks.run(b, jac)
+    np.testing.assert_allclose(
+        np.asarray(b.gramian_weights(jac @ jac.T, np.ones(3))), w, rtol=1e-4, atol=1e-6
+    )
+    expected = official_cagrad(jac)
+    np.testing.assert_allclose(d, expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max())

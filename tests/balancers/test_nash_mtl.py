@@ -1,3 +1,4 @@
+import cvxpy as cp
 import numpy as np
 import pytest
 
@@ -6,9 +7,59 @@ from keras_mtl.balancers import NashMTL, solvers
 from tests.balancers import gradient_checks as checks
 
 
-def frobenius_gram(jac):
-    gram = jac @ jac.T
-    return gram / np.linalg.norm(gram)
+def official_nash_step(jac, previous, num_iters=20):
+    """The official NashMTL weight step (AvivNavon/nash-mtl, methods/weight_methods.py),
+    transcribed with cvxpy and CLARABEL in place of ECOS: the Gramian divided by
+    its Frobenius norm `n` in the objective and in the linearisation, `n`
+    kept in the constraint, the official stopping rules and warm start."""
+    gtg = jac @ jac.T
+    n = np.linalg.norm(gtg)
+    gtg = gtg / n
+    num = len(gtg)
+    alpha_t = np.asarray(previous, dtype=np.float64)
+    for _ in range(num_iters):
+        a = cp.Variable(num, nonneg=True)
+        slope = 1 / alpha_t + (1 / (gtg @ alpha_t)) @ gtg
+        g_a = gtg @ a
+        constraints = [-cp.log(a[i] * n) - cp.log(g_a[i]) <= 0 for i in range(num)]
+        objective = cp.sum(g_a) + slope @ (a - alpha_t) / n
+        cp.Problem(cp.Minimize(objective), constraints).solve(solver="CLARABEL")
+        new = a.value
+        if (
+            new is None
+            or np.linalg.norm(gtg @ alpha_t - 1 / (alpha_t + 1e-10)) < 1e-3
+            or np.linalg.norm(new - alpha_t) < 1e-6
+        ):
+            break
+        alpha_t = new
+    return alpha_t
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-2, 1e2])
+def test_weights_match_the_official_step_at_any_gradient_scale(scale):
+    # The official alpha solves alpha_i <g_i, d> = 1 on the raw gradients, so
+    # |d| = sqrt(T) whatever the scale and the weights scale like 1 / |g|.
+    rng = np.random.default_rng(7)
+    jac = scale * (rng.normal(size=(3, 10)) + 1.0)
+    expected = official_nash_step(jac, np.ones(3))
+    d, alpha = checks.run(NashMTL(max_norm=0.0), jac)
+    np.testing.assert_allclose(alpha, expected, rtol=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(d), np.sqrt(3.0), rtol=1e-4)
+    # With the default max_norm=1 the shared update has norm 1 at every scale.
+    d_clipped, _ = checks.run(NashMTL(), jac)
+    np.testing.assert_allclose(np.linalg.norm(d_clipped), 1.0, rtol=1e-5)
+    # The cvxpy path runs the official problem (with its normalisation factor).
+    _, alpha_seq = checks.run(NashMTL(max_norm=0.0, solver="cvxpy"), jac, graph=True)
+    np.testing.assert_allclose(alpha_seq, expected, rtol=1e-3)
+
+
+def test_torchjd_reference_value_with_small_gradients():
+    # torchjd's NashMTL example (adapted from the official code) gives
+    # [0.0542, 0.7061, 0.7061] for J = [[-4, 1, 1], [6, 1, 1]]; the official
+    # direction does not depend on the scale of J.
+    for scale in (1.0, 1e-2):
+        d, _ = checks.run(NashMTL(), scale * checks.REFERENCE_J)
+        np.testing.assert_allclose(d, [0.0542, 0.7061, 0.7061], atol=2e-4)
 
 
 @pytest.mark.parametrize("num_tasks", [2, 3, 5, 10])
@@ -16,8 +67,8 @@ def test_bargaining_condition_and_cvxpy(num_tasks):
     rng = np.random.default_rng(num_tasks)
     jac = rng.normal(size=(num_tasks, 3 * num_tasks + 5)) + rng.normal(size=(1, 3 * num_tasks + 5))
     d, alpha = checks.run(NashMTL(max_norm=0.0), jac)
-    gram = frobenius_gram(jac)
-    # alpha_i <g_i, d> / |G|_F = 1 (official normalisation).
+    gram = jac @ jac.T
+    # alpha_i <g_i, d> = 1 on the raw gradients (what the official code solves).
     np.testing.assert_allclose(alpha * (gram @ alpha), 1.0, rtol=1e-4)
     np.testing.assert_allclose(d, alpha @ jac, rtol=1e-5, atol=1e-6)
     exact, ok = solvers.nash_weights_exact_cvxpy(gram)
@@ -46,11 +97,11 @@ def test_max_norm_clips_the_direction_only():
 
 def test_max_norm_does_not_lengthen_a_short_direction():
     # The official code clips (clip_grad_norm_): a direction already shorter
-    # than max_norm is left as is, not rescaled up to it.
+    # than max_norm (the unclipped one has norm sqrt(T)) is left as is.
     jac = 0.01 * np.array([[1.0, 0.5, 0.0], [0.2, 1.0, 0.3]])
-    d, _ = checks.run(NashMTL(max_norm=1.0), jac)
+    d, _ = checks.run(NashMTL(max_norm=5.0), jac)
     d_free, _ = checks.run(NashMTL(max_norm=0.0), jac)
-    assert 0.0 < np.linalg.norm(d_free) < 0.5
+    np.testing.assert_allclose(np.linalg.norm(d_free), np.sqrt(2.0), rtol=1e-5)
     np.testing.assert_allclose(d, d_free, rtol=1e-6)
 
 
