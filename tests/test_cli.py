@@ -116,3 +116,30 @@ def test_demo_options_reach_run_demo(monkeypatch):
             "seed": 7,
         }
     ]
+
+
+def test_demo_defaults_are_run_demo_defaults_and_documented(monkeypatch, capsys):
+    import inspect
+
+    import keras_mtl.demo
+
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(keras_mtl.demo.run_demo).parameters.items()
+        if name != "print_fn"
+    }
+    seen = []
+    monkeypatch.setattr(keras_mtl.demo, "run_demo", lambda **kwargs: seen.append(kwargs))
+    assert main(["demo"]) == 0
+    assert seen == [defaults]
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for option, name in [
+        ("--epochs", "epochs"),
+        ("--correlation", "correlation"),
+        ("--samples", "num_train"),
+        ("--batch-size", "batch_size"),
+        ("--seed", "seed"),
+    ]:
+        assert f"(default {defaults[name]})" in help_text.split(option, 2)[2].split("--")[0]

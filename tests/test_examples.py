@@ -1,7 +1,28 @@
+"""The examples/ scripts, and the docstring examples of the public API.
+
+The docstring examples themselves run under pytest's `--doctest-modules`
+(pyproject.toml); the tests here check that every public object has one and
+that the configuration runs them.
+"""
+
+import doctest
+import importlib
 import importlib.util
+import inspect
 import pathlib
+import re
+import runpy
+import sys
+import tomllib
+
+import numpy as np
+import pytest
+
+import keras_mtl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The examples/ scripts this file runs.
+TESTED_SCRIPTS = ["quickstart"]
 
 
 def _load(name):
@@ -11,11 +32,90 @@ def _load(name):
     return module
 
 
-def test_quickstart_trains_with_missing_labels():
+def _record_calls(monkeypatch, method):
+    """Records the keyword arguments (and labels) of `MultiTaskModel.<method>`."""
+    calls = []
+    original = getattr(keras_mtl.MultiTaskModel, method)
+
+    def recording(self, *args, **kwargs):
+        calls.append((args, kwargs))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras_mtl.MultiTaskModel, method, recording)
+    return calls
+
+
+def test_quickstart_trains_with_missing_labels(monkeypatch):
     from keras_mtl.datasets import synthetic
 
+    fits = _record_calls(monkeypatch, "fit")
     result = _load("quickstart").main(epochs=4, num_train=2000)
     _, (_, y_test) = synthetic.load_data(num_train=2000, num_test=1000, correlation=0.7)
     # Better than predicting the mean, whose error is the label variance.
     for task in ("task_1", "task_2"):
         assert result[f"{task}_loss"] < 0.8 * float(y_test[task].var())
+    # A third of task_2's labels (every third example) are missing.
+    (((_, y), _),) = fits
+    assert (
+        np.isnan(y["task_2"][::3]).all() and not np.isnan(np.delete(y["task_2"], np.s_[::3])).any()
+    )
+    assert not np.isnan(y["task_1"]).any()
+
+
+def test_quickstart_command_line_options_reach_main(monkeypatch):
+    compiles = _record_calls(monkeypatch, "compile")
+    fits = _record_calls(monkeypatch, "fit")
+    monkeypatch.setattr(sys, "argv", ["quickstart.py", "--epochs", "1", "--balancer", "mgda"])
+    runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")
+    assert [kwargs["balancer"] for _, kwargs in compiles] == ["mgda"]
+    assert [kwargs["epochs"] for _, kwargs in fits] == [1]
+
+
+def test_every_example_script_is_tested():
+    assert sorted(p.stem for p in (ROOT / "examples").glob("*.py")) == sorted(TESTED_SCRIPTS)
+
+
+def _public_objects():
+    """(name, object) for what each public package exports, and each dataset's `load_data`."""
+    found = {}
+    for package_name in keras_mtl._SUBMODULES:
+        package = importlib.import_module(f"keras_mtl.{package_name}")
+        source = inspect.getsource(package)
+        # The names the package's __init__ re-exports (`from ... import X as X`).
+        for name in re.findall(r"\b(\w+) as \1\b", source):
+            obj = getattr(package, name)
+            if inspect.ismodule(obj):
+                found[f"{package_name}.{name}.load_data"] = obj.load_data
+            else:
+                found[f"{package_name}.{name}"] = obj
+    return found
+
+
+def test_public_objects_are_found():
+    names = _public_objects()
+    for name in (
+        "balancers.PCGrad",
+        "balancers.get",
+        "layers.MMoE",
+        "gradients.GradientEngine",
+        "datasets.synthetic.load_data",
+        "metrics.delta_m",
+        "models.MultiTaskModel",
+        "callbacks.GateMonitor",
+    ):
+        assert name in names
+
+
+@pytest.mark.parametrize(("name", "obj"), sorted(_public_objects().items()))
+def test_public_object_has_an_example_that_checks_output(name, obj):
+    doc = inspect.getdoc(obj) or ""
+    assert re.search(r"^Examples?:$", doc, re.M), f"{name} has no Example section"
+    (test,) = doctest.DocTestFinder(recurse=False).find(obj, name, globs={})
+    # At least one line of the example is compared with an expected output.
+    assert any(example.want.strip() for example in test.examples), name
+
+
+def test_pytest_runs_the_docstring_examples():
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "--doctest-modules" in options["addopts"].split()
+    assert "keras_mtl" in options["testpaths"]

@@ -51,6 +51,26 @@ class GradientEngine:
 
     Raises:
         ValueError: for an unknown `mode` or `nonfinite`.
+
+    Example:
+
+    `MultiTaskModel.compile` makes the engine; `resolve_mode` says how it
+    will take the per-task gradients for the compiled balancer.
+
+    >>> import keras, keras_mtl
+    >>> from keras_mtl.gradients import GradientEngine
+    >>> x = keras.Input((4,))
+    >>> h = keras_mtl.layers.SharedRepresentation()(keras_mtl.layers.SharedBottom(units=(8,))(x))
+    >>> model = keras_mtl.MultiTaskModel(
+    ...     inputs=x,
+    ...     outputs={"a": keras.layers.Dense(1, name="a")(h), "b": keras.layers.Dense(1, name="b")(h)},
+    ... )
+    >>> model.compile(optimizer="sgd", loss={"a": "mse", "b": "mse"}, balancer="mgda_ub")
+    >>> GradientEngine().resolve_mode(model), GradientEngine("loop").resolve_mode(model)
+    ('representation', 'loop')
+    >>> model.compile(optimizer="sgd", loss={"a": "mse", "b": "mse"}, balancer="ew")
+    >>> GradientEngine("jacobian").resolve_mode(model)  # loss weighting: one backward pass
+    'weighted'
     """
 
     def __init__(self, mode: str = "auto", shared_layers=None, nonfinite: str = "raise"):
