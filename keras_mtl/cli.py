@@ -165,7 +165,20 @@ def main(argv: list[str] | None = None) -> int:
         argv: arguments without the program name; `sys.argv[1:]` by default.
 
     Returns:
-        The process exit status.
+        The process exit status: 0 on success, 2 when the command's
+        arguments are invalid (the error is printed to stderr).
+
+    Raises:
+        SystemExit: from `argparse`, for unknown options, malformed option
+            values and `--help`.
+
+    Example:
+
+    >>> from keras_mtl.cli import main
+    >>> main(["demo", "--balancers", "no_such_balancer"])
+    2
+    >>> main(["bench", "--dataset", "synthetic", "--arch", "no_such_arch"])
+    2
     """
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

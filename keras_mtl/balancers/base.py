@@ -323,6 +323,16 @@ def weighted_direction(weights, jacobian):
 
     Returns:
         `(num_params,)` tensor or `None`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.base import weighted_direction
+    >>> jac = np.array([[1.0, 0.0, 2.0], [0.0, 3.0, 1.0]], "float32")
+    >>> np.asarray(weighted_direction(np.array([0.5, 2.0]), jac)).tolist()
+    [0.5, 6.0, 3.0]
+    >>> weighted_direction(np.ones(2), None) is None
+    True
     """
     if jacobian is None:
         return None

@@ -12,7 +12,24 @@ from keras_mtl.balancers.gramian import GramianBalancer
 
 def random_orders(num_tasks: int, seed_generator):
     """`(T, T)` int matrix whose row `i` is a random permutation of the tasks
-    (task `i` visits the others in that order)."""
+    (task `i` visits the others in that order).
+
+    Args:
+        num_tasks: number of tasks `T`.
+        seed_generator: the `keras.random.SeedGenerator` to draw from.
+
+    Returns:
+        `(T, T)` int tensor, each row an independent permutation of
+        `0, ..., T - 1`.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_mtl.balancers.pcgrad import random_orders
+    >>> orders = np.asarray(random_orders(3, keras.random.SeedGenerator(0)))
+    >>> np.sort(orders, axis=1).tolist()
+    [[0, 1, 2], [0, 1, 2], [0, 1, 2]]
+    """
     noise = keras.random.uniform((num_tasks, num_tasks), seed=seed_generator)
     return ops.argsort(noise, axis=1)
 

@@ -54,6 +54,14 @@ def gramian(jacobian):
 
     Returns:
         `(T, T)` float32 tensor.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import gramian
+    >>> jac = np.array([[1.0, 0.0, 2.0, 1.0], [0.0, 3.0, 1.0, 1.0]])
+    >>> np.asarray(gramian(jac)).tolist()
+    [[6.0, 3.0], [3.0, 11.0]]
     """
     jacobian = ops.cast(jacobian, "float32")
     num_tasks, num_params = jacobian.shape
@@ -89,7 +97,16 @@ def normalize_gramian(gram):
         gram: `(T, T)` positive semi-definite tensor.
 
     Returns:
-        The normalised `(T, T)` tensor.
+        The normalised `(T, T)` float32 tensor, symmetrised.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import normalize_gramian
+    >>> np.asarray(normalize_gramian(np.array([[1.0, 2.0], [2.0, 7.0]]))).tolist()
+    [[0.25, 0.5], [0.5, 1.75]]
+    >>> np.asarray(normalize_gramian(np.zeros((2, 2)))).tolist()
+    [[0.0, 0.0], [0.0, 0.0]]
     """
     gram = ops.cast(gram, "float32")
     gram = 0.5 * (gram + ops.transpose(gram))
@@ -104,6 +121,22 @@ def row_norms(x):
     The plain `sqrt(sum(x^2))` is used when every row's sum of squares is a
     normal finite number; otherwise (huge or tiny rows, zero rows) each row
     is first scaled by its largest magnitude, which costs two more passes.
+
+    Args:
+        x: `(..., n)` tensor.
+
+    Returns:
+        `(...)` tensor of the norms over the last axis, in `x`'s dtype.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import row_norms
+    >>> np.asarray(row_norms(np.array([[3.0, 4.0], [0.0, 0.0]]))).tolist()
+    [5.0, 0.0]
+    >>> # 3e30^2 overflows float32; the scaled path still gives 5e30.
+    >>> (np.asarray(row_norms(np.array([[3e30, 4e30]], "float32")), dtype=float) / 1e30).round(4).tolist()
+    [5.0]
     """
     x = ops.convert_to_tensor(x)
     squares = ops.sum(ops.square(x), axis=-1)
@@ -118,7 +151,22 @@ def row_norms(x):
 
 
 def safe_divide(x, y):
-    """`x / y` where `y != 0`, else 0 (no NaN, no inf)."""
+    """`x / y` where `y != 0`, else 0 (no NaN, no inf).
+
+    Args:
+        x: numerator tensor.
+        y: denominator tensor, broadcastable with `x`.
+
+    Returns:
+        The quotient, 0 wherever `y == 0`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import safe_divide
+    >>> np.asarray(safe_divide(np.array([1.0, 2.0, 3.0]), np.array([2.0, 0.0, -1.0]))).tolist()
+    [0.5, 0.0, -3.0]
+    """
     nonzero = y != 0
     return ops.where(nonzero, x / ops.where(nonzero, y, 1.0), 0.0)
 
@@ -139,6 +187,17 @@ def guarded_solve(matrix, rhs):
         `(x, ok)`: the solution and a boolean `(...)` tensor that is `False`
         where the system was (numerically) singular or the solution is not
         finite; `x` is then meaningless but finite.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import guarded_solve
+    >>> x, ok = guarded_solve(np.array([[2.0, 0.0], [1.0, 4.0]]), np.array([[2.0], [9.0]]))
+    >>> np.round(np.asarray(x), 6).tolist(), bool(ok)
+    ([[1.0], [2.0]], True)
+    >>> _, ok = guarded_solve(np.array([[1.0, 1.0], [1.0, 1.0]]), np.array([[1.0], [2.0]]))
+    >>> bool(ok)
+    False
     """
     q, r = ops.qr(matrix, mode="reduced")
     pivots = ops.abs(ops.diagonal(r, axis1=-2, axis2=-1))
@@ -157,7 +216,26 @@ def guarded_solve(matrix, rhs):
 
 def lipschitz_bound(gram):
     """An upper bound on the largest eigenvalue of a PSD matrix (Gershgorin,
-    capped by the trace); never smaller than the true value."""
+    capped by the trace); never smaller than the true value.
+
+    Args:
+        gram: `(..., T, T)` positive semi-definite tensor.
+
+    Returns:
+        `(...)` tensor: the smaller of the largest absolute row sum and the
+        trace, or 1 for a zero matrix (a usable step-size scale).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import lipschitz_bound
+    >>> # Eigenvalues 3 and 1: the row sums (3) are the bound.
+    >>> float(lipschitz_bound(np.array([[2.0, 1.0], [1.0, 2.0]])))
+    3.0
+    >>> # Rank one, eigenvalues 5 and 0: the trace (5) is smaller than the row sum (6).
+    >>> float(lipschitz_bound(np.array([[4.0, 2.0], [2.0, 1.0]])))
+    5.0
+    """
     rows = ops.max(ops.sum(ops.abs(gram), axis=-1), axis=-1)
     trace = ops.sum(ops.diagonal(gram, axis1=-2, axis2=-1), axis=-1)
     bound = ops.minimum(rows, trace)
@@ -200,6 +278,25 @@ def graph_when_eager(fn):
 
     Eager execution would run every loop iteration op by op (milliseconds
     each); inside a graph (the training step) the function is inlined.
+
+    Args:
+        fn: the function to wrap (its Python arguments, such as iteration
+            counts, become part of the trace).
+
+    Returns:
+        A function with `fn`'s name and docstring that calls a
+        `tf.function` of `fn` when executing eagerly, and `fn` itself in a
+        graph.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from keras_mtl.balancers.solvers import graph_when_eager
+    >>> @graph_when_eager
+    ... def eager_inside(x):
+    ...     return tf.constant(tf.executing_eagerly())
+    >>> bool(eager_inside(tf.constant(1.0)))
+    False
     """
     import functools
 
@@ -442,6 +539,19 @@ def lower_bounded_qp(gram, lower, max_iters: int | None = None):
     Returns:
         `(m, T)` float32 solutions.
 
+    Example:
+
+    With `J = [[1, 0], [-1, 1]]` the two gradients conflict; projecting each
+    onto the cone of directions that conflict with neither gives `v = [1, 0.5]`
+    (direction `[0.5, 0.5]`, orthogonal to `g_2`) and `v = [1, 1]` (direction
+    `[0, 1]`, orthogonal to `g_1`):
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import lower_bounded_qp
+    >>> jac = np.array([[1.0, 0.0], [-1.0, 1.0]])
+    >>> np.round(np.asarray(lower_bounded_qp(jac @ jac.T, np.eye(2)), dtype=float), 4).tolist()
+    [[1.0, 0.5], [1.0, 1.0]]
+
     References:
         Lawson & Hanson, "Solving Least Squares Problems", 1974, chapter 23.
     """
@@ -521,7 +631,22 @@ def cagrad_weights(gram, c: float, num_iters: int = 500):
             proximal-gradient step is below `1e-13`).
 
     Returns:
-        `(T,)` weights `w` on the simplex.
+        `(T,)` float32 weights `w` on the simplex.
+
+    Example:
+
+    Two orthogonal gradients of norms 1 and 2 (`G = diag(1, 4)`), `c = 2`;
+    the same weights as the cvxpy reference `cagrad_weights_cvxpy` and a
+    grid search over the simplex:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import cagrad_weights
+    >>> np.round(np.asarray(cagrad_weights(np.diag([1.0, 4.0]), c=2.0), dtype=float), 4).tolist()
+    [0.9258, 0.0742]
+
+    References:
+        Liu et al., "Conflict-Averse Gradient Descent for Multi-task
+        Learning", NeurIPS 2021.
     """
     gram = _as64(normalize_gramian(gram))
     num = gram.shape[-1]
@@ -593,6 +718,23 @@ def nash_weights(gram, init=None, num_iters: int = 100):
         `(alpha, ok)`: the weights, and whether a bargaining solution exists
         (`False` when no direction improves every task, e.g. opposite
         gradients; `alpha` is then the start point).
+
+    Example:
+
+    For orthogonal gradients `G` is diagonal and `alpha_i^2 G_ii = 1`, so
+    gradients of norms 1 and 2 get `alpha = [1, 1/2]`:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import nash_weights
+    >>> alpha, ok = nash_weights(np.diag([1.0, 4.0]))
+    >>> np.round(np.asarray(alpha, dtype=float), 4).tolist(), bool(ok)
+    ([1.0, 0.5], True)
+    >>> _, ok = nash_weights(np.array([[1.0, -1.0], [-1.0, 1.0]]))  # g_2 = -g_1
+    >>> bool(ok)
+    False
+
+    References:
+        Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022.
     """
     gram = _as64(gram)
     num = gram.shape[-1]
@@ -669,7 +811,21 @@ def min_norm_weights_cvxpy(gram) -> tuple[np.ndarray, bool]:
         gram: `(T, T)` NumPy Gramian.
 
     Returns:
-        `(weights, ok)`; `ok` is `False` when every solver failed.
+        `(weights, ok)`; `ok` is `False` when every solver failed (the
+        weights are then uniform).
+
+    Example:
+
+    Orthogonal gradients of norms 1 and 2: `min w_1^2 + 4 w_2^2` on the
+    simplex is at `w ∝ (1, 1/4)`, as the in-graph solver finds:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import min_norm_weights, min_norm_weights_cvxpy
+    >>> weights, ok = min_norm_weights_cvxpy(np.diag([1.0, 4.0]))
+    >>> np.round(weights, 4).tolist(), ok
+    ([0.8, 0.2], True)
+    >>> np.round(np.asarray(min_norm_weights(np.diag([1.0, 4.0])), dtype=float), 4).tolist()
+    [0.8, 0.2]
     """
     import cvxpy as cp
 
@@ -684,7 +840,27 @@ def min_norm_weights_cvxpy(gram) -> tuple[np.ndarray, bool]:
 
 
 def lower_bounded_qp_cvxpy(gram, lower) -> tuple[np.ndarray, bool]:
-    """Reference for `lower_bounded_qp`, one cvxpy problem per row of `lower`."""
+    """Reference for `lower_bounded_qp`, one cvxpy problem per row of `lower`.
+
+    Args:
+        gram: `(T, T)` NumPy positive semi-definite matrix.
+        lower: `(T,)` or `(m, T)` lower bounds, one problem per row.
+
+    Returns:
+        `(solutions, ok)`: the `(m, T)` minimisers of `v^T G v` subject to
+        `v >= u` and whether every problem was solved (a failed row is `u`).
+
+    Example:
+
+    The problem of `lower_bounded_qp`'s example, with the same solutions:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import lower_bounded_qp_cvxpy
+    >>> jac = np.array([[1.0, 0.0], [-1.0, 1.0]])
+    >>> solutions, ok = lower_bounded_qp_cvxpy(jac @ jac.T, np.eye(2))
+    >>> np.round(solutions, 4).tolist(), ok
+    ([[1.0, 0.5], [1.0, 1.0]], True)
+    """
     import cvxpy as cp
 
     gram = np.asarray(gram, dtype=np.float64)
@@ -701,7 +877,34 @@ def lower_bounded_qp_cvxpy(gram, lower) -> tuple[np.ndarray, bool]:
 
 
 def cagrad_weights_cvxpy(gram, c: float) -> tuple[np.ndarray, bool]:
-    """Reference CAGrad dual with cvxpy (a second-order cone program)."""
+    """Reference CAGrad dual with cvxpy (a second-order cone program).
+
+    Solves the problem of `cagrad_weights` on the Gramian normalised by the
+    mean of its diagonal.
+
+    Args:
+        gram: `(T, T)` NumPy Gramian.
+        c: the conflict-aversion radius `c >= 0`.
+
+    Returns:
+        `(weights, ok)`; on failure the weights are uniform and `ok` is
+        `False`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import cagrad_weights, cagrad_weights_cvxpy
+    >>> weights, ok = cagrad_weights_cvxpy(np.diag([1.0, 4.0]), c=2.0)
+    >>> np.round(weights, 3).tolist(), ok
+    ([0.926, 0.074], True)
+    >>> in_graph = np.asarray(cagrad_weights(np.diag([1.0, 4.0]), c=2.0), dtype=float)
+    >>> bool(np.allclose(weights, in_graph, atol=1e-4))
+    True
+
+    References:
+        Liu et al., "Conflict-Averse Gradient Descent for Multi-task
+        Learning", NeurIPS 2021.
+    """
     import cvxpy as cp
 
     gram = np.asarray(gram, dtype=np.float64)
@@ -736,6 +939,20 @@ def nash_weights_cvxpy(
 
     Returns:
         `(alpha, ok)`; on failure `alpha` is the previous solution.
+
+    Example:
+
+    Orthogonal gradients of norms 1 and 2: the bargaining solution
+    `alpha_i^2 G_ii = 1` is `[1, 1/2]`, as `nash_weights` finds in-graph:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import nash_weights_cvxpy
+    >>> alpha, ok = nash_weights_cvxpy(np.diag([1.0, 4.0]))
+    >>> np.round(alpha, 3).tolist(), ok
+    ([1.0, 0.5], True)
+
+    References:
+        Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022.
     """
     import cvxpy as cp
 
@@ -776,7 +993,28 @@ def nash_weights_cvxpy(
 
 def nash_weights_exact_cvxpy(gram) -> tuple[np.ndarray, bool]:
     """Nash-MTL's bargaining solution from one convex problem,
-    `min 0.5 a^T G a - sum log (G a)` (used by the tests as ground truth)."""
+    `min 0.5 a^T G a - sum log (G a)` (used by the tests as ground truth).
+
+    The problem's stationarity condition `G a = G (1 / G a)` is the
+    bargaining condition `a_i (G a)_i = 1` where `G` is invertible.
+
+    Args:
+        gram: `(T, T)` NumPy Gramian.
+
+    Returns:
+        `(alpha, ok)`; on failure `alpha` is all ones and `ok` is `False`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import nash_weights_exact_cvxpy
+    >>> alpha, ok = nash_weights_exact_cvxpy(np.diag([1.0, 4.0]))
+    >>> np.round(alpha, 3).tolist(), ok
+    ([1.0, 0.5], True)
+
+    References:
+        Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022.
+    """
     import cvxpy as cp
 
     gram = np.asarray(gram, dtype=np.float64)
@@ -802,6 +1040,20 @@ def cvxpy_or_fallback(host_fn, fallback, *inputs):
 
     Returns:
         `(weights, failed)`: the weights and a float32 scalar, 1 on failure.
+
+    Example:
+
+    >>> import numpy as np, tensorflow as tf
+    >>> from keras_mtl.balancers.solvers import cvxpy_or_fallback, min_norm_weights_cvxpy
+    >>> gram, fallback = tf.constant([[1.0, 0.0], [0.0, 4.0]]), tf.constant([0.5, 0.5])
+    >>> weights, failed = cvxpy_or_fallback(min_norm_weights_cvxpy, fallback, gram)
+    >>> np.round(np.asarray(weights, dtype=float), 4).tolist(), float(failed)
+    ([0.8, 0.2], 0.0)
+    >>> def broken(gram):
+    ...     return np.full(2, np.nan), True
+    >>> weights, failed = cvxpy_or_fallback(broken, fallback, gram)
+    >>> np.asarray(weights).tolist(), float(failed)
+    ([0.5, 0.5], 1.0)
     """
     import tensorflow as tf
 

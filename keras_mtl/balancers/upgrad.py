@@ -13,7 +13,29 @@ def dual_cone_gramian(gram, reg_eps: float):
     """torchjd's preprocessing: `G / trace(G) + reg_eps I` (zero `G` stays
     zero before the ridge). Dividing by the trace for every scale (torchjd
     zeroes Gramians whose trace is below `1e-4`) keeps the projection exact
-    for tiny gradients."""
+    for tiny gradients.
+
+    Args:
+        gram: `(T, T)` Gramian.
+        reg_eps: ridge added to the diagonal after the normalisation.
+
+    Returns:
+        The `(T, T)` float32 regularised matrix.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.upgrad import dual_cone_gramian
+    >>> out = dual_cone_gramian(np.array([[3.0, 1.0], [1.0, 1.0]]), reg_eps=0.01)
+    >>> np.round(np.asarray(out, dtype=float), 6).tolist()
+    [[0.76, 0.25], [0.25, 0.26]]
+    >>> np.round(np.asarray(dual_cone_gramian(np.zeros((2, 2)), 0.01), dtype=float), 6).tolist()
+    [[0.01, 0.0], [0.0, 0.01]]
+
+    References:
+        Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization",
+        2024 (arXiv:2406.16232).
+    """
     gram = ops.cast(gram, "float32")
     trace = ops.sum(ops.diagonal(gram))
     gram = gram / ops.where(trace > 0, trace, 1.0)
@@ -21,6 +43,27 @@ def dual_cone_gramian(gram, reg_eps: float):
 
 
 def check_reg_eps(reg_eps) -> float:
+    """Validates UPGrad's and DualProj's `reg_eps`.
+
+    Args:
+        reg_eps: the value received.
+
+    Returns:
+        `reg_eps` as a Python float.
+
+    Raises:
+        ValueError: when `reg_eps` is not a non-negative finite number.
+
+    Example:
+
+    >>> from keras_mtl.balancers.upgrad import check_reg_eps
+    >>> check_reg_eps(0)
+    0.0
+    >>> check_reg_eps(-1e-4)
+    Traceback (most recent call last):
+    ...
+    ValueError: Received an invalid value for `reg_eps`, expected a non-negative number. Received: reg_eps=-0.0001
+    """
     return check_number("reg_eps", reg_eps, "a non-negative number", lambda v: v < 0)
 
 

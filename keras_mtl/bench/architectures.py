@@ -35,6 +35,23 @@ def build_model(problem: Problem, arch: str, tasks=None) -> MultiTaskModel:
 
     Raises:
         ValueError: for an unknown architecture.
+
+    Example:
+
+    A shared bottom on 3 features: `Dense(64)` (256 parameters), then per
+    task a `Dense(8)` tower (520) and a `Dense(1)` head (9):
+
+    >>> import numpy as np
+    >>> from keras_mtl.bench.architectures import build_model
+    >>> from keras_mtl.bench.problems import Problem, TaskSpec
+    >>> spec = TaskSpec(1, None, "mse", "mse", False)
+    >>> data = (np.zeros((4, 3), "float32"), {"a": np.zeros((4, 1)), "b": np.zeros((4, 1))})
+    >>> problem = Problem("toy", {"a": spec, "b": spec}, data, None, data, "mlp")
+    >>> build_model(problem, "shared_bottom").count_params(), 256 + 2 * (520 + 9)
+    (1314, 1314)
+    >>> stl = build_model(problem, "shared_bottom", tasks=["b"])
+    >>> stl.count_params(), list(stl(data[0]))
+    (785, ['b'])
     """
     if arch not in ARCHITECTURES:
         raise ValueError(

@@ -18,6 +18,14 @@ class TaskSpec:
         loss: Keras loss name.
         metric: name of the reported metric (`"auc"`, `"accuracy"`, `"mse"`, `"mae"`).
         higher_is_better: whether a larger metric is better.
+
+    Example:
+
+    >>> from keras_mtl.bench.problems import TaskSpec
+    >>> from keras_mtl.bench.scores import score
+    >>> spec = TaskSpec(units=1, activation=None, loss="mse", metric="mae", higher_is_better=False)
+    >>> score(spec.metric, [1.0, 2.0], [1.5, 1.0])  # (0.5 + 1.0) / 2
+    0.75
     """
 
     units: int
@@ -37,6 +45,19 @@ class Problem:
         train, val, test: `(x, {task: y})`; `val` may be `None`.
         trunk: `"mlp"` or `"lenet"`: the shared feature extractor used by
             every architecture.
+
+    Example:
+
+    A problem built from arrays (`load_problem` builds them from datasets):
+
+    >>> import numpy as np
+    >>> from keras_mtl.bench.problems import Problem, TaskSpec
+    >>> spec = TaskSpec(1, "sigmoid", "binary_crossentropy", "auc", True)
+    >>> x, y = np.zeros((6, 2), "float32"), {"click": np.array([0, 1, 0, 1, 1, 0])}
+    >>> problem = Problem("toy", {"click": spec}, (x[:4], {"click": y["click"][:4]}), None,
+    ...                   (x[4:], {"click": y["click"][4:]}), "mlp")
+    >>> len(problem.train[0]), problem.test[1]["click"].tolist(), problem.tasks["click"].metric
+    (4, [1, 0], 'auc')
     """
 
     name: str
@@ -123,6 +144,17 @@ def load_problem(
 
     Raises:
         ValueError: for an unknown name (the message lists the valid ones).
+
+    Example:
+
+    The synthetic problem is generated, not read from files:
+
+    >>> from keras_mtl.bench.problems import load_problem
+    >>> problem = load_problem("synthetic", max_train=16, max_eval=8)
+    >>> len(problem.train[0]), problem.val, len(problem.test[0]), problem.trunk
+    (16, None, 8, 'mlp')
+    >>> [(t, s.metric, s.higher_is_better) for t, s in problem.tasks.items()]
+    [('task_1', 'mse', False), ('task_2', 'mse', False)]
     """
     if name not in LOADERS:
         raise ValueError(

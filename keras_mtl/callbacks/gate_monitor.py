@@ -22,6 +22,16 @@ def find_gated_layers(model) -> list:
 
     Returns:
         The layers, in the model's layer order.
+
+    Example:
+
+    >>> import keras, keras_mtl
+    >>> from keras_mtl.callbacks.gate_monitor import find_gated_layers
+    >>> x = keras.Input((4,))
+    >>> h = keras_mtl.layers.MMoE(num_tasks=2, num_experts=2, expert_units=(4,), name="mmoe")(x)
+    >>> p = keras_mtl.layers.PLE(num_tasks=2, num_levels=2, expert_units=(4,), name="ple")(h[0])
+    >>> [layer.name for layer in find_gated_layers(keras.Model(x, [h[1], *p]))]
+    ['mmoe', 'ple']
     """
     found = [
         layer

@@ -30,6 +30,22 @@ class DataFile(NamedTuple):
             `keras.utils.get_file` after a download. Files found on disk are
             read as they are, like a user's own copy.
         note: where to get the file by hand when `origin` is `None`.
+
+    Example:
+
+    A file that is nowhere and has no download: the error ends with its note.
+
+    >>> import tempfile
+    >>> from keras_mtl.datasets.data_files import DataFile, locate_files
+    >>> f = DataFile("table.csv", note="ask the authors for table.csv")
+    >>> f.origin is None, f.sha256 is None
+    (True, True)
+    >>> empty = tempfile.mkdtemp()
+    >>> try:
+    ...     locate_files("toy", [f], data_dir=empty, download=False, cache_dir=empty)
+    ... except FileNotFoundError as error:
+    ...     print(str(error).splitlines()[-1])
+      table.csv: ask the authors for table.csv
     """
 
     name: str
@@ -39,7 +55,21 @@ class DataFile(NamedTuple):
 
 
 def default_cache_dir() -> str:
-    """The folder downloads and parsed caches go to: `~/.keras/datasets/keras_mtl`."""
+    """The folder downloads and parsed caches go to: `~/.keras/datasets/keras_mtl`.
+
+    Returns:
+        `$KERAS_HOME/datasets/keras_mtl` when `KERAS_HOME` is set, else
+        `~/.keras/datasets/keras_mtl`.
+
+    Example:
+
+    >>> import os
+    >>> from unittest import mock
+    >>> from keras_mtl.datasets.data_files import default_cache_dir
+    >>> with mock.patch.dict(os.environ, {"KERAS_HOME": "/data/keras"}):
+    ...     default_cache_dir()
+    '/data/keras/datasets/keras_mtl'
+    """
     keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return os.path.join(keras_home, "datasets", "keras_mtl")
 
@@ -229,6 +259,21 @@ def read_numeric_csv(path: str) -> tuple[list[str], np.ndarray]:
     Raises:
         ValueError: when a row has the wrong number of fields or a field is
             not a number.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> from keras_mtl.datasets.data_files import read_numeric_csv
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.csv")
+    >>> _ = open(path, "w").write("a,b\\n1,2.5\\n\\n3,-4\\n")
+    >>> names, values = read_numeric_csv(path)
+    >>> names, values.tolist()
+    (['a', 'b'], [[1.0, 2.5], [3.0, -4.0]])
+    >>> _ = open(path, "w").write("a,b\\n1,2\\n3\\n")
+    >>> read_numeric_csv(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ...t.csv: row 2 has 1 fields, expected 2.
     """
     with open(path, encoding="utf-8") as f:
         lines = [line.strip() for line in f if line.strip()]

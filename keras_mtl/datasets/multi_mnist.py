@@ -81,6 +81,23 @@ def load_source(
 
     Raises:
         FileNotFoundError: when the files are missing and cannot be downloaded.
+        ValueError: for another `name`.
+
+    Example:
+
+    A tiny `mnist/mnist.npz` written here (one 28 x 28 image per split):
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from keras_mtl.datasets.multi_mnist import load_source
+    >>> root = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(root, "mnist"))
+    >>> images = np.arange(2 * 28 * 28, dtype="uint8").reshape(2, 28, 28)
+    >>> np.savez(os.path.join(root, "mnist", "mnist.npz"), x_train=images[:1],
+    ...          y_train=np.array([7], "uint8"), x_test=images[1:], y_test=np.array([3], "uint8"))
+    >>> (x, y), (xt, yt) = load_source("mnist", data_dir=root, download=False)
+    >>> x.shape, y.tolist(), yt.tolist(), int(xt[0, 0, 0])
+    ((1, 28, 28), [7], [3], 16)
     """
     if name == "mnist":
         paths = locate_files("mnist", MNIST_FILES, data_dir, download, cache_dir)

@@ -167,6 +167,24 @@ def descriptors(types: np.ndarray, positions: np.ndarray, adjacency: np.ndarray)
 
     Returns:
         float32 `(n, len(DESCRIPTOR_NAMES))`.
+
+    Example:
+
+    Hydrogen fluoride, its atoms 0.92 Angstrom apart: one H, one F, one H-F
+    bond, radius of gyration 0.46 and gyration eigenvalues `(0.46^2, 0, 0)`:
+
+    >>> types = np.zeros((1, MAX_ATOMS), "int8")
+    >>> types[0, :2] = [1, 5]  # H, F
+    >>> positions = np.zeros((1, MAX_ATOMS, 3), "float32")
+    >>> positions[0, 1, 0] = 0.92
+    >>> d = descriptors(types, positions, bond_adjacency(types, positions))
+    >>> names = ["n_H", "n_F", "n_atoms", "bonds_HF", "radius_of_gyration", "gyration_eig_0"]
+    >>> [round(float(d[0, DESCRIPTOR_NAMES.index(k)]), 4) for k in names]
+    [1.0, 1.0, 2.0, 1.0, 0.46, 0.2116]
+
+    References:
+        Rupp et al., "Fast and Accurate Modeling of Molecular Atomization
+        Energies with Machine Learning", Physical Review Letters 108, 2012.
     """
     n = len(types)
     real = types > 0
@@ -223,6 +241,37 @@ def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict
         A dict with `mol_id`, `types`, `positions`, `adjacency`,
         `descriptors` and one raw column per target (original units), rows
         sorted by `mol_id`.
+
+    Raises:
+        ValueError: when a table lacks target columns, has an unexpected
+            header or element, or the two tables list different molecules.
+
+    Example:
+
+    Two molecules written here, out of `mol_id` order: HF (id 2) and H2
+    (id 1); each target column holds `-mol_id / 10`:
+
+    >>> import gzip, os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> paths = {f.name: os.path.join(folder, f.name) for f in FILES}
+    >>> columns = [c for c, _ in TARGETS.values()]
+    >>> with gzip.open(paths["qm9_targets.csv.gz"], "wt") as f:
+    ...     _ = f.write("mol_id," + ",".join(columns) + "\\n")
+    ...     for i in (2, 1):
+    ...         _ = f.write(f"{i}," + ",".join([str(-i / 10)] * len(columns)) + "\\n")
+    >>> molecules = [
+    ...     (2, "['H','F']", "[[0.0,0.0,0.0],[0.92,0.0,0.0]]"),
+    ...     (1, "['H','H']", "[[0.0,0.0,0.0],[0.74,0.0,0.0]]"),
+    ... ]
+    >>> with gzip.open(paths["qm9_geometry.csv.gz"], "wt") as f:
+    ...     _ = f.write("mol_id,Elements,XYZ_Ang\\n")
+    ...     for molecule in molecules:
+    ...         _ = f.write('%d,"%s","%s"\\n' % molecule)
+    >>> data = parse(paths, use_cache=False)
+    >>> data["mol_id"].tolist(), data["homo_Ha"].tolist(), data["types"][:, :3].tolist()
+    ([1, 2], [-0.1, -0.2], [[1, 1, 0], [1, 5, 0]])
+    >>> data["adjacency"][:, 0, 1].tolist()  # each molecule's single bond
+    [1, 1]
     """
     cache = _cache_path(cache_dir, paths)
     if use_cache and os.path.isfile(cache):

@@ -31,6 +31,46 @@ def load_splits(
     columns `(n, 1)` float32 labels; other columns are dropped. The info dict
     has the column names and each sparse feature's vocabulary size (largest
     id over all splits + 1, so an embedding table covers every split).
+
+    Args:
+        files: one `DataFile` per split, in the order of `splits`.
+        splits: the split names, for the info dict.
+        tasks: the label columns.
+        is_sparse: whether a column is a sparse (id) feature.
+        is_dense: whether a column is a dense (float) feature.
+        data_dir: folder holding the files (see `locate_files`).
+        as_dataset: return batched `tf.data.Dataset`s (the first split
+            shuffled) instead of arrays.
+        batch_size: batch size of the datasets.
+        return_info: also return the info dict.
+        download: whether missing files may be downloaded.
+        cache_dir: download cache root.
+
+    Returns:
+        One `(x, y)` pair (or dataset) per split, then the info dict when
+        `return_info`.
+
+    Raises:
+        FileNotFoundError: when a file is missing.
+        ValueError: when the tables' columns differ, a label column is
+            missing, or a field is not a number.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> from keras_mtl.datasets.data_files import DataFile
+    >>> from keras_mtl.datasets.rec_samples import load_splits
+    >>> root = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(root, "a.csv"), "w").write("click,id,price\\n1,4,0.5\\n0,2,1.5\\n")
+    >>> _ = open(os.path.join(root, "b.csv"), "w").write("click,id,price\\n0,9,2.0\\n")
+    >>> (x, y), (xt, yt), info = load_splits(
+    ...     [DataFile("a.csv"), DataFile("b.csv")], ("train", "test"), ("click",),
+    ...     is_sparse=lambda c: c == "id", is_dense=lambda c: c == "price", data_dir=root,
+    ...     as_dataset=False, batch_size=2, return_info=True, download=False, cache_dir=root)
+    >>> x["sparse"].tolist(), x["dense"].tolist(), y["click"].tolist()
+    ([[4], [2]], [[0.5], [1.5]], [[1.0], [0.0]])
+    >>> info["vocabulary_sizes"]  # the largest id over both splits, plus one
+    {'id': 10}
     """
     paths = locate_files(SUBDIR, files, data_dir=data_dir, download=download, cache_dir=cache_dir)
     tables = [read_numeric_csv(paths[f.name]) for f in files]

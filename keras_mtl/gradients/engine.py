@@ -449,7 +449,29 @@ class GradientEngine:
 
 
 def representation_layer(model, required: bool):
-    """The model's single `SharedRepresentation` layer (or `None`)."""
+    """The model's single `SharedRepresentation` layer (or `None`).
+
+    Args:
+        model: a Keras model.
+        required: whether a model without one is an error.
+
+    Returns:
+        The layer, or `None` when the model has none and `required` is false.
+
+    Raises:
+        ValueError: when the model has several, or none while `required`.
+
+    Example:
+
+    >>> import keras, keras_mtl
+    >>> from keras_mtl.gradients.engine import representation_layer
+    >>> x = keras.Input((3,))
+    >>> z = keras_mtl.layers.SharedRepresentation(name="z")(keras.layers.Dense(2)(x))
+    >>> representation_layer(keras.Model(x, z), required=True).name
+    'z'
+    >>> print(representation_layer(keras.Model(x, keras.layers.Dense(2)(x)), required=False))
+    None
+    """
     found = [
         layer
         for layer in model._flatten_layers(include_self=False)

@@ -46,6 +46,16 @@ def unflatten(vector, variables) -> list:
 
     Returns:
         A list of tensors, one per variable.
+
+    Example:
+
+    The inverse of `jacobian_rows` for one row:
+
+    >>> import tensorflow as tf
+    >>> from keras_mtl.gradients.flatten import unflatten
+    >>> v = [tf.Variable([[1.0, 2.0]]), tf.Variable([3.0])]
+    >>> [t.numpy().tolist() for t in unflatten(tf.constant([7.0, 8.0, 9.0]), v)]
+    [[[7.0, 8.0]], [9.0]]
     """
     sizes = [_size(v) for v in variables]
     pieces = tf.split(vector, sizes) if len(sizes) > 1 else [vector]

@@ -17,7 +17,29 @@ from keras_mtl.layers.gate import check_gate, make_gate
 
 
 def check_task_experts(num_task_experts, num_tasks: int) -> tuple[int, ...]:
-    """Validates `num_task_experts` (an int, or one positive int per task)."""
+    """Validates `num_task_experts` (an int, or one positive int per task).
+
+    Args:
+        num_task_experts: a positive integer (the same count for every task)
+            or a sequence of one positive integer per task.
+        num_tasks: the number of tasks.
+
+    Returns:
+        A tuple of `num_tasks` Python ints.
+
+    Raises:
+        ValueError: for a non-positive count or a sequence of the wrong length.
+
+    Example:
+
+    >>> from keras_mtl.layers.cgc import check_task_experts
+    >>> check_task_experts(2, 3), check_task_experts([1, 4], 2)
+    ((2, 2, 2), (1, 4))
+    >>> check_task_experts([1], 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: Received an invalid value for `num_task_experts`, expected a positive integer or one positive integer per task (num_tasks=2). Received: num_task_experts=[1]
+    """
     if is_integer(num_task_experts):
         counts = (num_task_experts,) * num_tasks
     else:

@@ -26,6 +26,20 @@ def smooth_step(x, gamma: float):
 
     Returns:
         Tensor like `x` with values in `[0, 1]`.
+
+    Example:
+
+    At `x = gamma/4` the cubic is `-2/64 + 3/8 + 1/2 = 0.84375`:
+
+    >>> import numpy as np
+    >>> from keras_mtl.layers.dselect_k import smooth_step
+    >>> x = np.array([-1.0, -0.5, 0.0, 0.25, 0.5, 1.0], "float32")
+    >>> np.asarray(smooth_step(x, gamma=1.0)).tolist()
+    [0.0, 0.0, 0.5, 0.84375, 1.0, 1.0]
+
+    References:
+        Hazimeh et al., "DSelect-k: Differentiable Selection in the Mixture
+        of Experts with Applications to Multi-Task Learning", NeurIPS 2021.
     """
     cubic = -2.0 / gamma**3 * x**3 + 1.5 / gamma * x + 0.5
     return ops.where(x <= -gamma / 2, ops.zeros_like(x), ops.where(x >= gamma / 2, 1.0, cubic))

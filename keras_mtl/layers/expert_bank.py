@@ -14,6 +14,29 @@ def fresh_initializer(initializer):
     Keras initializers return the same values on every call, so one instance
     shared by several weights of the same shape would make them equal. A copy
     rebuilt from the config gets a new seed (unless the user fixed one).
+
+    Args:
+        initializer: a `keras.initializers.Initializer`, or anything else
+            Keras accepts as an initializer (a name, a callable).
+
+    Returns:
+        A new initializer built from `initializer`'s config, or
+        `initializer` itself when it is not an `Initializer` instance.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_mtl.layers.expert_bank import fresh_initializer
+    >>> init = keras.initializers.GlorotUniform()
+    >>> bool(np.array_equal(init((3, 3)), init((3, 3))))
+    True
+    >>> bool(np.array_equal(init((3, 3)), fresh_initializer(init)((3, 3))))
+    False
+    >>> seeded = keras.initializers.GlorotUniform(seed=1)
+    >>> bool(np.array_equal(seeded((3, 3)), fresh_initializer(seeded)((3, 3))))
+    True
+    >>> fresh_initializer("zeros")
+    'zeros'
     """
     if isinstance(initializer, keras.initializers.Initializer):
         return initializer.__class__.from_config(initializer.get_config())
@@ -62,6 +85,15 @@ def mix_experts(weights, experts):
     Returns:
         `(batch, ..., units)`, the weighted sum over the experts, in the
         experts' dtype.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.layers.expert_bank import mix_experts
+    >>> weights = np.array([[0.25, 0.75]], "float32")
+    >>> experts = np.array([[[1.0, 2.0], [3.0, 4.0]]], "float32")
+    >>> np.asarray(mix_experts(weights, experts)).tolist()
+    [[2.5, 3.5]]
     """
     weights = ops.cast(weights, experts.dtype)
     return ops.sum(ops.expand_dims(weights, -1) * experts, axis=-2)

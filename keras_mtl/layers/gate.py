@@ -13,7 +13,25 @@ GATE_TYPES = ("softmax", "dselect_k")
 
 def softmax_last_axis(logits):
     """Softmax over the last axis, written out because `ops.softmax` warns on
-    an axis of size 1 (one expert, or DSelect-k with k = 1)."""
+    an axis of size 1 (one expert, or DSelect-k with k = 1).
+
+    Args:
+        logits: tensor.
+
+    Returns:
+        Tensor like `logits`, non-negative and summing to 1 over the last
+        axis.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.layers.gate import softmax_last_axis
+    >>> out = softmax_last_axis(np.array([[0.0, np.log(3.0)], [5.0, 5.0]], "float32"))
+    >>> np.round(np.asarray(out, dtype=float), 6).tolist()
+    [[0.25, 0.75], [0.5, 0.5]]
+    >>> np.asarray(softmax_last_axis(np.array([[-7.0]], "float32"))).tolist()
+    [[1.0]]
+    """
     exp = ops.exp(logits - ops.max(logits, axis=-1, keepdims=True))
     return exp / ops.sum(exp, axis=-1, keepdims=True)
 
@@ -141,6 +159,15 @@ def make_gate(gate: str, num_experts: int, gate_kwargs: dict | None, name: str, 
 
     Raises:
         ValueError: for an unknown `gate`.
+
+    Example:
+
+    >>> from keras_mtl.layers.gate import make_gate
+    >>> gate = make_gate("dselect_k", 8, {"k": 2}, name="g", dtype="float32")
+    >>> type(gate).__name__, gate.num_experts, gate.k
+    ('DSelectK', 8, 2)
+    >>> type(make_gate("softmax", 4, None, name="g", dtype="float32")).__name__
+    'Gate'
     """
     kwargs = dict(gate_kwargs or {})
     if gate == "softmax":
@@ -156,7 +183,30 @@ def make_gate(gate: str, num_experts: int, gate_kwargs: dict | None, name: str, 
 
 
 def check_gate(gate, gate_kwargs) -> tuple[str, dict]:
-    """Validates a `gate` name and its `gate_kwargs` (used by MMoE, CGC, PLE)."""
+    """Validates a `gate` name and its `gate_kwargs` (used by MMoE, CGC, PLE).
+
+    Args:
+        gate: `"softmax"` or `"dselect_k"`.
+        gate_kwargs: `None` or a dict of gate constructor arguments (for
+            `"dselect_k"` it must hold `k`).
+
+    Returns:
+        `(gate, kwargs)` with `kwargs` a new dict (empty for `None`).
+
+    Raises:
+        ValueError: for an unknown `gate`, `gate_kwargs` that is not a dict,
+            or `"dselect_k"` without `k`.
+
+    Example:
+
+    >>> from keras_mtl.layers.gate import check_gate
+    >>> check_gate("softmax", None), check_gate("dselect_k", {"k": 2})
+    (('softmax', {}), ('dselect_k', {'k': 2}))
+    >>> check_gate("dselect_k", {})
+    Traceback (most recent call last):
+    ...
+    ValueError: `gate='dselect_k'` needs the number of selected experts in `gate_kwargs`, e.g. gate_kwargs={'k': 2}. Received: gate_kwargs={}
+    """
     if gate not in GATE_TYPES:
         raise ValueError(
             f"Received an invalid value for `gate`, expected one of {list(GATE_TYPES)}. "

@@ -546,7 +546,27 @@ class MultiTaskModel(keras.Model):
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
 class FunctionalMultiTaskModel(MultiTaskModel, Functional):
-    """The class of `MultiTaskModel(inputs, outputs)`; use `MultiTaskModel`."""
+    """The class of `MultiTaskModel(inputs, outputs)`; use `MultiTaskModel`.
+
+    `MultiTaskModel(inputs=..., outputs=...)` returns an instance of this
+    subclass of both `MultiTaskModel` and Keras's functional model, as
+    `keras.Model(inputs, outputs)` returns a `Functional`; it is registered
+    for serialisation under this name.
+
+    Example:
+
+    >>> import keras, numpy as np, keras_mtl
+    >>> x = keras.Input((2,))
+    >>> outputs = {
+    ...     "a": keras.layers.Dense(1, kernel_initializer="ones", name="a")(x),
+    ...     "b": keras.layers.Dense(1, kernel_initializer="zeros", name="b")(x),
+    ... }
+    >>> model = keras_mtl.MultiTaskModel(inputs=x, outputs=outputs)
+    >>> type(model).__name__, isinstance(model, keras_mtl.MultiTaskModel)
+    ('FunctionalMultiTaskModel', True)
+    >>> {t: np.asarray(y).tolist() for t, y in model(np.array([[1.0, 2.0]], "float32")).items()}
+    {'a': [[3.0]], 'b': [[0.0]]}
+    """
 
 
 def _functional_arguments(args, kwargs) -> bool:
