@@ -29,7 +29,8 @@ class SharedBottom(keras.layers.Layer):
 
     Call arguments:
         inputs: tensor of shape `(batch, ..., features)`; its padding mask,
-            if any, is passed on to every output.
+            if any, is passed on to the output, and batch normalisation
+            takes its statistics over the unpadded positions only.
         training: whether dropout and batch normalisation are in training mode.
 
     Returns:
@@ -101,12 +102,13 @@ class SharedBottom(keras.layers.Layer):
             if self.batch_norm:
                 self.norm_layers[i].build(shape)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
         x = inputs
         for i, dense in enumerate(self.dense_layers):
             x = dense(x)
             if self.batch_norm:
-                x = self.norm_layers[i](x, training=training)
+                # Batch statistics over the unpadded positions only.
+                x = self.norm_layers[i](x, training=training, mask=mask)
             x = self.activation(x)
             if self.dropout_layer is not None:
                 x = self.dropout_layer(x, training=training)

@@ -154,3 +154,25 @@ def test_padding_mask_passes_through_to_a_masked_average():
     mask = (tokens != 0).astype("float64")[..., None]
     expected = (values * mask).sum(1) / mask.sum(1)
     np.testing.assert_allclose(np.asarray(model(tokens)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_statistics_leave_out_padded_positions():
+    # Training-mode batch normalisation of a padded sequence batch equals that
+    # of the unpadded positions alone, whatever the padding holds.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 4)).astype("float32")
+    valid = np.array([[True, True, False], [True, False, False]])
+    x[~valid] = 1e3 * rng.normal(size=(int((~valid).sum()), 4))
+    layer, flat = (
+        SharedBottom(units=(5, 3), batch_norm=True),
+        SharedBottom(units=(5, 3), batch_norm=True),
+    )
+    layer.build((None, 3, 4))
+    flat.build((None, 4))
+    flat.set_weights(layer.get_weights())
+    padded = layer(x, training=True, mask=valid)
+    alone = flat(x[valid], training=True)
+    np.testing.assert_allclose(np.asarray(padded)[valid], alone, rtol=1e-4, atol=1e-5)
+    # The moving statistics too.
+    for a, b in zip(layer.non_trainable_weights, flat.non_trainable_weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
