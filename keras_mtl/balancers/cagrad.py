@@ -6,18 +6,18 @@ from keras import ops
 
 from keras_mtl.balancers import solvers
 from keras_mtl.balancers.base import (
+    Balancer,
     BalanceResult,
     check_integer,
     check_number,
     register_balancer,
 )
-from keras_mtl.balancers.gramian import GramianBalancer
 
 SOLVERS = ("graph", "cvxpy")
 
 
 @register_balancer("cagrad")
-class CAGrad(GramianBalancer):
+class CAGrad(Balancer):
     """Conflict-averse gradient: the direction within a ball around the
     average gradient `g0` that maximises the worst task improvement.
 
@@ -62,6 +62,8 @@ class CAGrad(GramianBalancer):
         Learning", NeurIPS 2021.
     """
 
+    requires_jacobian = True
+
     def __init__(
         self,
         c: float = 0.4,
@@ -87,48 +89,29 @@ class CAGrad(GramianBalancer):
         super().build(num_tasks)
         self.solver_failures = self.add_state("solver_failures", ())
 
-    def _dual_weights(self, gram):
-        gram = solvers.normalize_gramian(gram)
+    def compute(self, jacobian, losses, representation=None):
+        num = self.num_tasks
+        raw = solvers.gramian(jacobian)
+        gram = solvers.normalize_gramian(raw)
         w = solvers.cagrad_weights(gram, self.c)
         if self.solver == "cvxpy":
             w, failed = solvers.cvxpy_or_fallback(
                 lambda g: solvers.cagrad_weights_cvxpy(g, self.c), w, gram
             )
             self.solver_failures.assign_add(failed)
-        return w
-
-    def gramian_weights(self, gram, losses):
-        # Weights with both norms taken from the Gramian; `compute` takes them
-        # from the vectors instead (see there).
-        num = self.num_tasks
-        w = self._dual_weights(gram)
-        gram = solvers.normalize_gramian(gram)
-        b = ops.ones((num,)) / num
-        g0_norm = ops.sqrt(ops.maximum(ops.sum(b * ops.matmul(gram, b)), 0.0))
-        gw_norm = ops.sqrt(ops.maximum(ops.sum(w * ops.matmul(gram, w)), 0.0))
-        return ops.einsum("k,kt->t", self._coefficients(g0_norm, gw_norm), ops.stack([b, w]))
-
-    def _coefficients(self, g0_norm, gw_norm):
-        """`(T / f, T lam / f)`: the direction is `T (g0 + lam g_w) / f`."""
-        # The official code's 1e-8 guard, on the normalised scale.
-        lam = self.c * g0_norm / (gw_norm + 1e-8)
-        factor = {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]
-        return self.num_tasks * ops.stack([ops.ones_like(lam), lam]) / factor
-
-    def compute(self, jacobian, losses, representation=None):
-        num = self.num_tasks
-        gram = solvers.gramian(jacobian)
-        w = self._dual_weights(gram)
         basis = ops.stack([ops.ones((num,)) / num, w])
         # g0 and g_w as vectors, and their norms from them: near a Pareto-
         # stationary point, `w^T G w` (a float32 Gramian) has lost every digit
         # of the tiny |g_w|, and `c |g0| / |g_w|` times the actual g_w would
         # leave the ball |d - g0| <= c |g0| by orders of magnitude.
         vectors = ops.einsum("kt,tp->kp", basis, jacobian)
-        scale = ops.mean(ops.diagonal(gram))  # as `normalize_gramian`
-        scale = ops.sqrt(ops.where(ops.logical_and(scale > 0, ops.isfinite(scale)), scale, 1.0))
-        norms = solvers.row_norms(vectors) / scale
-        coefficients = self._coefficients(norms[0], norms[1])
+        # On the scale of the normalised Gramian, as the guard below assumes.
+        norms = solvers.row_norms(vectors) / ops.sqrt(solvers.gramian_scale(raw))
+        g0_norm, gw_norm = norms[0], norms[1]
+        # The official code's 1e-8 guard, on the normalised scale.
+        lam = self.c * g0_norm / (gw_norm + 1e-8)
+        factor = {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]
+        coefficients = num * ops.stack([ops.ones_like(lam), lam]) / factor
         direction = ops.einsum("k,kp->p", coefficients, vectors)
         return BalanceResult(direction, ops.einsum("k,kt->t", coefficients, basis))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from keras_mtl.balancers import solvers
 from keras_mtl.balancers.base import (
     Balancer,
     BalanceResult,
@@ -154,8 +155,7 @@ class FAMO(Balancer):
         # Tasks at (or below) their bound, e.g. without labels, take no weight.
         present = ops.cast(losses > floor, "float32")
         ratio = present * z / self._shift(losses)
-        total = ops.sum(ratio)
-        weights = ops.where(total > 0.0, ratio / ops.where(total > 0.0, total, 1.0), 0.0)
+        weights = solvers.safe_divide(ratio, ops.sum(ratio))
         return BalanceResult(weighted_direction(weights, jacobian), weights)
 
     def get_config(self) -> dict:

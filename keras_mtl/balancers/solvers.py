@@ -109,10 +109,30 @@ def normalize_gramian(gram):
     [[0.0, 0.0], [0.0, 0.0]]
     """
     gram = ops.cast(gram, "float32")
-    gram = 0.5 * (gram + ops.transpose(gram))
-    scale = ops.mean(ops.diagonal(gram))
-    ok = ops.logical_and(scale > 0, ops.isfinite(scale))
-    return gram / ops.where(ok, scale, 1.0)
+    return 0.5 * (gram + ops.transpose(gram)) / gramian_scale(gram)
+
+
+def gramian_scale(gram):
+    """The factor `normalize_gramian` divides by: the mean of the diagonal,
+    or 1 where that is 0 or not finite.
+
+    Args:
+        gram: `(T, T)` positive semi-definite tensor.
+
+    Returns:
+        A positive float32 scalar, the mean squared gradient norm; the
+        gradients' norms on the normalised scale are their norms divided by
+        its square root.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import gramian_scale
+    >>> float(gramian_scale(np.array([[4.0, 1.0], [1.0, 2.0]]))), float(gramian_scale(np.zeros((2, 2))))
+    (3.0, 1.0)
+    """
+    scale = ops.mean(ops.diagonal(ops.cast(gram, "float32")))
+    return ops.where(ops.logical_and(scale > 0, ops.isfinite(scale)), scale, 1.0)
 
 
 def row_norms(x):

@@ -117,13 +117,10 @@ def test_direction_stays_in_the_ball_near_pareto_stationary_points(scale):
             assert offset <= radius * (1 + 1e-3), (offset, radius)
 
 
-def test_gramian_weights_agree_with_compute_away_from_stationarity():
+def test_matches_the_official_update_away_from_stationarity():
     rng = np.random.default_rng(4)
     jac = rng.normal(size=(3, 8)) + rng.normal(size=(1, 8))
-    b = CAGrad()
-    d, w = checks.run(b, jac)
-    np.testing.assert_allclose(
-        np.asarray(b.gramian_weights(jac @ jac.T, np.ones(3))), w, rtol=1e-4, atol=1e-6
-    )
+    d, w = checks.run(CAGrad(), jac)
+    np.testing.assert_allclose(d, w @ jac, rtol=1e-4, atol=1e-5)
     expected = official_cagrad(jac)
     np.testing.assert_allclose(d, expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max())
