@@ -55,7 +55,8 @@ class GateMonitor(keras.callbacks.Callback):
     computes per task:
 
     - the mean weight of each expert over examples (and positions, for
-      sequence or image inputs), logged as `<prefix>/<task>/expert_<i>`;
+      sequence or image inputs; padded positions, those a Keras padding mask
+      marks False, are left out), logged as `<prefix>/<task>/expert_<i>`;
     - the gate entropy `-sum_i w_i log w_i`, averaged over examples, logged
       as `<prefix>/<task>/entropy` (0 for a gate that always picks one
       expert, `log E` for uniform weights).
@@ -84,8 +85,9 @@ class GateMonitor(keras.callbacks.Callback):
         prefix: first component of the log keys.
 
     Raises:
-        ValueError: when the model has no gated layer, or `task_names` does
-            not match a layer's number of tasks.
+        ValueError: when the model has no gated layer, `task_names` does
+            not match a layer's number of tasks, or every position of
+            `validation_data` is padding.
 
     Example:
 
@@ -180,19 +182,33 @@ class GateMonitor(keras.callbacks.Callback):
             for batch in self._batches():
                 self.model(batch, training=False)
                 for layer in layers:
-                    weights = [np.asarray(w, dtype="float64") for w in layer._recorded_gate_weights]
-                    collected[id(layer)].append(weights)
+                    collected[id(layer)].append(
+                        [
+                            _unpadded(w, mask)
+                            for w, mask in zip(
+                                layer._recorded_gate_weights,
+                                layer._recorded_gate_masks,
+                                strict=True,
+                            )
+                        ]
+                    )
         finally:
             for layer in layers:
                 layer._gate_recording = False
                 layer._recorded_gate_weights = None
+                layer._recorded_gate_masks = None
         stats = {}
         for layer in layers:
             per_batch = collected[id(layer)]
             num_tasks = len(per_batch[0])
             keys = self._keys(layer, num_tasks, single=len(layers) == 1)
             for t, key in enumerate(keys):
-                w = np.concatenate([b[t].reshape(-1, b[t].shape[-1]) for b in per_batch])
+                w = np.concatenate([b[t] for b in per_batch])
+                if not len(w):
+                    raise ValueError(
+                        f"GateMonitor found no unpadded position in `validation_data` for "
+                        f"layer '{layer.name}': every position is masked."
+                    )
                 entropy = -np.sum(np.where(w > 0, w * np.log(np.maximum(w, 1e-300)), 0.0), -1)
                 stats[key] = {"weights": w.mean(axis=0), "entropy": float(entropy.mean())}
         return stats
@@ -222,3 +238,13 @@ class GateMonitor(keras.callbacks.Callback):
             }
             for key in self._weights
         }
+
+
+def _unpadded(weights, mask) -> np.ndarray:
+    """Gate weights `(batch, ..., E)` as rows `(n, E)`, padded positions dropped."""
+    w = np.asarray(weights, dtype="float64")
+    rows = w.reshape(-1, w.shape[-1])
+    if mask is None:
+        return rows
+    keep = np.broadcast_to(np.asarray(mask, dtype=bool), w.shape[:-1]).reshape(-1)
+    return rows[keep]

@@ -73,7 +73,8 @@ class CGC(keras.layers.Layer):
     how `PLE` stacks CGC levels.
 
     While `_gate_recording` is set (by `keras_mtl.callbacks.GateMonitor`),
-    eager calls store the task gates' weights in `_recorded_gate_weights`.
+    eager calls store the task gates' weights in `_recorded_gate_weights` and
+    the task inputs' padding masks (or `None`) in `_recorded_gate_masks`.
 
     Args:
         num_tasks: number of tasks, a positive integer.
@@ -219,7 +220,7 @@ class CGC(keras.layers.Layer):
         if self.shared_gate is not None:
             self.shared_gate.build(tuple(shared_shape))
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
         task_inputs, shared_input = self._split(inputs)
         shared = self.shared_experts(shared_input, training=training)
         own = [
@@ -233,6 +234,11 @@ class CGC(keras.layers.Layer):
             weights.append(w)
         if self._gate_recording:
             self._recorded_gate_weights = list(weights)
+            self._recorded_gate_masks = (
+                list(mask[: self.num_tasks])
+                if isinstance(mask, list | tuple)
+                else [mask] * self.num_tasks
+            )
         if self.shared_gate is not None:
             w = self.shared_gate(shared_input, training=training)
             outputs.append(mix_experts(w, ops.concatenate([*own, shared], axis=-2)))

@@ -19,7 +19,8 @@ class MMoE(keras.layers.Layer):
     One-gate MoE (OMoE) baseline of the paper.
 
     While `_gate_recording` is set (by `keras_mtl.callbacks.GateMonitor`),
-    eager calls store the gate weights in `_recorded_gate_weights`.
+    eager calls store the gate weights in `_recorded_gate_weights` and the
+    input's padding mask (or `None`) per task in `_recorded_gate_masks`.
 
     Args:
         num_tasks: number of tasks (gates), a positive integer.
@@ -107,18 +108,20 @@ class MMoE(keras.layers.Layer):
         ]
         self._gate_recording = False
         self._recorded_gate_weights = None
+        self._recorded_gate_masks = None
 
     def build(self, input_shape):
         self.experts.build(tuple(input_shape))
         for gate in self.gates:
             gate.build(tuple(input_shape))
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
         experts = self.experts(inputs, training=training)
         weights = [gate(inputs, training=training) for gate in self.gates]
         outputs = [mix_experts(w, experts) for w in weights]
         if self._gate_recording:
             self._recorded_gate_weights = weights
+            self._recorded_gate_masks = [mask] * self.num_tasks
         if self.return_gate_weights:
             return outputs, weights
         return outputs

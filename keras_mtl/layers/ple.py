@@ -25,7 +25,8 @@ class PLE(keras.layers.Layer):
 
     While `_gate_recording` is set (by `keras_mtl.callbacks.GateMonitor`),
     eager calls store the top level's task gate weights in
-    `_recorded_gate_weights`.
+    `_recorded_gate_weights` and the input's padding mask (or `None`) per
+    task in `_recorded_gate_masks`.
 
     Args:
         num_tasks: number of tasks, a positive integer.
@@ -124,6 +125,7 @@ class PLE(keras.layers.Layer):
         ]
         self._gate_recording = False
         self._recorded_gate_weights = None
+        self._recorded_gate_masks = None
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -134,12 +136,13 @@ class PLE(keras.layers.Layer):
             )[0]
             shape = [tuple(t.shape) for t in out]
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
         h = inputs
         for level in self.levels:
             h, weights = level(h, training=training)
         if self._gate_recording:
             self._recorded_gate_weights = list(weights)
+            self._recorded_gate_masks = [mask] * self.num_tasks
         if self.return_gate_weights:
             return h, weights
         return h

@@ -133,3 +133,60 @@ def test_layers_argument_selects_the_reported_layers():
     monitor.set_model(model)
     with pytest.raises(ValueError, match="no MMoE, CGC or PLE"):
         monitor.compute()
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        MMoE(num_tasks=2, num_experts=3, expert_units=(3,)),
+        CGC(num_tasks=2, num_shared_experts=1, num_task_experts=2, expert_units=(3,)),
+        PLE(num_tasks=2, num_levels=2, num_task_experts=2, expert_units=(3,)),
+    ],
+    ids=["mmoe", "cgc", "ple"],
+)
+def test_padded_positions_are_left_out(layer):
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((5, 4))
+    h = layer(keras.layers.Masking(0.0)(inputs))
+    pooled = [keras.layers.GlobalAveragePooling1D()(t) for t in h]
+    model = keras.Model(inputs, [keras.layers.Dense(1)(p) for p in pooled])
+    x = np.random.default_rng(4).normal(size=(6, 5, 4)).astype("float32")
+    lengths = np.array([5, 1, 2, 3, 4, 2])
+    x[np.arange(5)[None, :] >= lengths[:, None]] = 0.0  # padding at the end
+    monitor = GateMonitor(x, batch_size=4, task_names=["a", "b"])
+    monitor.set_model(model)
+    stats = monitor.compute()
+    keep = np.arange(5)[None, :] < lengths[:, None]
+    for t, task in enumerate(["a", "b"]):
+        weights = np.asarray(layer.gate_weights(x)[t])
+        mean, entropy = _stats(weights[keep])
+        np.testing.assert_allclose(stats[task]["weights"], mean, rtol=1e-5)
+        np.testing.assert_allclose(stats[task]["entropy"], entropy, rtol=1e-5)
+        # The padded positions' gates differ, so counting them would move the mean.
+        assert np.abs(weights.reshape(-1, weights.shape[-1]).mean(0) - mean).max() > 1e-3
+    empty = GateMonitor(np.zeros((2, 5, 4), "float32"), task_names=["a", "b"])
+    empty.set_model(model)
+    with pytest.raises(ValueError, match="no unpadded position"):
+        empty.compute()
+
+
+def test_cgc_list_input_uses_each_task_inputs_mask():
+    keras.utils.set_random_seed(5)
+    inputs = [keras.Input((4, 3)) for _ in range(3)]
+    layer = CGC(num_tasks=2, num_shared_experts=1, num_task_experts=1, expert_units=(2,))
+    h = layer([keras.layers.Masking(0.0)(i) for i in inputs])
+    model = keras.Model(inputs, [keras.layers.GlobalAveragePooling1D()(t) for t in h])
+    rng = np.random.default_rng(6)
+    xs = [rng.normal(size=(3, 4, 3)).astype("float32") for _ in range(3)]
+    xs[0][:, 2:] = 0.0  # task a: two valid positions
+    xs[1][:, 1:] = 0.0  # task b: one valid position
+    monitor = GateMonitor(xs, task_names=["a", "b"])
+    monitor.set_model(model)
+    stats = monitor.compute()
+    weights = layer.gate_weights(xs)
+    np.testing.assert_allclose(
+        stats["a"]["weights"], _stats(np.asarray(weights[0])[:, :2].reshape(-1, 2))[0], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        stats["b"]["weights"], _stats(np.asarray(weights[1])[:, :1].reshape(-1, 2))[0], rtol=1e-5
+    )
