@@ -57,9 +57,11 @@ class GateMonitor(keras.callbacks.Callback):
     - the mean weight of each expert over examples (and positions, for
       sequence or image inputs; padded positions, those a Keras padding mask
       marks False, are left out), logged as `<prefix>/<task>/expert_<i>`;
-    - the gate entropy `-sum_i w_i log w_i`, averaged over examples, logged
-      as `<prefix>/<task>/entropy` (0 for a gate that always picks one
-      expert, `log E` for uniform weights).
+    - the gate entropy `-sum_i p_i log p_i` of the weights `p = w / sum(w)`,
+      averaged over examples, logged as `<prefix>/<task>/entropy` (0 for a
+      gate that always picks one expert, `log E` for uniform weights). The
+      weights of a softmax gate sum to 1; DSelect-k's may sum to less while
+      its selectors put mass on codes beyond the last expert.
 
     The scalars go into the epoch `logs`, so `History` and a `TensorBoard`
     callback placed after this one record them. With several gated layers
@@ -209,7 +211,11 @@ class GateMonitor(keras.callbacks.Callback):
                         f"GateMonitor found no unpadded position in `validation_data` for "
                         f"layer '{layer.name}': every position is masked."
                     )
-                entropy = -np.sum(np.where(w > 0, w * np.log(np.maximum(w, 1e-300)), 0.0), -1)
+                # DSelect-k's weights may sum to less than 1 (mass on unreachable
+                # codes); the entropy is that of the renormalised weights.
+                total = w.sum(-1, keepdims=True)
+                p = np.divide(w, total, out=np.zeros_like(w), where=total > 0)
+                entropy = -np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-300)), 0.0), -1)
                 stats[key] = {"weights": w.mean(axis=0), "entropy": float(entropy.mean())}
         return stats
 

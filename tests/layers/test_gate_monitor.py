@@ -190,3 +190,21 @@ def test_cgc_list_input_uses_each_task_inputs_mask():
     np.testing.assert_allclose(
         stats["b"]["weights"], _stats(np.asarray(weights[1])[:, :1].reshape(-1, 2))[0], rtol=1e-5
     )
+
+
+def test_dselect_k_entropy_is_that_of_the_renormalised_weights():
+    # Three experts, two code bits: at initialisation the selectors spread mass over
+    # all four codes, so the weights of the three experts sum to about 0.75.
+    layer = MMoE(
+        num_tasks=2, num_experts=3, expert_units=(3,), gate="dselect_k", gate_kwargs={"k": 2}
+    )
+    model = _model(layer)
+    x, _ = _data()
+    monitor = GateMonitor(x, task_names=["t0", "t1"])
+    monitor.set_model(model)
+    stats = monitor.compute()
+    w = np.asarray(layer.gate_weights(x)[0], "float64")
+    assert w.sum(-1).max() < 0.9
+    p = w / w.sum(-1, keepdims=True)
+    np.testing.assert_allclose(stats["t0"]["weights"], w.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(stats["t0"]["entropy"], _stats(p)[1], rtol=1e-5)
