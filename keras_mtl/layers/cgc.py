@@ -103,6 +103,7 @@ class CGC(keras.layers.Layer):
             mask passes on: task t's output keeps task t's input mask,
             the shared output the shared input's.
         training: whether dropout and gate regularisers are active.
+        mask: the inputs' padding mask, which Keras passes on its own.
 
     Returns:
         A list of `num_tasks` tensors `(batch, ..., expert_units[-1])` in task

@@ -45,6 +45,7 @@ class MMoE(keras.layers.Layer):
         inputs: tensor of shape `(batch, ..., features)`; its padding mask,
             if any, is passed on to every output.
         training: whether dropout and gate regularisers are active.
+        mask: the inputs' padding mask, which Keras passes on its own.
 
     Returns:
         A list of `num_tasks` tensors `(batch, ..., expert_units[-1])` in task
