@@ -235,11 +235,8 @@ class CGC(keras.layers.Layer):
             weights.append(w)
         if self._gate_recording:
             self._recorded_gate_weights = list(weights)
-            self._recorded_gate_masks = (
-                list(mask[: self.num_tasks])
-                if isinstance(mask, list | tuple)
-                else [mask] * self.num_tasks
-            )
+            # The mask has the structure of the inputs.
+            self._recorded_gate_masks = self._split(mask)[0]
         if self.shared_gate is not None:
             w = self.shared_gate(shared_input, training=training)
             outputs.append(mix_experts(w, ops.concatenate([*own, shared], axis=-2)))
@@ -251,14 +248,9 @@ class CGC(keras.layers.Layer):
     def compute_mask(self, inputs, mask=None):
         # Acts per position: task t's outputs keep task t's input mask, the
         # shared output the shared input's.
-        if mask is None:
+        if mask is None or (isinstance(mask, list | tuple) and all(m is None for m in mask)):
             return None
-        if isinstance(mask, list | tuple):
-            if all(m is None for m in mask):
-                return None
-            task_masks, shared_mask = list(mask[:-1]), mask[-1]
-        else:
-            task_masks, shared_mask = [mask] * self.num_tasks, mask
+        task_masks, shared_mask = self._split(mask)
         masks = task_masks + ([shared_mask] if self.shared_output else [])
         return (masks, list(masks)) if self.return_gate_weights else masks
 
