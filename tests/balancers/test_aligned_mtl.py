@@ -64,3 +64,15 @@ def test_config_and_validation():
     assert isinstance(balancers.get("aligned_mtl"), AlignedMTL)
     with pytest.raises(ValueError, match="scale_mode"):
         AlignedMTL(scale_mode="max")
+
+
+def test_rank_tolerance_is_num_tasks_times_eps_of_the_largest_eigenvalue():
+    # Orthogonal gradients of norms 3, 2, 1 and 3 sqrt(3e-7): eigenvalues
+    # 9, 4, 1 and 2.7e-6 = 3e-7 * 9, below the official tolerance
+    # max(l) * T * eps_float32 = 4.8e-7 * 9 (but above max(l) * eps). The
+    # tiny component is dropped, and every kept aligned gradient is rescaled
+    # to the smallest kept norm 1: weights [1/3, 1/2, 1, 0], direction [1, 1, 1, 0].
+    jac = np.diag([3.0, 2.0, 1.0, 3.0 * np.sqrt(3e-7)])
+    d, w = checks.run(AlignedMTL(), jac)
+    np.testing.assert_allclose(w, [1 / 3, 1 / 2, 1.0, 0.0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(d, [1.0, 1.0, 1.0, 0.0], rtol=1e-5, atol=1e-7)
