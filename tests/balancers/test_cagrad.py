@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from keras_mtl import balancers
-from keras_mtl.balancers import CAGrad
+from keras_mtl.balancers import CAGrad, solvers
 from tests.balancers import gradient_checks as checks
 
 
@@ -124,3 +124,33 @@ def test_matches_the_official_update_away_from_stationarity():
     np.testing.assert_allclose(d, w @ jac, rtol=1e-4, atol=1e-5)
     expected = official_cagrad(jac)
     np.testing.assert_allclose(d, expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e-4, 1e4])
+def test_direction_scales_with_the_jacobian(scale):
+    # The update is positively homogeneous in J (the dual's minimiser does not
+    # depend on the scale of G, and lam = c |g0| / |g_w| is a ratio), so the
+    # 1e-8 guard must act on the normalised scale: on the raw norms it would
+    # shrink lam for gradients of norm ~1e-8 and below.
+    rng = np.random.default_rng(5)
+    jac = rng.normal(size=(3, 8)) + rng.normal(size=(1, 8))
+    d, w = checks.run(CAGrad(), jac)
+    d_scaled, w_scaled = checks.run(CAGrad(), scale * jac)
+    np.testing.assert_allclose(d_scaled, scale * d, rtol=1e-4, atol=1e-4 * scale * np.abs(d).max())
+    np.testing.assert_allclose(w_scaled, w, rtol=1e-4)
+
+
+def test_a_failed_cvxpy_solve_falls_back_to_the_graph_solver_and_is_counted(monkeypatch):
+    def broken(gram, c):
+        return np.full(gram.shape[0], np.nan), False
+
+    monkeypatch.setattr(solvers, "cagrad_weights_cvxpy", broken)
+    rng = np.random.default_rng(6)
+    jac = rng.normal(size=(3, 8)) + rng.normal(size=(1, 8))
+    b = CAGrad(solver="cvxpy")
+    d_graph, w_graph = checks.run(CAGrad(), jac)
+    for failures in (1.0, 2.0):
+        d, w = checks.run(b, jac)
+        np.testing.assert_allclose(d, d_graph, rtol=1e-6)
+        np.testing.assert_allclose(w, w_graph, rtol=1e-6)
+        assert float(b.logs()[f"{b.name}_solver_failures"]) == failures
