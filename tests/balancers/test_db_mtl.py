@@ -32,6 +32,19 @@ def test_matches_algorithm(beta, sigma):
     assert float(b.step) == 5.0 and b.num_params == 7
 
 
+def test_eps_is_added_to_the_loss():
+    # g_t = grad log(L_t + eps) = grad L_t / (L_t + eps): with eps = 0.5 the
+    # weights are 1 / (L + 0.5), not 1 / max(L, eps) (equal for eps = 1e-8).
+    jac = np.array([[2.0, 0.0], [0.0, 1.0]])
+    loss = np.array([1.0, 0.5])
+    d, w = checks.run(DBMTL(eps=0.5), jac, loss)
+    np.testing.assert_allclose(w, [2.0 / 3.0, 1.0], rtol=1e-6)
+    # Moving averages 0.1 * [4/3, 0] and 0.1 * [0, 1]: both rescaled to
+    # norm 0.1 * 4/3 and summed.
+    np.testing.assert_allclose(d, [0.4 / 3.0, 0.4 / 3.0], rtol=1e-5)
+    np.testing.assert_allclose(d, db_mtl_numpy([jac], [loss], 0.9, 0.0, eps=0.5)[0], rtol=1e-5)
+
+
 def test_representation_variant_balances_current_gradients():
     rng = np.random.default_rng(1)
     jac = rng.normal(size=(2, 6)) * [[1.0], [5.0]]
