@@ -104,3 +104,48 @@ def test_config_and_validation():
         DTP(gamma=-1)
     with pytest.raises(ValueError, match=r"unknown tasks \['b'\]"):
         DTP(kpi={"b": "accuracy"}).set_task_names(["a"])
+
+
+def test_default_gamma_and_alpha():
+    # gamma = 2 and alpha = 0.1: k2 = 0.1 exp(-L2) + 0.9 exp(-L1).
+    b = DTP()
+    b.aggregate(None, [0.5, 2.0])
+    k = 0.1 * np.exp(-np.array([1.0, 0.1])) + 0.9 * np.exp(-np.array([0.5, 2.0]))
+    np.testing.assert_allclose(b.aggregate(None, [1.0, 0.1]).weights, _focal(k, 2.0), rtol=1e-5)
+
+
+def test_a_task_without_labels_yet_has_weight_one():
+    # No KPI before the first labelled batch: weight 1, not the focal weight
+    # of the zero-initialised average (-(1 - 1e-4)^2 log(1e-4) = 9.2).
+    b = DTP(kpi="binary_accuracy", gamma=1.0)
+    b.set_task_names(["a", "b"])
+    y = np.array([[1.0], [0.0]])
+    p = np.array([[0.9], [0.9]])  # one right of two
+    b.observe({"a": y, "b": y}, {"a": p, "b": p}, {"a": np.zeros(2), "b": np.ones(2)})
+    np.testing.assert_allclose(b.aggregate(None, [1.0, 1.0]).weights, [1.0, _focal(0.5, 1.0)])
+
+
+def test_accuracy_with_one_hot_labels_is_categorical():
+    b = DTP(kpi="accuracy", alpha=1.0, gamma=0.0)
+    b.set_task_names(["a"])
+    p = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.8, 0.1, 0.1]])
+    b.observe({"a": np.eye(3)[[0, 1, 0, 2]]}, {"a": p}, None)  # 2 right of 4
+    np.testing.assert_allclose(b.aggregate(None, [1.0]).weights, [-np.log(0.5)], rtol=1e-5)
+
+
+def test_binary_accuracy_thresholds_soft_labels_at_one_half():
+    # Smoothed labels 0.9 / 0.1 are positives / negatives.
+    b = DTP(kpi="binary_accuracy", alpha=1.0, gamma=0.0)
+    b.set_task_names(["a"])
+    y = np.array([[0.9], [0.1], [0.1], [0.9]])
+    p = np.array([[0.8], [0.2], [0.3], [0.4]])  # right, right, right, wrong
+    b.observe({"a": y}, {"a": p}, None)
+    np.testing.assert_allclose(b.aggregate(None, [1.0]).weights, [-np.log(0.75)], rtol=1e-5)
+
+
+def test_logs_report_each_task_average():
+    b = DTP()
+    b.set_task_names(["a", "b"])
+    b.aggregate(None, [0.5, 2.0])
+    logs = b.logs()
+    np.testing.assert_allclose([logs["a_kpi"], logs["b_kpi"]], np.exp([-0.5, -2.0]), rtol=1e-6)
