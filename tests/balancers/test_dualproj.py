@@ -38,3 +38,14 @@ def test_config_and_validation():
     assert isinstance(balancers.get("dualproj"), DualProj)
     with pytest.raises(ValueError, match="reg_eps"):
         DualProj(reg_eps=float("nan"))
+
+
+def test_ridge_is_added_to_the_trace_normalised_gramian():
+    # G = [[18, -22], [-22, 38]], trace 56. Minimising v^T (G / 56 + eps I) v
+    # over v >= 1/2 keeps v2 = 1/2 and gives v1 = 11 / (18 + 56 eps).
+    for reg_eps in (0.05, 1e-4):  # 1e-4: torchjd's default
+        b = DualProj(reg_eps=reg_eps)
+        d, w = checks.run(b, checks.REFERENCE_J)
+        np.testing.assert_allclose(w, [11 / (18 + 56 * reg_eps), 0.5], rtol=2e-6)
+        np.testing.assert_allclose(d, w @ checks.REFERENCE_J, rtol=1e-5)
+    assert DualProj().reg_eps == 1e-4
