@@ -129,3 +129,13 @@ def test_config_and_validation():
         DWA(temperature=0)
     with pytest.raises(ValueError, match="Received: steps_per_epoch=2.5"):
         DWA(steps_per_epoch=2.5)
+
+
+def test_small_losses_keep_their_ratios():
+    # r depends only on ratios of mean losses: losses of order 1e-4 (a task
+    # near convergence) give the same weights as the same losses times 1e4.
+    # The guard against a zero previous mean must be far below such losses.
+    epochs = _epochs(seed=3)
+    small = [[1e-4 * losses for losses in epoch] for epoch in epochs]
+    got = _run_epochs(DWA(), small)
+    np.testing.assert_allclose(np.array(got), _reference(epochs), rtol=1e-5)
