@@ -147,3 +147,14 @@ def test_config_and_validation():
         FAMO(weight_decay=-0.1)
     with pytest.raises(ValueError, match="Expected 3 `min_losses`"):
         FAMO(min_losses=[0.0, 0.0]).aggregate(None, [1.0, 1.0, 1.0])
+
+
+def test_a_zero_previous_loss_gives_no_logit_gradient_with_three_tasks():
+    # Step 2 after losses [0, 1, 1]: task 0 had no labels, so delta = [0, log 2, 0]
+    # (not log(1e-8) - log(1) for task 0); z = 1/3 and the gradient
+    # z (delta - z . delta) = log 2 [-1, 2, -1] / 9. Adam's first step moves each
+    # logit by the learning rate against the sign of its gradient.
+    b = FAMO()
+    b.aggregate(None, [0.0, 1.0, 1.0])
+    b.aggregate(None, [1.0, 0.5, 1.0])
+    np.testing.assert_allclose(np.array(b.logits), [0.025, -0.025, 0.025], rtol=1e-4)
