@@ -49,3 +49,11 @@ def test_config_and_validation():
     assert isinstance(balancers.get("gls"), GLS)
     with pytest.raises(ValueError, match="Received: epsilon=-1"):
         GLS(epsilon=-1)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-8, 1e30])
+def test_weights_do_not_depend_on_a_common_scale_of_the_losses(scale):
+    # w_t = GM / (T L_t) is invariant to scaling all losses, in log space even
+    # where the product of the losses under- or overflows float32.
+    w = np.asarray(GLS().aggregate(None, scale * np.array([1.0, 4.0, 2.0])).weights)
+    np.testing.assert_allclose(w, [2.0 / 3.0, 1.0 / 6.0, 1.0 / 3.0], rtol=1e-5)
