@@ -104,3 +104,28 @@ def test_state_restore_graph_mode_config_and_validation():
     assert (GradNorm().alpha, GradNorm().learning_rate) == (1.5, 0.025)
     with pytest.raises(ValueError, match="Received: alpha=-1"):
         GradNorm(alpha=-1)
+
+
+def test_a_negative_loss_has_training_rate_zero():
+    # L = [-0.5, 2] against L(0) = [1, 1]: ratios clipped to [0, 2], rates
+    # [0, 2]; norms [3, 1], Gbar = 2, targets [0, 2 * 2^1.5]; the closed-form
+    # gradient sign(G - target) * norms = [3, -1] steps w = [1, 1] to
+    # [0.7, 1.1], renormalised to sum to 2 (no NaN from (-0.5)^1.5).
+    b = GradNorm(alpha=1.5, learning_rate=0.1)
+    b.build(2)
+    b.initialized.assign([1.0, 1.0])
+    b.aggregate(np.array([[3.0, 0.0], [0.0, 1.0]]), np.array([-0.5, 2.0]))
+    np.testing.assert_allclose(np.array(b.weights_state), [1.4 / 1.8, 2.2 / 1.8], rtol=1e-6)
+
+
+def test_a_task_without_a_first_loss_counts_as_training_rate_one():
+    # Task 0 has no labels yet (loss 0, no L(0)): its ratio is 1, so the
+    # others' rates stay 1 (not 1.5, which a ratio 0 would give). Norms
+    # [0, 2, 1.2], Gbar = 3.2 / 3, targets Gbar: gradient [0, 2, 1.2] and
+    # w = [1, 0.8, 0.88] renormalised to sum to 3.
+    b = GradNorm(alpha=1.0, learning_rate=0.1)
+    jac = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 1.2]])
+    b.aggregate(jac, np.array([0.0, 2.0, 1.0]))
+    np.testing.assert_allclose(
+        np.array(b.weights_state), 3 * np.array([1.0, 0.8, 0.88]) / 2.68, rtol=1e-6
+    )
