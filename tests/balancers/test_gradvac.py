@@ -71,3 +71,16 @@ def test_config_and_validation():
     for beta in (0.0, 1.5, float("nan")):
         with pytest.raises(ValueError, match="beta"):
             GradVac(beta=beta)
+
+
+def test_a_zero_gradient_leaves_its_pair_targets_unchanged():
+    # Step 1: cos(g1, g2) = 1/sqrt(2) >= the 0 targets, so no change; the
+    # targets move to 0.5 / sqrt(2). Step 2: g1 = 0 has no cosine with g2, so
+    # neither target of the pair moves (instead of decaying towards 0).
+    b = GradVac(beta=0.5, seed=0)
+    checks.run(b, [[1.0, 0.0], [1.0, 1.0]])
+    expected = 0.5 / np.sqrt(2) * (1 - np.eye(2))
+    np.testing.assert_allclose(np.asarray(b.targets), expected, rtol=1e-6)
+    d, _ = checks.run(b, [[0.0, 0.0], [1.0, 1.0]])
+    np.testing.assert_allclose(d, [1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(b.targets), expected, rtol=1e-6)
