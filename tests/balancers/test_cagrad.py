@@ -69,6 +69,9 @@ def test_config_and_validation():
     checks.check_config_round_trip(CAGrad(c=0.5, rescale=2, solver="cvxpy"), CAGrad)
     assert isinstance(balancers.get("cagrad"), CAGrad)
     assert CAGrad().c == 0.4 and CAGrad().rescale == 1
+    # cvxpy runs through tf.numpy_function, which XLA cannot compile:
+    # compile(jit_compile="auto") reads this to turn XLA off.
+    assert CAGrad().supports_jit and CAGrad(solver="cvxpy").supports_jit is False
     for kwargs in ({"c": -1.0}, {"rescale": 3}, {"solver": "scipy"}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             CAGrad(**kwargs)
