@@ -149,3 +149,16 @@ def test_logs_report_each_task_average():
     b.aggregate(None, [0.5, 2.0])
     logs = b.logs()
     np.testing.assert_allclose([logs["a_kpi"], logs["b_kpi"]], np.exp([-0.5, -2.0]), rtol=1e-6)
+
+
+def test_binary_accuracy_with_one_dimensional_labels_and_predictions():
+    # Labels (batch,) as Keras users pass them, predictions (batch,) or
+    # (batch, 1): compared per example, not broadcast to (batch, batch).
+    y = np.array([1.0, 0.0, 1.0, 0.0])
+    p = np.array([0.9, 0.4, 0.3, 0.2])  # right, right, wrong, right
+    for kpi in ("accuracy", "binary_accuracy"):
+        for pred in (p, p[:, None]):
+            b = DTP(kpi=kpi, alpha=1.0, gamma=0.0)
+            b.set_task_names(["a"])
+            b.observe({"a": y}, {"a": pred}, None)
+            np.testing.assert_allclose(b.aggregate(None, [1.0]).weights, [-np.log(0.75)], rtol=1e-5)
