@@ -24,6 +24,8 @@ class _ReferenceFAMO:
         losses = np.asarray(losses, float)
         if self.prev is not None:
             delta = np.log(self.prev - self.min + self.eps) - np.log(losses - self.min + self.eps)
+            # No delta for a task at its bound (no labels) now or at the previous step.
+            delta = np.where((self.prev > self.min) & (losses > self.min), delta, 0.0)
             z = np.exp(self.xi) / np.exp(self.xi).sum()
             # Vector-Jacobian product of the softmax: J_z^T delta.
             jac = np.diag(z) - np.outer(z, z)
@@ -158,3 +160,18 @@ def test_a_zero_previous_loss_gives_no_logit_gradient_with_three_tasks():
     b.aggregate(None, [0.0, 1.0, 1.0])
     b.aggregate(None, [1.0, 0.5, 1.0])
     np.testing.assert_allclose(np.array(b.logits), [0.025, -0.025, 0.025], rtol=1e-4)
+
+
+def test_a_zero_loss_gives_no_delta_at_the_next_step_either():
+    # Task 0 has no labels at step 2: delta_0 = 0 at step 2 (loss 0 now) and
+    # at step 3 (loss 0 at the previous step), not log(L(1) / L(3)) from the
+    # last step it had labels. The weights are checked where every task has a loss.
+    seq = np.array([[1.0, 1.0, 1.0], [0.0, 0.5, 1.0], [2.0, 0.25, 1.0], [1.5, 0.2, 0.9]])
+    ref = _ReferenceFAMO(3)
+    b = FAMO()
+    for losses in seq:
+        w = np.asarray(b.aggregate(None, losses).weights)
+        expected = ref.step(losses)
+        np.testing.assert_allclose(np.array(b.logits), ref.xi, rtol=1e-4, atol=1e-6)
+        if losses.min() > 0:
+            np.testing.assert_allclose(w, expected, rtol=1e-4)
