@@ -163,3 +163,45 @@ def test_check_number_and_check_integer():
 def test_bad_numbers_name_the_argument_and_value(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+# Every alias of the balancers in this package's base set, as the DESIGN's
+# contract and the docstrings name them; a dropped alias breaks user configs.
+ALIASES = [
+    ("ew", "EqualWeighting"),
+    ("equal", "EqualWeighting"),
+    ("equal_weighting", "EqualWeighting"),
+    ("fixed", "StaticWeighting"),
+    ("static", "StaticWeighting"),
+    ("static_weighting", "StaticWeighting"),
+    ("imtl", "IMTL"),
+    ("imtl_l", "IMTLL"),
+    ("imtll", "IMTLL"),
+    ("initial_loss", "InitialLossNormalization"),
+    ("initial_loss_normalization", "InitialLossNormalization"),
+    ("log", "LogLoss"),
+    ("log_loss", "LogLoss"),
+    ("mgda", "MGDA"),
+    ("mgda_ub", "MGDAUB"),
+    ("nash_mtl", "NashMTL"),
+    ("nashmtl", "NashMTL"),
+    ("pcgrad", "PCGrad"),
+    ("rlw", "RLW"),
+    ("random_loss_weighting", "RLW"),
+    ("uw", "UncertaintyWeighting"),
+    ("uncertainty", "UncertaintyWeighting"),
+    ("uncertainty_weighting", "UncertaintyWeighting"),
+    ("upgrad", "UPGrad"),
+]
+
+
+@pytest.mark.parametrize("alias, class_name", ALIASES)
+def test_every_alias_names_its_class(alias, class_name):
+    assert type(balancers.get(alias)) is getattr(balancers, class_name)
+    assert alias in balancers.available()
+
+
+def test_short_form_config_alias_is_case_insensitive():
+    # As `get("EW")`: the short form's class name is an alias in any case.
+    b = balancers.deserialize({"class_name": "Fixed", "config": {"weights": [1.0, 3.0]}})
+    assert isinstance(b, StaticWeighting) and b.weights_config == [1.0, 3.0]
