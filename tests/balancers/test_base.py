@@ -205,3 +205,10 @@ def test_short_form_config_alias_is_case_insensitive():
     # As `get("EW")`: the short form's class name is an alias in any case.
     b = balancers.deserialize({"class_name": "Fixed", "config": {"weights": [1.0, 3.0]}})
     assert isinstance(b, StaticWeighting) and b.weights_config == [1.0, 3.0]
+
+
+def test_static_weighting_accepts_zero_weights():
+    # "Non-negative": a zero weight switches a task off, it is not an error.
+    r = StaticWeighting([0.0, 2.0]).aggregate(J, [1.0, 1.0])
+    np.testing.assert_allclose(r.weights, [0.0, 2.0])
+    np.testing.assert_allclose(r.direction, [12.0, 2.0, 2.0])
