@@ -212,3 +212,38 @@ def test_static_weighting_accepts_zero_weights():
     r = StaticWeighting([0.0, 2.0]).aggregate(J, [1.0, 1.0])
     np.testing.assert_allclose(r.weights, [0.0, 2.0])
     np.testing.assert_allclose(r.direction, [12.0, 2.0, 2.0])
+
+
+# Non-default arguments: the copy made from the config must behave like the
+# original from its first step (fresh state), not only have an equal config.
+CONFIG_CASES = [
+    ("IMTLL", {"initial_scale": 0.7}, False),
+    ("UncertaintyWeighting", {"regression_form": True, "initial_log_variance": -0.5}, False),
+    ("RLW", {"distribution": "dirichlet", "concentration": 0.3, "seed": 11}, False),
+    ("PCGrad", {"seed": 12}, True),
+    ("UPGrad", {"reg_eps": 0.5}, True),
+    ("MGDA", {"normalization": "l2"}, True),
+    ("MGDAUB", {"normalization": "loss"}, True),
+    ("IMTL", {"mode": "gradient"}, True),
+    ("NashMTL", {"max_norm": 0.0, "update_every": 3, "optim_niter": 5}, True),
+    ("LogLoss", {"epsilon": 0.5}, False),
+    ("InitialLossNormalization", {"inner": "fixed"}, False),
+    ("StaticWeighting", {"weights": [2.0, 0.5, 1.0]}, False),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, gradient", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_config_keeps_every_argument_and_the_copy_behaves_alike(name, kwargs, gradient):
+    cls = getattr(balancers, name)
+    original = cls(**kwargs)
+    config = original.get_config()
+    for key, value in kwargs.items():
+        if key != "inner":
+            assert config[key] == value, key
+    copy = balancers.deserialize(balancers.serialize(original))
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        jac = rng.normal(size=(3, 4)) + 0.5 if gradient else None
+        losses = rng.uniform(0.5, 2.0, size=3)
+        a, b = original.aggregate(jac, losses), copy.aggregate(jac, losses)
+        np.testing.assert_allclose(np.asarray(a.weights), np.asarray(b.weights), rtol=1e-6)
