@@ -84,3 +84,14 @@ def test_hybrid_batch_without_a_tasks_labels_leaves_its_scale_alone():
         value = b.auxiliary_loss(tf.constant(losses))
     grad = np.asarray(tape.gradient(value, b.loss_scale.value))
     np.testing.assert_allclose(grad, [np.exp(0.3) - 1, 0.0, np.exp(0.1) * 0.5 - 1], rtol=1e-5)
+
+
+def test_hybrid_with_one_task_weights_it_by_its_loss_scale():
+    # One task: IMTL-G has alpha = 1, so the weight is the IMTL-L scale exp(s)
+    # (the same alpha_t exp(s_t) as with more tasks), not 1.
+    b = IMTL()
+    b.build(1)
+    b.loss_scale.assign([0.5])
+    d, w = checks.run(b, [[2.0, -1.0]])
+    np.testing.assert_allclose(w, [np.exp(0.5)], rtol=1e-6)
+    np.testing.assert_allclose(d, np.exp(0.5) * np.array([2.0, -1.0]), rtol=1e-6)
