@@ -7,8 +7,12 @@ from keras_mtl import balancers
 from keras_mtl.balancers import (
     DTP,
     DWA,
+    MGDA,
+    RLW,
     Balancer,
     BalanceResult,
+    GradNorm,
+    InitialLossNormalization,
     LogLoss,
     StaticWeighting,
     UncertaintyWeighting,
@@ -143,3 +147,16 @@ def test_wrapping_issue_5_gradient_methods():
     inner = balancers.MGDA().aggregate(scaled, np.log(losses))
     np.testing.assert_allclose(r.direction, inner.direction, rtol=1e-5)
     np.testing.assert_allclose(r.weights, np.asarray(inner.weights) / losses, rtol=1e-5)
+
+
+def test_wrapper_takes_the_inner_gradient_needs():
+    # The engine reads these from the wrapper: a cvxpy or Dirichlet inner
+    # method cannot be compiled with XLA, and GradNorm's weights need the
+    # Jacobian of the last shared layer only.
+    for wrapper in (LogLoss, InitialLossNormalization):
+        assert wrapper(MGDA(solver="cvxpy")).supports_jit is False
+        assert wrapper(RLW(distribution="dirichlet")).supports_jit is False
+        assert wrapper(MGDA()).supports_jit is True
+        assert wrapper(GradNorm()).jacobian_scope == "last_shared_layer"
+        assert wrapper(GradNorm(jacobian_scope="shared")).jacobian_scope == "shared"
+        assert wrapper("mgda_ub").preferred_gradient_mode == "representation"
