@@ -100,3 +100,18 @@ def test_config_and_validation():
         MGDA(normalization="norm2")
     with pytest.raises(ValueError, match="solver"):
         MGDA(solver="ecos")
+
+
+def test_cvxpy_failure_falls_back_to_the_graph_solver_and_is_counted(monkeypatch):
+    # A failed host solve must leave the in-graph weights and add one to the
+    # logged failure count per failed step (the count is what tells a user
+    # that `solver="cvxpy"` is not doing its job).
+    def failing(gram):
+        return np.full(gram.shape[0], np.nan), True
+
+    monkeypatch.setattr(solvers, "min_norm_weights_cvxpy", failing)
+    b = MGDA(solver="cvxpy")
+    for step in (1, 2):
+        d, w = checks.run(b, checks.REFERENCE_J)
+        np.testing.assert_allclose(w, [0.6, 0.4], atol=1e-6)
+        assert float(b.logs()[f"{b.name}_solver_failures"]) == step
