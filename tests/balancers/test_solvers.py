@@ -274,3 +274,19 @@ def test_simplex_and_box_qp_match_cvxpy(num_tasks):
     ref = _cvxpy_qp(gram, linear, lambda v: [v >= lower, v <= upper])
     assert (x >= lower - 1e-7).all() and (x <= upper + 1e-7).all()
     assert value(x) <= value(ref) + 1e-5 * abs(value(ref)) + 1e-9
+
+
+def test_min_norm_two_identical_gradients_split_evenly():
+    # Every convex combination of two identical gradients is the min-norm
+    # point; the solver picks the symmetric one, [0.5, 0.5], so that swapping
+    # the tasks swaps nothing (a 0/0 must not fall to one end of the segment).
+    gram = np.full((2, 2), 14.0)  # g1 = g2 = [1, 2, 3]
+    np.testing.assert_allclose(np.asarray(solvers.min_norm_weights(gram)), [0.5, 0.5])
+    np.testing.assert_allclose(np.asarray(solvers.min_norm_weights(np.zeros((2, 2)))), [0.5, 0.5])
+
+
+def test_row_norms_of_tiny_rows():
+    # (3e-30)^2 underflows float32 to 0: the plain sqrt(sum(x^2)) would give
+    # 0; the scaled path gives 5e-30 (the norm Nash-MTL uses for |G|_F).
+    out = np.asarray(solvers.row_norms(np.array([[3e-30, 4e-30], [3e-20, 4e-20]], "float32")))
+    np.testing.assert_allclose(out, [5e-30, 5e-20], rtol=1e-6)
