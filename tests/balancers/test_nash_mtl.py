@@ -151,3 +151,28 @@ def test_config_and_validation():
     ):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             NashMTL(**kwargs)
+
+
+def test_tiny_gradients_are_solved_not_treated_as_zero():
+    # At gradient scale 1e-12 the Gramian's entries (~1e-24) square to ~1e-48,
+    # below float32's range: |G|_F must still be found (not 0), so the
+    # bargaining solution is the one at scale 1 (|d| = sqrt(T)), not a failure.
+    rng = np.random.default_rng(7)
+    jac = rng.normal(size=(3, 10)) + 1.0
+    d_ref, _ = checks.run(NashMTL(max_norm=0.0), jac)
+    b = NashMTL(max_norm=0.0)
+    d, _ = checks.run(b, 1e-12 * jac)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-4, atol=1e-6)
+    assert float(b.logs()[f"{b.name}_solver_failures"]) == 0.0
+
+
+def test_nearly_opposite_gradients_still_have_a_bargaining_solution():
+    # g1 = [1, 0.01], g2 = [-1, 0.01]: nearly opposite, but d = [0, 1] improves
+    # both, so a solution exists. By symmetry alpha = [a, a] with
+    # a^2 (G [1, 1])_i = a^2 * 2e-4 = 1, i.e. a = 1 / sqrt(2e-4), and
+    # d = a (g1 + g2) = [0, 0.02 a] = [0, sqrt(2)]. Hand-derived.
+    b = NashMTL(max_norm=0.0)
+    d, alpha = checks.run(b, [[1.0, 0.01], [-1.0, 0.01]])
+    np.testing.assert_allclose(alpha, [1 / np.sqrt(2e-4)] * 2, rtol=1e-3)
+    np.testing.assert_allclose(d, [0.0, np.sqrt(2.0)], rtol=1e-3, atol=1e-4)
+    assert float(b.logs()[f"{b.name}_solver_failures"]) == 0.0
