@@ -176,3 +176,20 @@ def test_nearly_opposite_gradients_still_have_a_bargaining_solution():
     np.testing.assert_allclose(alpha, [1 / np.sqrt(2e-4)] * 2, rtol=1e-3)
     np.testing.assert_allclose(d, [0.0, np.sqrt(2.0)], rtol=1e-3, atol=1e-4)
     assert float(b.logs()[f"{b.name}_solver_failures"]) == 0.0
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e-3])
+def test_second_step_at_small_gradient_scale_is_solved(scale):
+    # The previous raw alpha (~1 / |g|, large here) warm-starts the solve on
+    # the Frobenius-normalised Gramian, whose solution is O(1); the solver
+    # rescales the start along its ray, without which damped Newton stops far
+    # from the solution. Step two must satisfy alpha_i (G alpha)_i = 1 and
+    # match a fresh solve.
+    rng = np.random.default_rng(7)
+    first, second = (scale * (rng.normal(size=(4, 10)) + 1.0) for _ in range(2))
+    b = NashMTL(max_norm=0.0)
+    checks.run(b, first)
+    _, alpha = checks.run(b, second)
+    np.testing.assert_allclose(alpha * (second @ second.T @ alpha), 1.0, rtol=1e-4)
+    _, fresh = checks.run(NashMTL(max_norm=0.0), second)
+    np.testing.assert_allclose(alpha, fresh, rtol=1e-4)
