@@ -73,6 +73,23 @@ def test_dropout_only_in_training():
     assert (trained == 0).mean() > (np.asarray(bank(x)) == 0).mean()
 
 
+def test_kernel_and_bias_regularisers_give_their_penalties():
+    bank = ExpertBank(
+        num_experts=2,
+        units=(3, 2),
+        bias_initializer="random_normal",
+        kernel_regularizer=keras.regularizers.L2(0.1),
+        bias_regularizer=keras.regularizers.L1(0.2),
+    )
+    bank.build((None, 4))
+    # One penalty per weight: L2 on both stacked kernels, L1 on both biases.
+    expected = sum(0.1 * np.sum(np.square(k)) for k in bank.kernels) + sum(
+        0.2 * np.sum(np.abs(b)) for b in bank.biases
+    )
+    assert len(bank.losses) == 4
+    assert float(sum(bank.losses)) == pytest.approx(float(expected), rel=1e-5)
+
+
 @pytest.mark.parametrize("as_config", [False, True])
 def test_user_supplied_expert_is_cloned(as_config, tmp_path):
     template = keras.layers.Dense(3, activation="tanh", name="my_expert")

@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -40,6 +41,14 @@ def test_dropout_acts_on_logits_in_training_only():
     assert 0.2 < dropped.mean() < 0.8
     logits = np.where(dropped, 0.0, 6.0)
     np.testing.assert_allclose(trained, reference.softmax(logits), rtol=1e-5)
+
+
+def test_kernel_regulariser_penalises_the_gate_kernel():
+    gate = Gate(num_experts=3, kernel_regularizer=keras.regularizers.L2(0.1))
+    gate.build((None, 4))
+    expected = 0.1 * np.sum(np.square(np.asarray(gate.dense.kernel)))
+    assert len(gate.losses) == 1
+    assert float(gate.losses[0]) == pytest.approx(float(expected), rel=1e-5)
 
 
 @pytest.mark.parametrize(
