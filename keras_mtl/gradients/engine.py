@@ -117,7 +117,7 @@ class GradientEngine:
             wanted = set()
             for layer in self.shared_layers:
                 if isinstance(layer, str):
-                    layer = model.get_layer(layer)
+                    layer = find_layer(model, layer)
                 if not layer.trainable_variables:
                     raise ValueError(
                         f"Layer '{layer.name}' in `shared_layers` has no trainable variables. "
@@ -446,6 +446,40 @@ class GradientEngine:
             v.assign(tf.where(finite, v.value, old))
         tf.cond(finite, update, lambda: tf.constant(False))
         return finite
+
+
+def find_layer(model, name: str):
+    """The layer of `model` called `name`, nested layers included.
+
+    `keras.Model.get_layer` sees only the top-level layers, but a shared
+    layer is often inside one (a `SharedBottom`'s dense layers).
+
+    Args:
+        model: a Keras model.
+        name: the layer name.
+
+    Returns:
+        The layer, or `None` when the model has no layer of that name.
+
+    Raises:
+        ValueError: when several layers of the model have that name.
+
+    Example:
+
+    >>> import keras, keras_mtl
+    >>> from keras_mtl.gradients.engine import find_layer
+    >>> x = keras.Input((3,))
+    >>> h = keras_mtl.layers.SharedBottom(units=(4, 2), name="trunk")(x)
+    >>> find_layer(keras.Model(x, h), "dense_1").name
+    'dense_1'
+    """
+    found = [layer for layer in model._flatten_layers(include_self=False) if layer.name == name]
+    if len(found) > 1:
+        raise ValueError(
+            f"Layer name {name!r} in `shared_layers` is ambiguous: the model has {len(found)} "
+            "layers of that name. Pass the layer objects instead."
+        )
+    return found[0] if found else None
 
 
 def representation_layer(model, required: bool):

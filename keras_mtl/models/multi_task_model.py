@@ -10,7 +10,7 @@ from keras import ops
 from keras.src.models.functional import Functional
 
 from keras_mtl import balancers as balancers_module
-from keras_mtl.gradients.engine import GradientEngine
+from keras_mtl.gradients.engine import GradientEngine, find_layer
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -700,7 +700,8 @@ def _check_shared_layers(model, shared_layers) -> None:
     names = [layer.name for layer in layers]
     for entry in shared_layers:
         if isinstance(entry, str):
-            found = entry in names
+            # The engine resolves names the same way (nested layers included).
+            found = find_layer(model, entry) is not None
         elif isinstance(entry, keras.layers.Layer):
             found = any(entry is layer for layer in layers)
         else:

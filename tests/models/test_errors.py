@@ -114,6 +114,19 @@ def test_shared_layers_must_be_layers_of_the_model():
     model.compile(optimizer="sgd", loss=LOSS, shared_layers=["trunk", model.get_layer("task_1")])
 
 
+def test_an_ambiguous_nested_layer_name_in_shared_layers():
+    # Both trunks hold a layer called "dense_0": a name cannot say which.
+    inputs = keras.Input((6,))
+    a = keras_mtl.layers.SharedBottom(units=(4,), name="trunk_a")(inputs)
+    b = keras_mtl.layers.SharedBottom(units=(4,), name="trunk_b")(inputs)
+    h = keras.layers.Concatenate()([a, b])
+    model = keras_mtl.MultiTaskModel(
+        inputs=inputs, outputs={t: keras.layers.Dense(1, name=t)(h) for t in LOSS}
+    )
+    with pytest.raises(ValueError, match=r"'dense_0' in `shared_layers` is ambiguous.*2 layers"):
+        model.compile(optimizer="sgd", loss=LOSS, shared_layers=["dense_0"])
+
+
 def test_a_subclassed_output_without_a_loss_is_named():
     class ThreeOutputs(keras_mtl.MultiTaskModel):
         def __init__(self, **kwargs):
