@@ -339,6 +339,36 @@ def test_callbacks_and_validation_data_work(tmp_path):
     assert result["loss"] == pytest.approx(objective, rel=1e-5)
 
 
+def test_logged_means_over_unequal_batches():
+    # 40 examples in batches of 16, 16 and 8: the losses are averaged over
+    # examples (as Keras's `loss`), the task weights over steps.
+    x, y = data(n=40)
+    model = build()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=LOSS, balancer=NormalizedEMA())
+    pred = model.predict(x, verbose=0)
+    task = [float(np.mean((pred[t] - y[t]) ** 2)) for t in TASKS]
+    steps = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: steps.append(np.array(model.balancer.ema))
+    )
+    history = model.fit(x, y, batch_size=16, shuffle=False, verbose=0, callbacks=[record])
+    steps = np.stack(steps)  # NormalizedEMA's weights are its state after each step
+    assert len(steps) == 3 and not np.allclose(steps[1], steps[2], rtol=1e-3)
+    for t, name in enumerate(TASKS):
+        assert history.history[f"{name}_loss"] == [pytest.approx(task[t], rel=1e-5)]
+        assert history.history[f"{name}_weight"] == [pytest.approx(steps[:, t].mean(), rel=1e-5)]
+    # The objective of each step, weighted by its batch size.
+    sizes = np.array([16, 16, 8])
+    per_step = [
+        sum(
+            steps[i, t] * np.mean((pred[name][b] - y[name][b]) ** 2) for t, name in enumerate(TASKS)
+        )
+        for i, b in enumerate([slice(0, 16), slice(16, 32), slice(32, 40)])
+    ]
+    expected = np.sum(sizes * np.array(per_step)) / sizes.sum()
+    assert history.history["loss"] == [pytest.approx(expected, rel=1e-5)]
+
+
 def _fit_with_ema(x, y, optimizer, batch_size, epochs, **compile_kwargs):
     """Weights and history of `build()` trained with the stateful `NormalizedEMA`."""
     model = build()
@@ -565,9 +595,11 @@ def test_compile_config_keeps_the_gradient_options(tmp_path):
         optimizer="sgd",
         loss=LOSS,
         balancer=NormalizedEMA(),
+        metrics={"task_1": ["mae"]},
         shared_layers=["trunk"],
         gradient_mode="jacobian",
         nonfinite="skip",
+        steps_per_execution=2,
     )
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
@@ -575,6 +607,11 @@ def test_compile_config_keeps_the_gradient_options(tmp_path):
     assert config["shared_layers"] == ["trunk"]
     assert config["gradient_mode"] == "jacobian"
     assert config["nonfinite"] == "skip"
+    assert loaded.steps_per_execution == 2
+    # The compiled metrics come back too, with the same values.
+    expected = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    result = loaded.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    assert result["task_1_mae"] == pytest.approx(expected["task_1_mae"], rel=1e-6)
     # The loaded model skips a non-finite batch instead of raising.
     y_bad = {"task_1": y["task_1"], "task_2": np.full_like(y["task_2"], np.inf)}
     history = loaded.fit(x, y_bad, batch_size=16, verbose=0)
