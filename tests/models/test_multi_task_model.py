@@ -141,6 +141,30 @@ def test_partially_missing_labels_average_over_labelled_examples():
     assert by_weight["task_1_loss"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_metrics_ignore_unlabelled_examples():
+    # Missing by NaN for task_1, by a zero weight for task_2: the metrics see
+    # the labelled examples only (a NaN label replaced by 0 would count).
+    x, y = data(n=8)
+    missing = np.array([0, 1, 0, 0, 1, 0, 0, 1], bool)
+    y_nan = {"task_1": np.where(missing[:, None], np.nan, y["task_1"]), "task_2": y["task_2"]}
+    sample_weight = {"task_2": (~missing).astype("float32")}
+    model = build()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0),
+        loss=LOSS,
+        metrics={"task_1": ["mae"], "task_2": ["mae"]},
+    )
+    pred = model.predict(x, verbose=0)
+    expected = {f"{t}_mae": float(np.mean(np.abs(pred[t] - y[t])[~missing])) for t in TASKS}
+    result = model.evaluate(
+        x, y_nan, sample_weight=sample_weight, batch_size=8, verbose=0, return_dict=True
+    )
+    history = model.fit(x, y_nan, sample_weight=sample_weight, batch_size=8, verbose=0)
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, rel=1e-5), key
+        assert history.history[key] == [pytest.approx(value, rel=1e-5)], key
+
+
 def test_sample_weights_scale_the_per_example_losses():
     # L_t = sum_i w_i l_i / #{i : w_i > 0}: weights other than 0 and 1 count.
     x, y = data(n=8)
