@@ -15,14 +15,17 @@ LOSS = {"task_1": "mse", "task_2": "mse"}
 
 def run(strategy, x, y, weight):
     with strategy.scope():
-        model = build()
-        initial = [np.array(v) for v in model.trainable_variables]
+        # "reg": L2 penalties, whose gradient each replica must also divide.
+        reg = keras.regularizers.L2(0.05) if sys.argv[3:] == ["reg"] else None
+        model = build(regularizer=reg)
         model.compile(
             optimizer=keras.optimizers.SGD(0.5),
             loss=LOSS,
             balancer=NormalizedEMA(0.3) if sys.argv[2] == "ema" else sys.argv[2],
             gradient_mode=sys.argv[1],
         )
+        # After compile: a balancer's own trainable variables (IMTL's) join the model's.
+        initial = [np.array(v) for v in model.trainable_variables]
     model.fit(x, y, sample_weight=weight, batch_size=32, epochs=1, shuffle=False, verbose=0)
     final = [np.array(v) for v in model.trainable_variables]
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(final, initial, strict=True))

@@ -10,14 +10,22 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
-    "mode, balancer", [("loop", "ema"), ("jacobian", "ema"), ("loop", "db_mtl")]
+    "mode, balancer, extra",
+    [
+        ("loop", "ema", []),
+        ("jacobian", "ema", []),
+        ("loop", "db_mtl", []),
+        ("loop", "imtl", ["reg"]),
+    ],
 )
-def test_mirrored_update_equals_single_device_update_on_global_batch(mode, balancer):
+def test_mirrored_update_equals_single_device_update_on_global_batch(mode, balancer, extra):
     # "ema" is a small non-linear stateful test balancer; DB-MTL's state has one
-    # entry per shared parameter, created before training by `fit`.
+    # entry per shared parameter, created before training by `fit`. IMTL with
+    # weight penalties: its trainable scales and the penalties' gradients are
+    # applied once per replica too, so each must be divided by the replicas.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
-        [sys.executable, "-m", "tests.models.mirrored_check", mode, balancer],
+        [sys.executable, "-m", "tests.models.mirrored_check", mode, balancer, *extra],
         cwd=ROOT,
         env=env,
         capture_output=True,
