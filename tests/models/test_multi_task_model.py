@@ -464,15 +464,16 @@ def test_mixed_precision_trains_with_a_gradient_balancer():
     assert history.history["loss"][1] < history.history["loss"][0]
 
 
-@pytest.mark.parametrize("mode", ["loop", "jacobian"])
+@pytest.mark.parametrize("mode", ["loop", "jacobian", "representation"])
 def test_mixed_precision_step_is_unscaled(mode):
     # SGD, unlike Adam, shows a gradient off by the loss scale.
     x, y = data(n=32)
-    reference = build()
+    representation = mode == "representation"
+    reference = build(representation=representation)
     expected = _brute_force_grads(reference, x, y, [0.3, 0.7])
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        model = build()
+        model = build(representation=representation)
     finally:
         keras.config.set_dtype_policy("float32")
     model.set_weights(reference.get_weights())
@@ -491,6 +492,8 @@ def test_mixed_precision_step_is_unscaled(mode):
         np.testing.assert_allclose(
             losses[t], float(tf.reduce_mean(tf.square(pred - y[name]))), rtol=2e-2
         )
+    if representation:
+        return  # the rows are per-example gradients, checked in float32 above
     shared = [v for v in reference.trainable_variables if v.path.startswith("trunk/")]
     with tf.GradientTape() as tape:
         loss_1 = tf.reduce_mean(tf.square(reference(x)["task_1"] - y["task_1"]))
@@ -610,6 +613,27 @@ def test_balancer_variables_take_the_step_of_their_auxiliary_loss(balancer, mode
     model.fit(x, y, batch_size=32, verbose=0)
     rtol = 2e-2 if mixed else 1e-4
     np.testing.assert_allclose(np.array(variable), sign * 0.1 * (task - 1.0), rtol=rtol, atol=1e-6)
+
+
+def test_the_auxiliary_loss_adds_no_gradient_to_the_model():
+    # UW trains its log-variances s with sum_t exp(-s_t) L_t + s_t; the task
+    # losses enter it with gradients stopped, so the model's step is that of
+    # sum_t w_t L_t alone (w = exp(-s) = 1 at the start), not twice that.
+    x, y = data(n=32)
+    model = build()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS, balancer="uw")
+    own = {id(v) for v in model.balancer.trainable_variables}
+    variables = [v for v in model.trainable_variables if id(v) not in own]
+    assert len(own) == 1 and len(variables) == len(model.trainable_variables) - 1
+    before = [np.array(v) for v in variables]
+    with tf.GradientTape() as tape:
+        pred = model(x, training=True)
+        total = sum(tf.reduce_mean(tf.square(pred[t] - y[t])) for t in TASKS)
+    expected = tape.gradient(total, variables)
+    history = model.fit(x, y, batch_size=32, verbose=0)
+    assert history.history["task_1_weight"] == [1.0]
+    for b, v, g in zip(before, variables, expected, strict=True):
+        np.testing.assert_allclose((b - np.array(v)) / 0.1, np.asarray(g), rtol=1e-4, atol=1e-6)
 
 
 def test_compile_config_keeps_the_gradient_options(tmp_path):
