@@ -130,3 +130,23 @@ def test_clear_errors():
         delta_m({}, {}, True)
     with pytest.raises(ValueError, match="Received: average='median'"):
         delta_m({"a": 1.0}, {"a": 2.0}, True, average="median")
+
+
+def test_task_keys_win_over_metric_names():
+    # "loss" is lower-is-better by metric name, but task "b" names its own
+    # direction: b's loss counts as higher-is-better.
+    results = {"a": {"loss": 0.3}, "b": {"loss": 0.6}}
+    stl = {"a": {"loss": 0.4}, "b": {"loss": 0.4}}
+    per_task = delta_m_per_task(results, stl, {"loss": False, "b": True})
+    assert per_task == pytest.approx({"a": 25.0, "b": 50.0})
+
+
+def test_numpy_bools_are_directions_and_bools_are_not_numbers():
+    # Directions often come from NumPy (a mask of metric kinds).
+    directions = np.array([True, False])
+    assert delta_m([0.9, 3.0], [1.0, 2.0], directions) == pytest.approx((-10 - 50) / 2)
+    assert delta_m({"a": 1.1}, {"a": 1.0}, {"a": np.True_}) == pytest.approx(10.0)
+    # A bool result is a mistake (a direction passed as a value), not 1.0.
+    for value in (True, np.bool_(False)):
+        with pytest.raises(TypeError, match=r"`results\['a'\]` must be a number"):
+            delta_m({"a": value}, {"a": 1.0}, True)
