@@ -163,6 +163,38 @@ def test_labels_of_another_width_are_an_error_for_keras_losses():
     model.fit(x, wide, verbose=0)
 
 
+def test_sparse_labels_of_width_one_fit_wider_predictions():
+    # Sparse class labels (batch, 1) against (batch, 3) probabilities are what
+    # sparse_categorical_crossentropy reads: the width check lets them through,
+    # and the loss is Keras's.
+    x, _ = data(n=16)
+    inputs = keras.Input((6,))
+    h = keras_mtl.layers.SharedBottom(units=(4,), name="trunk")(inputs)
+    model = keras_mtl.MultiTaskModel(
+        inputs=inputs,
+        outputs={
+            "task_1": keras.layers.Dense(3, activation="softmax", name="task_1")(h),
+            "task_2": keras.layers.Dense(1, name="task_2")(h),
+        },
+    )
+    loss = {"task_1": "sparse_categorical_crossentropy", "task_2": "mse"}
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
+    y = {"task_1": (np.arange(16) % 3).reshape(16, 1), "task_2": x[:, :1]}
+    pred = model.predict(x, verbose=0)["task_1"]
+    expected = -np.mean(np.log(pred[np.arange(16), y["task_1"][:, 0]]))
+    result = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    assert result["task_1_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_balancer_built_for_other_tasks_is_refused():
+    balancer = keras_mtl.balancers.get("uw")
+    balancer.build(3)
+    with pytest.raises(
+        ValueError, match=r"built for 3 tasks, the model has 2: \['task_1', 'task_2'\]"
+    ):
+        build().compile(optimizer="sgd", loss=LOSS, balancer=balancer)
+
+
 def test_a_sample_weight_dict_may_leave_out_tasks():
     x, y = data(n=16)
     weight = np.array([0, 1] * 8, "float32")
