@@ -51,14 +51,19 @@ def build(d=6, seed=1, representation=False, model_cls=None, regularizer=None):
 
 
 class Capture(Balancer):
-    """Fixed weights `[0.3, 0.7]`, direction `w^T J`; stores J and losses when eager."""
+    """Fixed weights `[0.3, 0.7]`, direction `w^T J`; stores J and losses (and the
+    representation the engine passes, or None) when eager."""
 
     requires_jacobian = True
     last = None
+    last_representation = None
 
     def compute(self, jacobian, losses, representation=None):
         if not hasattr(jacobian, "graph"):
             Capture.last = (np.asarray(jacobian), np.asarray(losses))
+            Capture.last_representation = (
+                None if representation is None else np.asarray(representation)
+            )
         weights = ops.convert_to_tensor([0.3, 0.7], dtype="float32")
         return BalanceResult(ops.matmul(weights[None], jacobian)[0], weights)
 

@@ -72,6 +72,8 @@ def test_every_gradient_mode_matches_brute_force(mode):
             loss = tf.reduce_mean(tf.square(tower(z) - y[name]))
         if mode == "representation":
             row = tape.gradient(loss, z).numpy().ravel()
+            # The balancer also gets the representation's value (GradDrop reads it).
+            np.testing.assert_allclose(Capture.last_representation, z.numpy(), atol=1e-6)
         else:
             shared = [v for v in model.trainable_variables if v.path.startswith("trunk/")]
             row = np.concatenate([np.ravel(g) for g in tape.gradient(loss, shared)])
@@ -79,6 +81,7 @@ def test_every_gradient_mode_matches_brute_force(mode):
         np.testing.assert_allclose(losses[t], loss.numpy(), rtol=1e-5)
     if mode != "representation":
         assert model.shared_variable_paths == ["trunk/dense_0/kernel", "trunk/dense_0/bias"]
+        assert Capture.last_representation is None
 
 
 def test_loss_only_balancer_takes_one_weighted_backward():
@@ -525,6 +528,23 @@ def test_nonfinite_loss_raises_by_default_and_skip_mode_counts():
     # A good batch afterwards trains normally.
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     assert not np.array_equal(before[0], np.array(model.trainable_variables[0]))
+
+
+def test_a_skipped_step_restores_every_state_variable_of_the_balancer():
+    # DB-MTL keeps a step count, moving loss norms and moving gradients; a
+    # non-finite batch must leave all of them as they were, not only the first.
+    x, y = data(n=32)
+    y_bad = {"task_1": y["task_1"], "task_2": np.full_like(y["task_2"], np.inf)}
+    model = build()
+    model.compile(optimizer="sgd", loss=LOSS, balancer="db_mtl", nonfinite="skip")
+    model.fit(x, y, batch_size=32, verbose=0)  # a good step: the state is not its initial value
+    state = model.balancer.non_trainable_variables
+    assert len(state) >= 3
+    before = [np.array(v) for v in state]
+    history = model.fit(x, y_bad, batch_size=16, verbose=0)
+    assert history.history["skipped_steps"] == [2.0]
+    for b, v in zip(before, state, strict=True):
+        np.testing.assert_array_equal(b, np.array(v), err_msg=v.path)
 
 
 @pytest.mark.parametrize("balancer", ["ew", NormalizedEMA()])
