@@ -6,6 +6,7 @@ import tensorflow as tf
 import keras_mtl
 from keras_mtl.callbacks import GateMonitor
 from keras_mtl.layers import CGC, PLE, MMoE
+from tests.layers import reference
 
 
 def _model(layer, num_tasks=2, d=4, extra_layer=None):
@@ -208,3 +209,29 @@ def test_dselect_k_entropy_is_that_of_the_renormalised_weights():
     p = w / w.sum(-1, keepdims=True)
     np.testing.assert_allclose(stats["t0"]["weights"], w.mean(0), rtol=1e-5)
     np.testing.assert_allclose(stats["t0"]["entropy"], _stats(p)[1], rtol=1e-5)
+
+
+def test_statistics_are_those_of_inference_with_the_prefix_given():
+    # Gate dropout would make training-mode weights random: the monitor (and
+    # `gate_weights`, its reference here) must use the inference weights,
+    # which are the NumPy softmax of the gate logits.
+    layer = MMoE(
+        num_tasks=2, num_experts=3, expert_units=(4,), gate_kwargs={"dropout": 0.5}, name="mmoe"
+    )
+    model = _model(layer)
+    x, _ = _data()
+    monitor = GateMonitor(x, task_names=["t0", "t1"], prefix="moe")
+    logs = {}
+    monitor.set_model(model)
+    monitor.on_epoch_end(0, logs)
+    assert sorted(logs) == sorted(
+        [f"moe/{t}/expert_{i}" for t in ("t0", "t1") for i in range(3)]
+        + ["moe/t0/entropy", "moe/t1/entropy"]
+    )
+    for t, (task, gate) in enumerate(zip(["t0", "t1"], layer.gates, strict=True)):
+        expected = reference.gate(gate, x)
+        np.testing.assert_allclose(np.asarray(layer.gate_weights(x)[t]), expected, rtol=1e-5)
+        mean, entropy = _stats(expected)
+        got = [logs[f"moe/{task}/expert_{i}"] for i in range(3)]
+        np.testing.assert_allclose(got, mean, rtol=1e-5)
+        assert logs[f"moe/{task}/entropy"] == pytest.approx(entropy, rel=1e-5)
