@@ -40,6 +40,9 @@ def test_labels_over_the_entire_space():
     np.testing.assert_array_equal(labels["ctr"].ravel(), [1, 1, 0, 0])
     np.testing.assert_array_equal(labels["ctcvr"].ravel(), [1, 0, 0, 0])
     assert labels["ctr"].shape == (4, 1) and labels["ctr"].dtype == np.float32
+    # A conversion logged without a click (inconsistent logs) is no click-and-convert.
+    labels = ESMM.labels(click=[1, 1, 0, 0], conversion=[1, 0, 1, 0])
+    np.testing.assert_array_equal(labels["ctcvr"].ravel(), [1, 0, 0, 0])
 
 
 def test_multi_task_model_losses_use_the_paper_labels():
