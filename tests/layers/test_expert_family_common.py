@@ -326,3 +326,24 @@ def test_config_round_trip_keeps_every_non_default_option(name):
     # The regularisers are applied, not only named (DSelect-k has none).
     assert len(again.losses) == len(layer.losses)
     assert len(layer.losses) > 0 or name == "dselect_k"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MMoE(num_tasks=2, num_experts=3, expert_units=(4,), return_gate_weights=True),
+        lambda: CGC(num_tasks=2, expert_units=(4,), return_gate_weights=True),
+        lambda: PLE(num_tasks=2, num_levels=2, expert_units=(4,), return_gate_weights=True),
+    ],
+    ids=["mmoe", "cgc", "ple"],
+)
+def test_gate_weights_outputs_keep_the_padding_mask(make):
+    # With return_gate_weights the outputs are (task outputs, gate weights):
+    # the gate weights are per position too and carry the input's mask.
+    tokens = np.array([[3, 1, 0, 0], [2, 5, 7, 0]], "int32")
+    inputs = keras.Input((4,), dtype="int32")
+    outputs, weights = make()(keras.layers.Embedding(9, 5, mask_zero=True)(inputs))
+    assert len(outputs) == len(weights) == 2
+    masks = [keras.ops.cast(t._keras_mask, "int32") for t in [*outputs, *weights]]
+    for got in keras.Model(inputs, masks)(tokens):
+        np.testing.assert_array_equal(np.asarray(got), (tokens != 0).astype("int32"))
