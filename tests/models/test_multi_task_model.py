@@ -591,6 +591,12 @@ def test_skipped_steps_add_nothing_to_the_logged_means():
     assert history.history["skipped_steps"] == [1.0]
     for key in ("task_1_loss", "task_2_loss", "task_2_mae"):
         assert history.history[key][0] == pytest.approx(second[key], rel=1e-5), key
+    # The weights too are those of the one applied step (NormalizedEMA's state
+    # after it), not averaged with the zeros logged for the skipped one.
+    applied = np.array(model.balancer.ema)
+    assert not np.allclose(applied, 1.0)
+    for t, name in enumerate(TASKS):
+        assert history.history[f"{name}_weight"] == [pytest.approx(applied[t], rel=1e-5)]
     assert np.isfinite(history.history["loss"][0]) and history.history["loss"][0] > 0
 
 
