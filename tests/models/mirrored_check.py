@@ -32,12 +32,35 @@ def run(strategy, x, y, weight):
     return final, [np.array(v) for v in model.balancer.variables], moved
 
 
+def refusals(x, y):
+    """The messages of the modes refused with several replicas, in order."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    messages = []
+    for kwargs in ({"gradient_mode": "representation"}, {"nonfinite": "skip"}):
+        with strategy.scope():
+            model = build(representation=True)
+            model.compile(optimizer="sgd", loss=LOSS, balancer="mgda", **kwargs)
+        before = [np.array(v) for v in model.trainable_variables]
+        try:
+            model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+            messages.append(None)
+        except ValueError as error:
+            messages.append(str(error))
+        after = [np.array(v) for v in model.trainable_variables]
+        # A refused step applies nothing.
+        assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    return messages
+
+
 def main():
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
     )
     x, y = data(n=64)
+    if sys.argv[1] == "refusals":
+        print(json.dumps({"messages": refusals(x, y)}))
+        return
     # Unlabelled examples, unevenly spread over the replicas' halves of each batch.
     weight = {"task_1": np.ones(64, "float32"), "task_2": np.ones(64, "float32")}
     weight["task_2"][[0, 1, 2, 3, 4, 40]] = 0.0

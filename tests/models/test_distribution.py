@@ -23,9 +23,27 @@ def test_mirrored_update_equals_single_device_update_on_global_batch(mode, balan
     # entry per shared parameter, created before training by `fit`. IMTL with
     # weight penalties: its trainable scales and the penalties' gradients are
     # applied once per replica too, so each must be divided by the replicas.
+    report = _run_check(mode, balancer, *extra)
+    assert report["moved"] > 1e-2, report  # the steps changed the weights
+    assert report["max_var_diff"] < 1e-5, report
+    single_count, mirror_count = report["balancer_vars"]
+    # Every balancer variable is compared: DB-MTL has step, moving norms and gradients.
+    assert single_count == mirror_count >= (3 if balancer == "db_mtl" else 1), report
+    assert report["balancer_diff"] < 1e-6, report
+
+
+def test_modes_without_a_multi_replica_form_are_refused():
+    # Representation gradients are per example, and a skipped step would have
+    # to agree across replicas: both raise before any update.
+    first, second = _run_check("refusals")["messages"]
+    assert "gradient_mode='representation' is not supported" in first
+    assert "nonfinite='skip' is not supported with several replicas" in second
+
+
+def _run_check(*args):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
-        [sys.executable, "-m", "tests.models.mirrored_check", mode, balancer, *extra],
+        [sys.executable, "-m", "tests.models.mirrored_check", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -33,10 +51,4 @@ def test_mirrored_update_equals_single_device_update_on_global_batch(mode, balan
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["moved"] > 1e-2, report  # the steps changed the weights
-    assert report["max_var_diff"] < 1e-5, report
-    single_count, mirror_count = report["balancer_vars"]
-    # Every balancer variable is compared: DB-MTL has step, moving norms and gradients.
-    assert single_count == mirror_count >= (3 if balancer == "db_mtl" else 1), report
-    assert report["balancer_diff"] < 1e-6, report
+    return json.loads(done.stdout.strip().splitlines()[-1])

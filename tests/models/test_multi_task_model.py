@@ -412,6 +412,18 @@ def test_graph_mode_with_jit_compile_matches_eager():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_auto_jit_compile_is_turned_off_for_balancers_that_xla_cannot_run(monkeypatch):
+    # Keras resolves "auto" to False on a CPU-only machine; pretend there is an
+    # accelerator, where it would turn XLA on.
+    monkeypatch.setattr(keras_mtl.MultiTaskModel, "_resolve_auto_jit_compile", lambda self: True)
+    model = build()
+    model.compile(optimizer="sgd", loss=LOSS, balancer="mgda")
+    assert model.jit_compile is True
+    # cvxpy runs in tf.numpy_function, which XLA cannot compile.
+    model.compile(optimizer="sgd", loss=LOSS, balancer=keras_mtl.balancers.MGDA(solver="cvxpy"))
+    assert model.jit_compile is False
+
+
 def test_steps_per_execution_takes_the_same_steps():
     # Several steps in one graph call must still update the balancer state and
     # the logged weights step by step.
