@@ -381,3 +381,88 @@ def test_train_one_keeps_the_weights_of_the_best_validation_epoch(monkeypatch):
     for t in ("a", "b"):
         expected = score("mse", problem.test[1][t], pred[t])
         assert result["metrics"][t] == pytest.approx(expected, rel=1e-5)
+
+
+def test_summary_keeps_baselines_and_speed_ratios_per_architecture():
+    config = BenchConfig(
+        dataset="synthetic", archs=("shared_bottom", "mmoe"), balancers=("ew", "uw")
+    )
+    runs = [
+        _row("shared_bottom", "ew", 0, 0.88, 0.44, 1.0),
+        _row("shared_bottom", "uw", 0, 0.88, 0.44, 2.0),
+        _row("mmoe", "ew", 0, 0.99, 0.45, 4.0),
+        _row("mmoe", "uw", 0, 0.99, 0.45, 6.0),
+    ]
+    stl = {
+        ("shared_bottom", "a", 0): 0.80,
+        ("shared_bottom", "b", 0): 0.40,
+        ("mmoe", "a", 0): 0.90,
+        ("mmoe", "b", 0): 0.50,
+    }
+    results = summarize(_toy_problem(), config, runs, stl)
+    # Each architecture's STL rows average its own baselines only.
+    assert results["stl"] == {
+        "shared_bottom/a": (0.80, 0.0),
+        "shared_bottom/b": (0.40, 0.0),
+        "mmoe/a": (0.90, 0.0),
+        "mmoe/b": (0.50, 0.0),
+    }
+    # Against its own arch's STL: shared_bottom +10 % / -10 % -> 0; mmoe +10 % / +10 % -> 10.
+    assert [r["delta_m"][0] for r in results["rows"]] == pytest.approx([0.0, 0.0, 10.0, 10.0])
+    # Each row's time is over its own architecture's ew row, not the last arch's.
+    assert [r["time_vs_ew"] for r in results["rows"]] == pytest.approx([1.0, 2.0, 1.0, 1.5])
+
+
+def test_summary_epoch_seconds_is_the_median_over_seeds():
+    config = BenchConfig(dataset="synthetic", archs=("mmoe",), balancers=("ew", "uw"), seeds=3)
+    # One seed ran on a busy machine: the median (1.2 s) ignores it, the mean (4.07 s) would not.
+    runs = [_row("mmoe", "ew", s, 0.9, 0.5, t) for s, t in enumerate((1.0, 1.2, 10.0))]
+    runs += [_row("mmoe", "uw", s, 0.9, 0.5, 2.4) for s in range(3)]
+    ew, uw = summarize(_toy_problem(), config, runs, {})["rows"]
+    assert ew["epoch_seconds"] == pytest.approx(1.2) and ew["seeds"] == 3
+    assert uw["time_vs_ew"] == pytest.approx(2.0)
+
+
+def test_table_without_ew_or_stl_has_no_ratio_and_no_delta_column():
+    from keras_mtl.bench.report import table
+
+    config = BenchConfig(dataset="synthetic", archs=("mmoe",), balancers=("uw", "mgda"))
+    runs = [_row("mmoe", "uw", 0, 0.9, 0.5, 2.0), _row("mmoe", "mgda", 0, 0.8, 0.6, 3.0)]
+    results = summarize(_toy_problem(), config, runs, {})
+    # Without an ew row there is nothing to divide by.
+    assert [r["time_vs_ew"] for r in results["rows"]] == [None, None]
+    assert table(results).splitlines() == [
+        "| arch | balancer | a auc | b mse | s/epoch | vs ew | Pareto |",
+        "|---|---|---|---|---|---|---|",
+        "| mmoe | uw | 0.9000 ± 0.0000 | 0.5000 ± 0.0000 | 2.00 | - | * |",
+        "| mmoe | mgda | 0.8000 ± 0.0000 | 0.6000 ± 0.0000 | 3.00 | - |  |",
+    ]
+
+
+def test_pareto_plot_puts_the_first_task_on_x_and_the_second_on_y(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from keras_mtl.bench.report import plot_pareto
+
+    figures = []
+    close = plt.close
+    # Keep the figure that plot_pareto closes, to read its axes back.
+    monkeypatch.setattr(plt, "close", lambda fig: (figures.append(fig), close(fig)))
+    results = {
+        "dataset": "toy",
+        "tasks": {"a": {"metric": "auc"}, "b": {"metric": "mse"}},
+        "stl": {"mmoe/a": (0.8, 0.0), "mmoe/b": (0.4, 0.0)},
+        "rows": [
+            {"arch": "mmoe", "balancer": "ew", "a": (0.88, 0.01), "b": (0.45, 0.02), "pareto": True}
+        ],
+    }
+    plot_pareto(results, str(tmp_path / "p.png"))
+    (ax,) = figures[0].axes
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("a auc", "b mse")
+    assert [(t.get_text(), tuple(t.xy)) for t in ax.texts] == [("mmoe/ew", (0.88, 0.45))]
+    # The STL baselines: a vertical line at task a's, a horizontal one at task b's.
+    lines = {(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in ax.lines}
+    assert ((0.8, 0.8), (0, 1)) in lines and ((0, 1), (0.4, 0.4)) in lines
