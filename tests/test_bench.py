@@ -94,6 +94,10 @@ def test_bench_errors(extra, message, capsys, tmp_path):
         ("max_eval", 2.5, r"max_eval=2\.5"),
         ("learning_rate", float("nan"), r"positive finite number\. Received: learning_rate=nan"),
         ("learning_rate", -1e-3, r"learning_rate=-0\.001"),
+        ("learning_rate", 0.0, r"positive finite number\. Received: learning_rate=0\.0"),
+        # Nothing to run is an error, not an empty report.
+        ("archs", (), r"Unknown architectures \[\]; .* Received: arch=\[\]"),
+        ("balancers", (), r"Received: balancers=\[\]"),
     ],
 )
 def test_bench_config_names_the_invalid_field(field, value, message):
@@ -466,3 +470,165 @@ def test_pareto_plot_puts_the_first_task_on_x_and_the_second_on_y(tmp_path, monk
     # The STL baselines: a vertical line at task a's, a horizontal one at task b's.
     lines = {(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in ax.lines}
     assert ((0.8, 0.8), (0, 1)) in lines and ((0, 1), (0.4, 0.4)) in lines
+
+
+def _tiny_problem(n=32):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 3)).astype("float32")
+    y = {"a": x[:, :1] * 2.0, "b": x[:, 1:2] - x[:, 2:]}
+    spec = TaskSpec(1, None, "mse", "mse", False)
+    return Problem("toy", {"a": spec, "b": spec}, (x, y), None, (x, y), "mlp")
+
+
+def test_train_one_applies_its_seed():
+    from keras_mtl.bench.runner import train_one
+
+    problem = _tiny_problem()
+    config = BenchConfig(dataset="synthetic", epochs=1, batch_size=32)
+
+    def metrics(seed):
+        return train_one(problem, "shared_bottom", "ew", seed, config)["metrics"]
+
+    # The seed sets the initial weights: same seed, same scores; another seed, others.
+    first = metrics(0)
+    assert metrics(0) == first
+    assert metrics(1) != first
+
+
+def test_train_one_epoch_seconds_leaves_out_the_first_epoch(monkeypatch):
+    from keras_mtl.bench import runner
+
+    # Epoch 0 includes tracing (30 s); the median of the others is 2 s
+    # (with the first: 4 s; their mean: 3 s).
+    fake = [30.0, 1.0, 2.0, 6.0]
+
+    class FakeClock(runner._EpochClock):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            self.times[-1] = fake[epoch]
+
+    monkeypatch.setattr(runner, "_EpochClock", FakeClock)
+    config = BenchConfig(dataset="synthetic", epochs=4, batch_size=32)
+    result = runner.train_one(_tiny_problem(), "shared_bottom", "ew", 0, config)
+    assert result["epoch_seconds"] == 2.0
+    # A single epoch is all there is.
+    fake[0] = 5.0
+    one_epoch = BenchConfig(**{**vars(config), "epochs": 1})
+    result = runner.train_one(_tiny_problem(), "shared_bottom", "ew", 0, one_epoch)
+    assert result["epoch_seconds"] == 5.0
+
+
+def test_run_bench_trains_one_stl_model_per_task_and_seed_and_caches_it(tmp_path, monkeypatch):
+    from keras_mtl.bench import runner
+
+    calls = []
+
+    def fake_train_one(problem, arch, balancer, seed, config, tasks=None):
+        # STL baselines score seed + 1 (MSE); MTL models 10 % lower: Δm = +10 every seed.
+        calls.append((arch, balancer, seed, tasks, config.epochs))
+        scale = 1.0 if tasks else 0.9
+        names = tasks or list(problem.tasks)
+        return {"metrics": {t: scale * (seed + 1) for t in names}, "epoch_seconds": 1.0}
+
+    monkeypatch.setattr(runner, "train_one", fake_train_one)
+    config = BenchConfig(
+        dataset="synthetic",
+        archs=("shared_bottom",),
+        balancers=("ew", "uw"),
+        seeds=2,
+        epochs=1,
+        max_train=64,
+        max_eval=32,
+        out_dir=str(tmp_path / "out"),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    results = runner.run_bench(config, print_fn=lambda text: None)
+    stl_calls = [(a, b, s, t) for a, b, s, t, _ in calls if t]
+    # One single-task ew model per task and seed, each trained on its task only.
+    assert stl_calls == [
+        ("shared_bottom", "ew", s, [t]) for t in ("task_1", "task_2") for s in (0, 1)
+    ]
+    assert [(b, s) for _, b, s, t, _ in calls if not t] == [
+        ("ew", 0),
+        ("ew", 1),
+        ("uw", 0),
+        ("uw", 1),
+    ]
+    assert results["stl"]["shared_bottom/task_1"][0] == pytest.approx(1.5)
+    # Each seed is compared with its own baseline, also when read back from the cache.
+    assert [r["delta_m"] for r in results["rows"]] == [pytest.approx((10.0, 0.0))] * 2
+    calls.clear()
+    again = runner.run_bench(config, print_fn=lambda text: None)
+    assert all(not t for _, _, _, t, _ in calls)
+    assert again["stl"] == results["stl"] and again["rows"] == results["rows"]
+    # Another setting is another baseline: retrained, not read from the cache.
+    calls.clear()
+    runner.run_bench(BenchConfig(**{**vars(config), "epochs": 2}), print_fn=lambda text: None)
+    assert [e for _, _, _, t, e in calls if t] == [2] * 4
+
+
+def test_load_problem_subsets_each_split_from_itself_with_aligned_labels(monkeypatch):
+    import numpy as np
+
+    from keras_mtl.bench import problems
+
+    def split(start, n):
+        # Example i has feature start + i and label 10 x feature: alignment is checkable.
+        x = np.arange(start, start + n, dtype="float32")[:, None]
+        return x, {"a": 10 * x}
+
+    spec = TaskSpec(1, None, "mse", "mse", False)
+    fake = lambda data_dir: ({"a": spec}, split(0, 50), split(100, 20), split(200, 20), "mlp")  # noqa: E731
+    monkeypatch.setitem(problems.LOADERS, "toy", fake)
+    problem = problems.load_problem("toy", max_train=10, max_eval=5)
+    for (x, y), (low, high), n in zip(
+        (problem.train, problem.val, problem.test),
+        ((0, 50), (100, 120), (200, 220)),
+        (10, 5, 5),
+        strict=True,
+    ):
+        # Each split is a subset of its own source (no test examples in train), in order.
+        assert len(x) == n and low <= x.min() and x.max() < high
+        assert len(np.unique(x)) == n and (np.diff(x[:, 0]) > 0).all()
+        np.testing.assert_array_equal(y["a"], 10 * x)
+    # A random subset, not the first rows; the same one for the same seed.
+    assert problem.train[0][:, 0].tolist() != list(range(10))
+    again = problems.load_problem("toy", max_train=10, max_eval=5)
+    np.testing.assert_array_equal(again.train[0], problem.train[0])
+    # No cap, or a cap above the size: the whole split.
+    assert len(problems.load_problem("toy", max_train=500).train[0]) == 50
+
+
+def test_build_model_heads_trunk_and_mmoe_settings():
+    import numpy as np
+
+    from keras_mtl.bench.architectures import build_model
+
+    spec = TaskSpec(1, "sigmoid", "binary_crossentropy", "auc", True)
+    data = (np.full((4, 3), 5.0, "float32"), {"a": np.zeros((4, 1)), "b": np.zeros((4, 1))})
+    problem = Problem("toy", {"a": spec, "b": spec}, data, None, data, "mlp")
+    model = build_model(problem, "mmoe")
+    # The documented 8 experts of 16 units, one gate per task.
+    config = model.get_layer("mmoe").get_config()
+    assert (config["num_experts"], tuple(config["expert_units"]), config["num_tasks"]) == (
+        8,
+        (16,),
+        2,
+    )
+    # The head applies the task's activation: a sigmoid task's outputs are probabilities,
+    # as binary_crossentropy (from_logits=False) expects.
+    for y in model(data[0]).values():
+        assert np.all((np.asarray(y) > 0) & (np.asarray(y) < 1))
+    assert model.get_layer("a").get_config()["activation"] == "sigmoid"
+
+    # The image problems get the LeNet trunk: conv 5x5x10 (260) and 5x5x20 (5,020),
+    # 4x4x20 -> Dense(50) (16,050); a Dense(64) bottom (3,264); per task Dense(32)
+    # (2,080) and a 10-way head (330).
+    images = (np.zeros((2, 28, 28, 1), "float32"), {"l": np.zeros((2,)), "r": np.zeros((2,))})
+    digit = TaskSpec(10, "softmax", "sparse_categorical_crossentropy", "accuracy", True)
+    lenet = Problem("mnist", {"l": digit, "r": digit}, images, None, images, "lenet")
+    assert build_model(lenet, "shared_bottom").count_params() == 260 + 5020 + 16050 + 3264 + 2 * (
+        2080 + 330
+    )
