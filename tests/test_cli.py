@@ -45,6 +45,7 @@ def test_help_documents_the_options():
             "argument --lr: expected a positive finite number, received 'nan'",
         ),
         (["bench", "--lr", "-1"], "argument --lr: expected a positive finite number"),
+        (["bench", "--lr", "0"], "argument --lr: expected a positive finite number"),
         (["bench", "--max-train", "0"], "argument --max-train: expected a positive integer"),
         (["bench", "--max-eval", "-3"], "argument --max-eval: expected a positive integer"),
         (["bench", "--seeds", "0"], "argument --seeds: expected a positive integer"),
@@ -143,3 +144,25 @@ def test_demo_defaults_are_run_demo_defaults_and_documented(monkeypatch, capsys)
         ("--seed", "seed"),
     ]:
         assert f"(default {defaults[name]})" in help_text.split(option, 2)[2].split("--")[0]
+
+
+def test_bench_defaults_are_bench_config_defaults_and_quick_fills_a_tiny_run(monkeypatch):
+    import keras_mtl.bench
+    from keras_mtl import balancers
+    from keras_mtl.bench import BenchConfig
+
+    seen = []
+    monkeypatch.setattr(keras_mtl.bench, "run_bench", seen.append)
+    assert main(["bench"]) == 0
+    # No option given: exactly the documented BenchConfig defaults.
+    assert seen == [BenchConfig()]
+    assert main(["bench", "--quick"]) == 0
+    quick = seen[1]
+    expected = tuple(b for b in ("ew", "mgda") if b in balancers.available())
+    assert (quick.balancers, quick.epochs, quick.seeds) == (expected, 2, 1)
+    assert (quick.max_train, quick.max_eval, quick.batch_size, quick.stl) == (
+        10000,
+        5000,
+        256,
+        True,
+    )
