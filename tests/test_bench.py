@@ -632,3 +632,27 @@ def test_build_model_heads_trunk_and_mmoe_settings():
     assert build_model(lenet, "shared_bottom").count_params() == 260 + 5020 + 16050 + 3264 + 2 * (
         2080 + 330
     )
+
+
+def test_train_one_trains_with_the_configured_batch_size(monkeypatch):
+    from keras_mtl.bench import runner
+
+    steps = []
+
+    class Counting(runner._EpochClock):
+        def on_train_batch_end(self, batch, logs=None):
+            steps.append(batch)
+
+    monkeypatch.setattr(runner, "_EpochClock", Counting)
+    config = BenchConfig(dataset="synthetic", epochs=1, batch_size=8)
+    runner.train_one(_tiny_problem(32), "shared_bottom", "ew", 0, config)
+    # 32 examples in batches of 8: 4 steps.
+    assert steps == [0, 1, 2, 3]
+
+
+def test_auc_resolves_scores_closer_than_a_thousandth():
+    from keras_mtl.bench.scores import score
+
+    # Published AUCs differ in the fourth decimal; on a coarser threshold grid
+    # (Keras's default 200, or 2000) these two scores share a bucket and the AUC is 0.5.
+    assert score("auc", [0, 1], [0.50002, 0.50018]) == pytest.approx(1.0, abs=1e-6)
