@@ -232,6 +232,18 @@ def test_pareto_counts_a_tie_on_one_task_as_dominated():
     assert [r["pareto"] for r in rows] == [False, True, True]
 
 
+def test_pareto_keeps_rows_with_equal_means_on_every_task():
+    config = BenchConfig(dataset="synthetic", archs=("mmoe",), balancers=("ew", "fixed", "uw"))
+    runs = [
+        _row("mmoe", "ew", 0, 0.90, 0.50),
+        _row("mmoe", "fixed", 0, 0.90, 0.50),  # fixed weights of 1 are ew: the same scores
+        _row("mmoe", "uw", 0, 0.80, 0.60),
+    ]
+    rows = summarize(_toy_problem(), config, runs, {})["rows"]
+    # Equal is not better: neither of two equal rows dominates the other.
+    assert [r["pareto"] for r in rows] == [True, True, False]
+
+
 def test_table_cells_by_hand():
     from keras_mtl.bench.report import table
 
@@ -656,3 +668,29 @@ def test_auc_resolves_scores_closer_than_a_thousandth():
     # Published AUCs differ in the fourth decimal; on a coarser threshold grid
     # (Keras's default 200, or 2000) these two scores share a bucket and the AUC is 0.5.
     assert score("auc", [0, 1], [0.50002, 0.50018]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_epoch_clock_selects_on_the_summed_task_losses_not_the_weighted_loss():
+    from keras_mtl.bench.runner import _EpochClock
+
+    class FakeModel:
+        # Epoch 0: task losses 1 + 1 = 2, weighted loss 5; epoch 1: 3 + 0 = 3, weighted 1.
+        logs = [
+            {"loss": 5.0, "a_loss": 1.0, "b_loss": 1.0},
+            {"loss": 1.0, "a_loss": 3.0, "b_loss": 0.0},
+        ]
+
+        def evaluate(self, *args, **kwargs):
+            return self.logs[self.epoch]
+
+        def get_weights(self):
+            return [self.epoch]
+
+    model = FakeModel()
+    clock = _EpochClock(("x", "y"), ["a", "b"], batch_size=8)
+    clock.set_model(model)
+    for model.epoch in (0, 1):
+        clock.on_epoch_begin(model.epoch)
+        clock.on_epoch_end(model.epoch)
+    # The balancer's weights do not choose the epoch: the smallest unweighted sum does.
+    assert clock.best == (2.0, [0]) and len(clock.times) == 2
