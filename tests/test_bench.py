@@ -540,13 +540,23 @@ def test_run_bench_trains_one_stl_model_per_task_and_seed_and_caches_it(tmp_path
     def fake_train_one(problem, arch, balancer, seed, config, tasks=None):
         # STL baselines score seed + 1 (MSE); MTL models 10 % lower: Δm = +10 every seed.
         calls.append((arch, balancer, seed, tasks, config.epochs))
+        # max_train caps the training split, max_eval the test split.
+        assert (len(problem.train[0]), len(problem.test[0])) == (64, 32)
         scale = 1.0 if tasks else 0.9
         names = tasks or list(problem.tasks)
         return {"metrics": {t: scale * (seed + 1) for t in names}, "epoch_seconds": 1.0}
 
     monkeypatch.setattr(runner, "train_one", fake_train_one)
+    folders = []
+    load = runner.load_problem
+    monkeypatch.setattr(
+        runner,
+        "load_problem",
+        lambda name, data_dir, *a: folders.append(data_dir) or load(name, data_dir, *a),
+    )
     config = BenchConfig(
         dataset="synthetic",
+        data_dir="/data",
         archs=("shared_bottom",),
         balancers=("ew", "uw"),
         seeds=2,
@@ -569,6 +579,7 @@ def test_run_bench_trains_one_stl_model_per_task_and_seed_and_caches_it(tmp_path
         ("uw", 1),
     ]
     assert results["stl"]["shared_bottom/task_1"][0] == pytest.approx(1.5)
+    assert folders == ["/data"]
     # Each seed is compared with its own baseline, also when read back from the cache.
     assert [r["delta_m"] for r in results["rows"]] == [pytest.approx((10.0, 0.0))] * 2
     calls.clear()
@@ -592,9 +603,16 @@ def test_load_problem_subsets_each_split_from_itself_with_aligned_labels(monkeyp
         return x, {"a": 10 * x}
 
     spec = TaskSpec(1, None, "mse", "mse", False)
-    fake = lambda data_dir: ({"a": spec}, split(0, 50), split(100, 20), split(200, 20), "mlp")  # noqa: E731
+    folders = []
+
+    def fake(data_dir):
+        folders.append(data_dir)
+        return {"a": spec}, split(0, 50), split(100, 20), split(200, 20), "mlp"
+
     monkeypatch.setitem(problems.LOADERS, "toy", fake)
-    problem = problems.load_problem("toy", max_train=10, max_eval=5)
+    problem = problems.load_problem("toy", "/data", max_train=10, max_eval=5)
+    # --data-dir reaches the loader.
+    assert folders == ["/data"]
     for (x, y), (low, high), n in zip(
         (problem.train, problem.val, problem.test),
         ((0, 50), (100, 120), (200, 220)),
