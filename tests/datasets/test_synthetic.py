@@ -106,3 +106,34 @@ def test_load_data_splits_one_generated_sample_without_overlap():
     np.testing.assert_array_equal(yt["task_2"], ya["task_2"][30:])
     # No test example is also a training example.
     assert not (xt[:, None, :] == x[None, :, :]).all(-1).any()
+
+
+def test_inputs_are_standard_normal():
+    # Sec. 4.1: x ~ N(0, I). A Gaussian has about 4.55% of its mass beyond 2
+    # standard deviations; a uniform or rescaled input would not.
+    x, _ = synthetic.generate(20000, input_dim=5, seed=0)
+    assert abs(x.mean()) < 0.02 and x.std() == pytest.approx(1.0, abs=0.02)
+    assert (np.abs(x) > 2).mean() == pytest.approx(0.0455, abs=0.004)
+
+
+def test_arrays_are_float32():
+    # The documented dtype of the features and of both labels, in both entry points.
+    x, y = synthetic.generate(6, input_dim=3)
+    (xs, ys), (xt, yt) = synthetic.load_data(num_train=4, num_test=2, input_dim=3)
+    for array in (x, *y.values(), xs, *ys.values(), xt, *yt.values()):
+        assert array.dtype == np.float32
+
+
+def _nonlinear_residual(param_std):
+    """Std of task_1 minus its best affine fit in x: what the sines add beyond w^T x."""
+    x, y = synthetic.generate(5000, input_dim=5, param_std=param_std, noise_std=0.0, seed=0)
+    a = np.c_[x, np.ones(len(x))].astype("float64")
+    t = y["task_1"][:, 0].astype("float64")
+    return (t - a @ np.linalg.lstsq(a, t, rcond=None)[0]).std()
+
+
+def test_param_std_sets_how_non_linear_the_sines_are():
+    # sin(alpha z + beta) ~ alpha z + beta for tiny alpha, beta: the labels are
+    # then affine in x. With alpha, beta ~ N(0, 1) the sines bend them strongly.
+    tiny, default, wide = (_nonlinear_residual(s) for s in (0.01, 0.1, 1.0))
+    assert tiny < 1e-4 < default < 0.05 < 0.3 < wide
