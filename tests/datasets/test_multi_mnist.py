@@ -173,3 +173,30 @@ def test_test_split_pairing_uses_seed_plus_one(tmp_path):
     np.testing.assert_array_equal(
         info["test_right_index"], np.random.default_rng(4).permutation(10)
     )
+
+
+def test_idx_reader_checks_the_magic_number(tmp_path):
+    # The magic number 0x0803 / 0x0801 says how many dimensions follow; a
+    # labels file read as images (or a truncated header) must not be reshaped.
+    labels = np.arange(6, dtype="uint8")
+    _write_idx(tmp_path / "labels.gz", labels)
+    np.testing.assert_array_equal(multi_mnist._read_idx(str(tmp_path / "labels.gz"), 1), labels)
+    with pytest.raises(ValueError, match="not an IDX file of 3 dimension"):
+        multi_mnist._read_idx(str(tmp_path / "labels.gz"), 3)
+
+
+def test_smaller_right_source_is_sampled_at_random_with_replacement():
+    # With fewer right items than images, each image draws a right item at
+    # random (seeded); its label follows the drawn item.
+    rng = np.random.default_rng(0)
+    left = rng.integers(0, 256, (12, 28, 28), dtype="uint8")
+    right = rng.integers(0, 256, (3, 28, 28), dtype="uint8")
+    right_labels = np.array([7, 8, 9])
+    _, y0, r0 = multi_mnist.generate(left, np.arange(12), right, right_labels, seed=0)
+    _, _, r0b = multi_mnist.generate(left, np.arange(12), right, right_labels, seed=0)
+    _, _, r1 = multi_mnist.generate(left, np.arange(12), right, right_labels, seed=1)
+    assert r0.shape == (12,) and set(r0.tolist()) <= {0, 1, 2}
+    np.testing.assert_array_equal(y0["right"], right_labels[r0])
+    np.testing.assert_array_equal(r0, r0b)
+    assert not np.array_equal(r0, r1)
+    np.testing.assert_array_equal(r0, np.random.default_rng(0).integers(0, 3, size=12))
