@@ -219,3 +219,34 @@ def test_reduced_training_split_keeps_statistics_and_evaluation_splits(loaded, d
     np.testing.assert_array_equal(xs, x[:1000])
     np.testing.assert_array_equal(yvs["homo"], yv["homo"])
     assert info_s["std"] == info["std"]
+
+
+def _pair(elements, distance):
+    """Two atoms `distance` Angstrom apart along x, padded to 29."""
+    types = np.zeros((1, qm9.MAX_ATOMS), "int8")
+    types[0, :2] = [qm9.ELEMENTS.index(e) + 1 for e in elements]
+    positions = np.zeros((1, qm9.MAX_ATOMS, 3), "float32")
+    positions[0, 1, 0] = distance
+    return types, positions
+
+
+def test_a_bond_between_two_atoms_of_one_element_counts_once():
+    # H2 (0.74 A) and a C-C single bond (1.54 A): one bond each, although the
+    # adjacency lists it as (0, 1) and (1, 0).
+    names = list(qm9.DESCRIPTOR_NAMES)
+    for elements, distance, column in (
+        (("H", "H"), 0.74, "bonds_HH"),
+        (("C", "C"), 1.54, "bonds_CC"),
+    ):
+        types, positions = _pair(elements, distance)
+        adjacency = qm9.bond_adjacency(types, positions)
+        d = qm9.descriptors(types, positions, adjacency)[0]
+        assert d[names.index(column)] == 1
+        assert d[[names.index(n) for n in names if n.startswith("bonds_")]].sum() == 1
+
+
+def test_bond_cutoff_is_the_sum_of_covalent_radii_plus_0_4():
+    # C (0.76 A) and H (0.31 A): bonded below 0.76 + 0.31 + 0.4 = 1.47 A, not above.
+    for distance, bonded in ((1.46, 1), (1.48, 0)):
+        types, positions = _pair(("C", "H"), distance)
+        assert qm9.bond_adjacency(types, positions)[0, 0, 1] == bonded
