@@ -205,3 +205,29 @@ def test_declared_sha256_matches_the_unchanged_shared_copies(data_dir, subdir, f
     for f in files:
         with open(os.path.join(data_dir, subdir, f.name), "rb") as fh:
             assert hashlib.sha256(fh.read()).hexdigest() == f.sha256, f.name
+
+
+def _epoch_orders(ds, epochs=2):
+    return [np.concatenate([by["a"].numpy()[:, 0] for _, by in ds]).tolist() for _ in range(epochs)]
+
+
+def test_shuffled_dataset_reshuffles_each_epoch_and_follows_its_seed():
+    # Training data: a new order every epoch (two equal orders of 50 items have
+    # odds 1/50!), the same sequence of orders for the same seed.
+    x = np.arange(50, dtype="float32")[:, None]
+    y = {"a": np.arange(50, dtype="float32")[:, None]}
+    first, second = _epoch_orders(to_tf_dataset(x, y, batch_size=8, shuffle=True, seed=3))
+    assert sorted(first) == sorted(second) == list(range(50)) and first != second
+    again = _epoch_orders(to_tf_dataset(x, y, batch_size=8, shuffle=True, seed=3))
+    other = _epoch_orders(to_tf_dataset(x, y, batch_size=8, shuffle=True, seed=4))
+    assert again == [first, second] and other[0] != first
+    # A full-size shuffle buffer: with a buffer of k items the first 8 outputs
+    # would all come from the first k + 7 inputs.
+    assert max(first[:8]) > 20 and max(second[:8]) > 20
+    assert _epoch_orders(to_tf_dataset(x, y, batch_size=8), 1)[0] == list(range(50))
+
+
+def test_split_indices_parts_are_sorted():
+    # Documented as sorted, so split rows keep the file order.
+    for part in split_indices(101, (0.2, 0.3, 0.5), seed=0):
+        assert np.all(np.diff(part) > 0)
