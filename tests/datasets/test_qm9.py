@@ -250,3 +250,16 @@ def test_bond_cutoff_is_the_sum_of_covalent_radii_plus_0_4():
     for distance, bonded in ((1.46, 1), (1.48, 0)):
         types, positions = _pair(("C", "H"), distance)
         assert qm9.bond_adjacency(types, positions)[0, 0, 1] == bonded
+
+
+def test_coulomb_eigenvalues_are_sorted_by_magnitude():
+    # H2, 0.74 A = r bohr apart: Coulomb matrix [[0.5, 1/r], [1/r, 0.5]] with
+    # eigenvalues 0.5 + 1/r > 0 > 0.5 - 1/r. By magnitude the negative one comes
+    # second, before the 27 zeros of the padding (by value it would come last).
+    types, positions = _pair(("H", "H"), 0.74)
+    d = qm9.descriptors(types, positions, qm9.bond_adjacency(types, positions))[0]
+    names = list(qm9.DESCRIPTOR_NAMES)
+    eig = d[[names.index(f"coulomb_eig_{i}") for i in range(qm9.MAX_ATOMS)]]
+    r = 0.74 / 0.529177
+    np.testing.assert_allclose(eig[:2], [0.5 + 1 / r, 0.5 - 1 / r], rtol=1e-5)
+    np.testing.assert_array_equal(eig[2:], 0.0)
