@@ -77,3 +77,17 @@ def test_ali_ccp_sample_trains_end_to_end_from_tf_data(data_dir):
         trunk=trunk,
     )
     assert {"click_loss", "purchase_loss"} <= set(history)
+
+
+def test_only_the_first_split_dataset_is_shuffled(tmp_path):
+    # Documented: the first (training) split is shuffled; validation and test
+    # keep the file order, so predictions line up with the numpy labels.
+    header = "click,purchase,101,D508\n"
+    for split in ("train", "val", "test"):
+        rows = "".join(f"{i % 2},0,{i},{i / 10}\n" for i in range(40))
+        (tmp_path / f"ali_ccp_{split}_sample.csv").write_text(header + rows)
+    datasets = ali_ccp.load_data(tmp_path, as_dataset=True, batch_size=8, download=False)
+    ids = [np.concatenate([bx["sparse"].numpy()[:, 0] for bx, _ in ds]) for ds in datasets]
+    assert sorted(ids[0].tolist()) == list(range(40)) and ids[0].tolist() != list(range(40))
+    for got in ids[1:]:
+        np.testing.assert_array_equal(got, np.arange(40))
