@@ -250,3 +250,47 @@ def test_real_feature_width_is_the_documented_one(census):
     # attributes: 503 for group 1 (the docstring's count).
     (x, _), (xv, _), (xt, _), info = census
     assert x.shape[1] == xv.shape[1] == xt.shape[1] == len(info["feature_names"]) == 503
+
+
+def test_a_constant_continuous_attribute_gives_zeros_not_nan(tmp_path):
+    # wage_per_hour is 0 in every row of these files: standard deviation 0,
+    # which must not divide (a small or filtered copy of the data can have it).
+    rows = [_row(age=str(a)) for a in (20, 30, 40)]
+    _write(tmp_path, rows, rows[:2])
+    (x, _), (xv, _), _, info = census_income.load_data(
+        tmp_path, return_info=True, download=False, cache_dir=tmp_path
+    )
+    assert np.isfinite(x).all() and np.isfinite(xv).all()
+    np.testing.assert_array_equal(x[:, info["feature_names"].index("wage_per_hour")], 0.0)
+
+
+def test_irregular_spacing_is_read_like_the_uci_layout(tmp_path):
+    # The data README: comma-separated, read with skipinitialspace. Rows whose
+    # fields are separated by ",  " take the csv path and must give the same arrays.
+    rows = [
+        _row(age="20", income="50000+.", marital_stat="Never married"),
+        _row(age="40", sex="Male"),
+        _row(age="60", sex="Female"),
+    ]
+    _write(tmp_path / "a", rows, rows[:2])
+    _write(
+        tmp_path / "b",
+        [r.replace(", ", ",  ") for r in rows],
+        [r.replace(", ", ",") for r in rows[:2]],
+    )
+    a = census_income.load_data(tmp_path / "a", download=False, cache_dir=tmp_path)
+    b = census_income.load_data(tmp_path / "b", download=False, cache_dir=tmp_path)
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        for task in ya:
+            np.testing.assert_array_equal(ya[task], yb[task])
+    np.testing.assert_array_equal(b[0][1]["income"][:, 0], [1, 0, 0])
+
+
+def test_a_row_with_a_missing_field_is_reported(tmp_path):
+    rows = [_row(), _row().rsplit(", ", 1)[0]]  # the second row lacks its label
+    _write(tmp_path, rows, rows[:1])
+    with pytest.raises(
+        ValueError, match="expected 42 comma-separated columns per row, row 1 has 41"
+    ):
+        census_income.load_data(tmp_path, download=False, cache_dir=tmp_path)
