@@ -81,3 +81,14 @@ def test_each_task_reads_its_own_label_column(data_dir):
         "sad_lonely": 168,
         "angry_aggresive": 189,
     }
+
+
+def test_only_the_training_dataset_is_shuffled(data_dir):
+    # Documented for every loader: the training dataset is shuffled, the test
+    # dataset keeps the order of the numpy split (predictions line up with it).
+    (x, _), (xt, _) = emotions.load_data(data_dir)
+    train_ds, test_ds = emotions.load_data(data_dir, as_dataset=True, batch_size=64)
+    train = np.concatenate([bx.numpy() for bx, _ in train_ds])
+    np.testing.assert_array_equal(np.concatenate([bx.numpy() for bx, _ in test_ds]), xt)
+    assert not np.array_equal(train, x)
+    np.testing.assert_array_equal(np.sort(train[:, 0]), np.sort(x[:, 0]))

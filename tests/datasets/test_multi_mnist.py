@@ -200,3 +200,17 @@ def test_smaller_right_source_is_sampled_at_random_with_replacement():
     np.testing.assert_array_equal(r0, r0b)
     assert not np.array_equal(r0, r1)
     np.testing.assert_array_equal(r0, np.random.default_rng(0).integers(0, 3, size=12))
+
+
+def test_only_the_training_dataset_is_shuffled(tmp_path):
+    # The test dataset keeps the order of the numpy split; the training one is shuffled.
+    _write_sources(tmp_path)
+    (_, y), (_, yt), info = multi_mnist.load_data(tmp_path, return_info=True, download=False)
+    train_ds, test_ds = multi_mnist.load_data(
+        tmp_path, as_dataset=True, batch_size=8, download=False
+    )
+    right = np.concatenate([by["right"].numpy() for _, by in test_ds])
+    np.testing.assert_array_equal(right, yt["right"])
+    left = np.concatenate([by["left"].numpy() for _, by in train_ds])
+    assert sorted(left.tolist()) == sorted(y["left"].tolist())
+    assert not np.array_equal(left, y["left"])
