@@ -263,3 +263,17 @@ def test_coulomb_eigenvalues_are_sorted_by_magnitude():
     r = 0.74 / 0.529177
     np.testing.assert_allclose(eig[:2], [0.5 + 1 / r, 0.5 - 1 / r], rtol=1e-5)
     np.testing.assert_array_equal(eig[2:], 0.0)
+
+
+def test_only_the_training_dataset_is_shuffled(loaded, data_dir, qm9_cache):
+    # Validation and test datasets keep the order of the numpy splits (and of
+    # info["test_mol_id"]); the training dataset is shuffled.
+    (_, y), (_, yv), (_, yt), _ = loaded
+    train_ds, val_ds, test_ds = qm9.load_data(
+        data_dir, targets=["homo"], as_dataset=True, batch_size=1000, cache_dir=qm9_cache
+    )
+    for ds, expected in ((val_ds, yv), (test_ds, yt)):
+        got = np.concatenate([by["homo"].numpy() for _, by in ds])
+        np.testing.assert_array_equal(got, expected["homo"])
+    _, first = next(iter(train_ds))
+    assert not np.array_equal(first["homo"].numpy(), y["homo"][:1000])
