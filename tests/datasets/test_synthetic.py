@@ -137,3 +137,14 @@ def test_param_std_sets_how_non_linear_the_sines_are():
     # then affine in x. With alpha, beta ~ N(0, 1) the sines bend them strongly.
     tiny, default, wide = (_nonlinear_residual(s) for s in (0.01, 0.1, 1.0))
     assert tiny < 1e-4 < default < 0.05 < 0.3 < wide
+
+
+def test_load_data_passes_the_generator_arguments_on():
+    # scale, num_sin, param_std and noise_std reach `generate`: no sines and no
+    # noise give labels exactly linear in x with weights of norm `scale`.
+    kw = dict(scale=3.0, num_sin=0, noise_std=0.0, param_std=0.5)
+    (x, y), (xt, yt) = synthetic.load_data(num_train=40, num_test=10, input_dim=4, **kw)
+    xa, ya = synthetic.generate(50, input_dim=4, **kw)
+    np.testing.assert_array_equal(np.concatenate([y["task_2"], yt["task_2"]]), ya["task_2"])
+    w = np.linalg.lstsq(x, y["task_1"][:, 0], rcond=None)[0]
+    assert np.linalg.norm(w) == pytest.approx(3.0, abs=1e-4)
