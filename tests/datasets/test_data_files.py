@@ -231,3 +231,18 @@ def test_split_indices_parts_are_sorted():
     # Documented as sorted, so split rows keep the file order.
     for part in split_indices(101, (0.2, 0.3, 0.5), seed=0):
         assert np.all(np.diff(part) > 0)
+
+
+def test_data_dir_wins_over_the_download_cache(tmp_path):
+    # Documented order: the given folder first, the cache last; a user's own
+    # copy must not be shadowed by an older cached download.
+    mine = _touch(str(tmp_path / "mine" / "a.csv"))
+    _touch(str(tmp_path / "cache" / "toy" / "a.csv"))
+    got = locate_files(
+        "toy",
+        [DataFile("a.csv")],
+        data_dir=tmp_path / "mine",
+        download=False,
+        cache_dir=tmp_path / "cache",
+    )
+    assert got["a.csv"] == mine
