@@ -95,6 +95,9 @@ def run_demo(
 ) -> list[dict]:
     """Trains one model per balancer and prints a table of test metrics.
 
+    Every balancer trains the same model from the same initial weights with
+    Adam (learning rate 1e-3) on MSE losses.
+
     Args:
         balancers: balancer names; the default uses those of
             `DEFAULT_BALANCERS` that this installation provides.
