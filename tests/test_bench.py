@@ -275,7 +275,8 @@ def test_table_cells_by_hand():
     assert lines[5].endswith("| 3.00 | 1.50x | * |")
 
 
-def test_stl_cache_key_changes_with_every_setting():
+def test_stl_cache_key_changes_with_every_setting(monkeypatch):
+    from keras_mtl.bench import runner
     from keras_mtl.bench.runner import _stl_key
 
     base = BenchConfig(dataset="synthetic", max_train=100, max_eval=50)
@@ -297,6 +298,9 @@ def test_stl_cache_key_changes_with_every_setting():
     assert _stl_key(base, "shared_bottom", "a", 0) != key
     assert _stl_key(base, "mmoe", "b", 0) != key
     assert _stl_key(base, "mmoe", "a", 1) != key
+    # A new cache version (a change to how baselines train) retires old entries.
+    monkeypatch.setattr(runner, "CACHE_VERSION", runner.CACHE_VERSION + 1)
+    assert _stl_key(base, "mmoe", "a", 0) != key
 
 
 def test_problem_task_specs_and_metric_directions(monkeypatch):

@@ -68,7 +68,8 @@ def test_bench_options_reach_the_config(monkeypatch):
 
     seen = []
     monkeypatch.setattr(keras_mtl.bench, "run_bench", seen.append)
-    argv = ["bench", "--dataset", "qm9", "--arch", "mmoe, shared_bottom", "--balancers", "uw,ew"]
+    # Spaces and empty entries (a trailing comma) are dropped from the lists.
+    argv = ["bench", "--dataset", "qm9", "--arch", "mmoe, shared_bottom", "--balancers", "uw,,ew,"]
     argv += ["--seeds", "3", "--epochs", "4", "--batch-size", "64", "--lr", "0.02"]
     argv += ["--data-dir", "/d", "--out", "/o", "--cache-dir", "/c", "--max-train", "100"]
     argv += ["--max-eval", "50", "--no-stl"]
