@@ -726,34 +726,21 @@ def test_scoped_jacobian_covers_the_last_shared_layer_only():
     class Scoped(Capture):
         jacobian_scope = "last_shared_layer"
 
-    keras.utils.set_random_seed(3)
-    inputs = keras.Input((6,))
-    h = keras_mtl.layers.SharedBottom(units=(8, 5), name="trunk")(inputs)
-    model = keras_mtl.MultiTaskModel(
-        inputs=inputs, outputs={t: keras.layers.Dense(1, name=t)(h) for t in TASKS}
-    )
-    model.compile(
-        optimizer=keras.optimizers.SGD(1.0), loss=LOSS, balancer=Scoped(), run_eagerly=True
-    )
-    x, y = data(n=16)
-    before = [np.array(v) for v in model.trainable_variables]
-    expected = _brute_force_grads(model, x, y, [0.3, 0.7])
-    last = [v for v in model.trainable_variables if v.path.startswith("trunk/dense_1/")]
-    rows = []
-    for name in TASKS:
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(model(x, training=True)[name] - y[name]))
-        rows.append(np.concatenate([np.ravel(g) for g in tape.gradient(loss, last)]))
-    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
-    np.testing.assert_allclose(Capture.last[0], np.stack(rows), atol=1e-5)
-    for b, v, g in zip(before, model.trainable_variables, expected, strict=True):
-        np.testing.assert_allclose(b - np.array(v), np.asarray(g), atol=1e-5)
+    _fit_checking_the_last_trunk_layer_jacobian(Scoped())
 
 
 def test_shared_layers_name_the_jacobian_variables_nested_layers_included():
     # Only the trunk's last layer is declared shared, by the name of a layer
     # nested in the SharedBottom: the Jacobian covers its variables alone and
     # the first trunk layer gets the weighted sum of the task gradients.
+    model = _fit_checking_the_last_trunk_layer_jacobian(Capture(), shared_layers=["dense_1"])
+    assert model.shared_variable_paths == ["trunk/dense_1/kernel", "trunk/dense_1/bias"]
+
+
+def _fit_checking_the_last_trunk_layer_jacobian(balancer, **compile_kwargs):
+    """Fits one step with a `Capture` balancer on a two-layer trunk and checks
+    that its Jacobian holds the trunk's last layer only, and that every
+    variable takes the brute-force step of the weights [0.3, 0.7]."""
     keras.utils.set_random_seed(3)
     inputs = keras.Input((6,))
     h = keras_mtl.layers.SharedBottom(units=(8, 5), name="trunk")(inputs)
@@ -763,9 +750,9 @@ def test_shared_layers_name_the_jacobian_variables_nested_layers_included():
     model.compile(
         optimizer=keras.optimizers.SGD(1.0),
         loss=LOSS,
-        balancer=Capture(),
-        shared_layers=["dense_1"],
+        balancer=balancer,
         run_eagerly=True,
+        **compile_kwargs,
     )
     x, y = data(n=16)
     before = [np.array(v) for v in model.trainable_variables]
@@ -777,10 +764,10 @@ def test_shared_layers_name_the_jacobian_variables_nested_layers_included():
             loss = tf.reduce_mean(tf.square(model(x, training=True)[name] - y[name]))
         rows.append(np.concatenate([np.ravel(g) for g in tape.gradient(loss, last)]))
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
-    assert model.shared_variable_paths == ["trunk/dense_1/kernel", "trunk/dense_1/bias"]
     np.testing.assert_allclose(Capture.last[0], np.stack(rows), atol=1e-5)
     for b, v, g in zip(before, model.trainable_variables, expected, strict=True):
         np.testing.assert_allclose(b - np.array(v), np.asarray(g), atol=1e-5)
+    return model
 
 
 @pytest.mark.parametrize("balancer", ["rlw", "pcgrad"])
