@@ -117,7 +117,12 @@ class GradientEngine:
             wanted = set()
             for layer in self.shared_layers:
                 if isinstance(layer, str):
-                    layer = find_layer(model, layer)
+                    name, layer = layer, find_layer(model, layer)
+                    if layer is None:
+                        raise ValueError(
+                            f"Layer {name!r} in `shared_layers` is not a layer of the model. "
+                            f"Received: shared_layers={self.shared_layers!r}"
+                        )
                 if not layer.trainable_variables:
                     raise ValueError(
                         f"Layer '{layer.name}' in `shared_layers` has no trainable variables. "

@@ -106,6 +106,18 @@ def test_prepare_probes_once_per_set_of_trainable_variables():
     assert Counting.sizes == [6 * 8 + 8, 6 * 8]
 
 
+def test_an_engine_made_without_compile_refuses_an_unknown_layer_name():
+    # compile checks the names first; an engine made by hand must not fail later with an
+    # AttributeError on None.
+    model = _sqrt_gate_model()
+    model.compile(optimizer="sgd", loss=LOSS, balancer=NormalizedEMA())
+    with pytest.raises(ValueError, match=r"'nope' in `shared_layers` is not a layer.*\['nope'\]"):
+        engine.GradientEngine("loop", shared_layers=["nope"]).prepare(model)
+    found = engine.GradientEngine("loop", shared_layers=["gate"])
+    found.prepare(model)
+    assert found.shared_variable_paths == ["gate/g"]
+
+
 def _unordered_variable_accesses(graph_def):
     """(write, other) pairs of ops on one resource with no path between them."""
     nodes = {n.name: n for n in graph_def.node}
