@@ -106,9 +106,11 @@ class LogLoss(_LossTransform):
     Alone, the objective is `sum_t log(L_t + epsilon)`, whose gradient is
     `sum_t grad L_t / (L_t + epsilon)`: the effective weights are
     `1 / (L_t + epsilon)`, which makes the update invariant to the scale of
-    each loss. The losses must be non-negative: for `L_t + epsilon < 0` the
-    logarithm is undefined and the weight `1 / (L_t + epsilon)` is negative,
-    which turns that task's descent into ascent.
+    each loss (and the logged `loss`, `sum_t w_t L_t`, close to T at every
+    step: monitor the `<task>_loss` logs instead). The losses must be
+    non-negative: for `L_t + epsilon < 0` the logarithm is undefined and the
+    weight `1 / (L_t + epsilon)` is negative, which turns that task's descent
+    into ascent.
 
     Around another balancer (`LogLoss(inner)`), the inner method balances the
     log-losses: it receives the Jacobian with row `t` divided by

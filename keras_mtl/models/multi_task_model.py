@@ -28,7 +28,13 @@ class MultiTaskModel(keras.Model):
     the balanced update. The logs report `loss` (the weighted objective
     `sum_t w_t L_t` plus regularisation), `<task>_loss`, `<task>_weight` (the
     effective weight the balancer gave the task, averaged over the epoch) and
-    the compiled metrics.
+    the compiled metrics. `evaluate` (and `val_loss`) weights the losses with
+    the last training step's weights (1 before any training). Where the
+    weights follow the inverse of the losses or gradients, `loss` does not
+    fall as the tasks improve (DB-MTL and log-loss: `w_t = 1 / L_t`, so
+    `loss` stays near T; Nash-MTL: it grows as the gradients shrink): have
+    `EarlyStopping` or `ModelCheckpoint` monitor a `val_<task>_loss` or a
+    metric instead.
 
     Missing labels: give `sample_weight={task: w}` with 0 for examples that
     have no label for the task (any weight that is not positive, NaN

@@ -237,6 +237,18 @@ def test_logged_loss_adds_the_regularisation_in_fit_and_evaluate():
     assert result["loss"] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("balancer", ["db_mtl", "log"])
+def test_logged_loss_stays_at_the_number_of_tasks_under_inverse_loss_weights(balancer):
+    # What the docstrings of MultiTaskModel, DBMTL and LogLoss warn of: w_t = 1 / L_t makes
+    # sum_t w_t L_t = T at every step, while the task losses fall.
+    x, y = data(n=64)
+    model = build()
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=LOSS, balancer=balancer)
+    history = model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0).history
+    assert history["loss"] == pytest.approx([2.0] * 3, rel=1e-6)
+    assert history["task_1_loss"][-1] < 0.9 * history["task_1_loss"][0]
+
+
 def _relative_square(y_true, y_pred):
     # Infinite where the label is 0, as the NaN labels are once replaced.
     return tf.reduce_mean(tf.square(y_pred - y_true) / y_true, axis=-1)
