@@ -16,6 +16,8 @@ Rows:
     plain                Keras functional model, losses summed by Keras
     bare_loop            plain Keras with a hand-written train_step: T tape.gradient calls, summed,
                          no Jacobian, no balancer, no masking: the floor under any per-task mode
+    bare_vectorized      the same per-task gradients, with the T trunk backward passes vectorised
+                         (tf.vectorized_map over the gradients of the trunk output): larger matmuls
     ew                   MultiTaskModel with balancer="ew" (one backward pass)
     loop / jacobian /    MultiTaskModel with a linear balancer that needs the Jacobian (weights 1,
     representation       direction w^T J), so the row measures the gradient mode itself
@@ -80,6 +82,36 @@ class BareLoop(keras.Model):
         return {"loss": self._loss_tracker.result()}
 
 
+class BareVectorized(keras.Model):
+    """Per-task gradients of the trunk output, then one vectorised trunk backward pass for all.
+
+    `tf.vectorized_map` over the T output gradients of `tape.gradient(trunk output, trunk
+    variables)`: the same multiply-adds as `bare_loop`, in matmuls T times larger. The model has
+    the trunk output as an extra output `"rep"`.
+    """
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape(persistent=True) as tape:
+            pred = dict(self(x, training=True))
+            rep = pred.pop("rep")
+            losses = [ops.mean(ops.square(pred[k] - y[k])) for k in sorted(pred)]
+        trunk = [v for v in self.trainable_variables if v.path.startswith("trunk_")]
+        towers = [v for v in self.trainable_variables if not v.path.startswith("trunk_")]
+        per_task = [tape.gradient(loss, [rep] + towers) for loss in losses]
+        rows = tf.vectorized_map(
+            lambda c: tape.gradient(rep, trunk, output_gradients=c),
+            tf.stack([g[0] for g in per_task]),
+        )
+        grads = [tf.reduce_sum(r, 0) for r in rows] + [
+            tf.add_n([g[i + 1] for g in per_task if g[i + 1] is not None])
+            for i in range(len(towers))
+        ]
+        self.optimizer.apply(grads, trunk + towers)
+        self._loss_tracker.update_state(tf.add_n(losses))
+        return {"loss": self._loss_tracker.result()}
+
+
 def build(num_tasks: int, plain: bool, width: int, input_dim: int, cls=None):
     inputs = keras.Input((input_dim,))
     h = inputs
@@ -93,12 +125,15 @@ def build(num_tasks: int, plain: bool, width: int, input_dim: int, cls=None):
         )
         for t in range(num_tasks)
     }
+    if cls is BareVectorized:
+        outputs["rep"] = h
     cls = cls or (keras.Model if plain else keras_mtl.MultiTaskModel)
     return cls(inputs=inputs, outputs=outputs)
 
 
 def configs(num_tasks: int, balancers: list[str], modes: list[str], rep_balancers: list[str]):
-    rows = [("plain", None, None), ("bare_loop", None, None), ("ew", "ew", "auto")]
+    rows = [("plain", None, None), ("bare_loop", None, None), ("bare_vectorized", None, None)]
+    rows += [("ew", "ew", "auto")]
     rows += [(mode, "linear", mode) for mode in modes]
     rows += [(b, b, "auto") for b in balancers]
     rows += [(f"{b}@representation", b, "representation") for b in rep_balancers]
@@ -107,18 +142,18 @@ def configs(num_tasks: int, balancers: list[str], modes: list[str], rep_balancer
 
 def make(num_tasks, name, balancer, mode, width, input_dim):
     keras.utils.set_random_seed(0)
-    bare = name == "bare_loop"
+    bare = {"bare_loop": BareLoop, "bare_vectorized": BareVectorized}.get(name)
     model = build(
         num_tasks,
-        plain=name == "plain" or bare,
+        plain=name == "plain" or bare is not None,
         width=width,
         input_dim=input_dim,
-        cls=BareLoop if bare else None,
+        cls=bare,
     )
     loss = {f"t{t}": "mse" for t in range(num_tasks)}
     if name == "plain":
         model.compile(optimizer="sgd", loss=loss)
-    elif bare:
+    elif bare is not None:
         model.compile(optimizer="sgd")
     else:
         model.compile(
