@@ -64,6 +64,11 @@ class LinearJacobian(Balancer):
         return BalanceResult(weighted_direction(weights, jacobian), weights)
 
 
+def _summed(per_task):
+    """Per variable, the sum of the tasks' gradients that reach it."""
+    return [tf.add_n([g for g in gs if g is not None]) for gs in zip(*per_task, strict=True)]
+
+
 class BareLoop(keras.Model):
     """T `tape.gradient` calls and their sum: the bare cost of per-task gradients."""
 
@@ -74,9 +79,7 @@ class BareLoop(keras.Model):
             losses = [ops.mean(ops.square(pred[k] - y[k])) for k in sorted(pred)]
         variables = self.trainable_variables
         per_task = [tape.gradient(loss, variables) for loss in losses]
-        grads = [
-            tf.add_n([g[i] for g in per_task if g[i] is not None]) for i in range(len(variables))
-        ]
+        grads = _summed(per_task)
         self.optimizer.apply(grads, variables)
         self._loss_tracker.update_state(tf.add_n(losses))
         return {"loss": self._loss_tracker.result()}
@@ -103,10 +106,7 @@ class BareVectorized(keras.Model):
             lambda c: tape.gradient(rep, trunk, output_gradients=c),
             tf.stack([g[0] for g in per_task]),
         )
-        grads = [tf.reduce_sum(r, 0) for r in rows] + [
-            tf.add_n([g[i + 1] for g in per_task if g[i + 1] is not None])
-            for i in range(len(towers))
-        ]
+        grads = [tf.reduce_sum(r, 0) for r in rows] + _summed([g[1:] for g in per_task])
         self.optimizer.apply(grads, trunk + towers)
         self._loss_tracker.update_state(tf.add_n(losses))
         return {"loss": self._loss_tracker.result()}
