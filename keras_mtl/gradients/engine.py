@@ -115,14 +115,7 @@ class GradientEngine:
     def _shared_indices(self, model, variables, reach) -> list[int]:
         if self.shared_layers is not None:
             wanted = set()
-            for layer in self.shared_layers:
-                if isinstance(layer, str):
-                    name, layer = layer, find_layer(model, layer)
-                    if layer is None:
-                        raise ValueError(
-                            f"Layer {name!r} in `shared_layers` is not a layer of the model. "
-                            f"Received: shared_layers={self.shared_layers!r}"
-                        )
+            for layer in resolve_shared_layers(model, self.shared_layers):
                 if not layer.trainable_variables:
                     raise ValueError(
                         f"Layer '{layer.name}' in `shared_layers` has no trainable variables. "
@@ -451,6 +444,57 @@ class GradientEngine:
             v.assign(tf.where(finite, v.value, old))
         tf.cond(finite, update, lambda: tf.constant(False))
         return finite
+
+
+def resolve_shared_layers(model, shared_layers) -> list:
+    """The layers that `compile(shared_layers=...)` names, checked against `model`.
+
+    Args:
+        model: a Keras model.
+        shared_layers: a non-empty list of layers of `model` or of their names
+            (nested layers included).
+
+    Returns:
+        The layers, in the order given.
+
+    Raises:
+        ValueError: when `shared_layers` is not a non-empty list or tuple, holds
+            something other than a layer or a name, or names a layer that is not
+            in the model.
+
+    Example:
+
+    >>> import keras, keras_mtl
+    >>> from keras_mtl.gradients.engine import resolve_shared_layers
+    >>> x = keras.Input((3,))
+    >>> model = keras.Model(x, keras_mtl.layers.SharedBottom(units=(4,), name="trunk")(x))
+    >>> [layer.name for layer in resolve_shared_layers(model, ["trunk"])]
+    ['trunk']
+    """
+    if not isinstance(shared_layers, list | tuple) or not shared_layers:
+        raise ValueError(
+            "Expected `shared_layers` to be a non-empty list of layers or layer names. "
+            f"Received: shared_layers={shared_layers!r}"
+        )
+    layers = list(model._flatten_layers(include_self=False))
+    resolved = []
+    for entry in shared_layers:
+        if isinstance(entry, str):
+            layer = find_layer(model, entry)
+        elif isinstance(entry, keras.layers.Layer):
+            layer = entry if any(entry is known for known in layers) else None
+        else:
+            raise ValueError(
+                "Expected `shared_layers` to hold layers or layer names. Received: "
+                f"shared_layers={shared_layers!r} with an element of type {type(entry).__name__}"
+            )
+        if layer is None:
+            raise ValueError(
+                f"Layer {getattr(entry, 'name', entry)!r} in `shared_layers` is not a layer of the "
+                f"model. The model's layers: {[known.name for known in layers]}"
+            )
+        resolved.append(layer)
+    return resolved
 
 
 def find_layer(model, name: str):

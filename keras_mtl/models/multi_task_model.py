@@ -10,7 +10,7 @@ from keras import ops
 from keras.src.models.functional import Functional
 
 from keras_mtl import balancers as balancers_module
-from keras_mtl.gradients.engine import GradientEngine, find_layer
+from keras_mtl.gradients.engine import GradientEngine, resolve_shared_layers
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -159,7 +159,8 @@ class MultiTaskModel(keras.Model):
         loss_fns = [_loss_fn(name, losses[name]) for name in task_names]
         metrics = self._check_task_dict("metrics", metrics, task_names, required=False)
         _check_metrics(metrics)
-        _check_shared_layers(self, shared_layers)
+        if shared_layers is not None:
+            resolve_shared_layers(self, shared_layers)
         balancer = balancers_module.get(balancer)
         self._engine = GradientEngine(gradient_mode, shared_layers, nonfinite)
         balancer.set_task_names(task_names)
@@ -692,31 +693,3 @@ def _check_metrics(metrics) -> None:
                     f"function or keras.metrics.Metric. Received: metrics={{'{task}': "
                     f"{entries!r}}}"
                 ) from None
-
-
-def _check_shared_layers(model, shared_layers) -> None:
-    if shared_layers is None:
-        return
-    if not isinstance(shared_layers, list | tuple) or not shared_layers:
-        raise ValueError(
-            "Expected `shared_layers` to be a non-empty list of layers or layer names. "
-            f"Received: shared_layers={shared_layers!r}"
-        )
-    layers = list(model._flatten_layers(include_self=False))
-    names = [layer.name for layer in layers]
-    for entry in shared_layers:
-        if isinstance(entry, str):
-            # The engine resolves names the same way (nested layers included).
-            found = find_layer(model, entry) is not None
-        elif isinstance(entry, keras.layers.Layer):
-            found = any(entry is layer for layer in layers)
-        else:
-            raise ValueError(
-                "Expected `shared_layers` to hold layers or layer names. Received: "
-                f"shared_layers={shared_layers!r} with an element of type {type(entry).__name__}"
-            )
-        if not found:
-            raise ValueError(
-                f"Layer {getattr(entry, 'name', entry)!r} in `shared_layers` is not a layer of the "
-                f"model. The model's layers: {names}"
-            )

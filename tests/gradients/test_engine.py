@@ -107,12 +107,13 @@ def test_prepare_probes_once_per_set_of_trainable_variables():
 
 
 def test_an_engine_made_without_compile_refuses_an_unknown_layer_name():
-    # compile checks the names first; an engine made by hand must not fail later with an
-    # AttributeError on None.
+    # An engine made by hand checks the names as compile does, with the same message.
     model = _sqrt_gate_model()
     model.compile(optimizer="sgd", loss=LOSS, balancer=NormalizedEMA())
-    with pytest.raises(ValueError, match=r"'nope' in `shared_layers` is not a layer.*\['nope'\]"):
+    with pytest.raises(ValueError, match=r"'nope' in `shared_layers` is not a layer.*'gate'"):
         engine.GradientEngine("loop", shared_layers=["nope"]).prepare(model)
+    with pytest.raises(ValueError, match=r"layers or layer names.*element of type int"):
+        engine.GradientEngine("loop", shared_layers=[3]).prepare(model)
     found = engine.GradientEngine("loop", shared_layers=["gate"])
     found.prepare(model)
     assert found.shared_variable_paths == ["gate/g"]
