@@ -32,7 +32,7 @@ class DBMTL(Balancer):
     Task-specific variables are updated with the gradient of `log(L_t + eps)`
     (weights `1 / (L_t + eps)`, what this balancer reports as weights). The
     logged `loss`, `sum_t w_t L_t`, is then close to T at every step: monitor
-    the `<task>_loss` logs instead.
+    the `<task>_loss` logs instead (`mode="min"` in Keras callbacks).
     The losses must be non-negative, as in the paper: for `L_t + eps < 0`
     the logarithm is undefined (LibMTL gives NaN) and the factor
     `1 / (L_t + eps)` is negative, which turns that task's descent into

@@ -107,7 +107,8 @@ class LogLoss(_LossTransform):
     `sum_t grad L_t / (L_t + epsilon)`: the effective weights are
     `1 / (L_t + epsilon)`, which makes the update invariant to the scale of
     each loss (and the logged `loss`, `sum_t w_t L_t`, close to T at every
-    step: monitor the `<task>_loss` logs instead). The losses must be
+    step: monitor the `<task>_loss` logs instead, with `mode="min"` in Keras
+    callbacks). The losses must be
     non-negative: for `L_t + epsilon < 0` the logarithm is undefined and the
     weight `1 / (L_t + epsilon)` is negative, which turns that task's descent
     into ascent.

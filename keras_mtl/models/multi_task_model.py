@@ -34,7 +34,8 @@ class MultiTaskModel(keras.Model):
     fall as the tasks improve (DB-MTL and log-loss: `w_t = 1 / L_t`, so
     `loss` stays near T; Nash-MTL: it grows as the gradients shrink): have
     `EarlyStopping` or `ModelCheckpoint` monitor a `val_<task>_loss` or a
-    metric instead.
+    metric instead, with `mode="min"` or `"max"` (as for any per-output name
+    in Keras, `mode="auto"` cannot tell the direction and raises).
 
     Missing labels: give `sample_weight={task: w}` with 0 for examples that
     have no label for the task (any weight that is not positive, NaN

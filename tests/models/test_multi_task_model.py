@@ -354,6 +354,11 @@ def test_callbacks_and_validation_data_work(tmp_path):
         callbacks=[
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=5),
             keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), monitor="val_loss"),
+            # What the docstring advises under inverse-loss weights; Keras needs the mode.
+            keras.callbacks.EarlyStopping(monitor="val_task_1_loss", mode="min", patience=5),
+            keras.callbacks.ModelCheckpoint(
+                str(tmp_path / "best_mae.keras"), monitor="val_task_2_mae", mode="min"
+            ),
             keras.callbacks.TensorBoard(str(tmp_path / "tb")),
         ],
     )
@@ -368,7 +373,7 @@ def test_callbacks_and_validation_data_work(tmp_path):
         "val_task_1_weight",
     ):
         assert len(history.history[key]) == 3, key
-    assert (tmp_path / "best.keras").exists()
+    assert (tmp_path / "best.keras").exists() and (tmp_path / "best_mae.keras").exists()
     assert any((tmp_path / "tb").rglob("events.out.tfevents*"))
     # `evaluate` weighs the tasks with the weights of the last training step.
     last = np.array(model.balancer.ema)  # NormalizedEMA's weights are its state
