@@ -134,14 +134,27 @@ class MultiTaskModel(keras.Model):
                 update; `"skip"` skips such steps and counts them in the
                 `skipped_steps` log. A non-finite update is never applied.
             run_eagerly: as in `keras.Model.compile`.
-            steps_per_execution: as in `keras.Model.compile`.
+            steps_per_execution: as in `keras.Model.compile`; 1 under a
+                distribution strategy with several replicas, where Keras 3's
+                multi-step loop fails (plain `keras.Model` too).
             jit_compile: as in `keras.Model.compile`; forced off for balancers
                 that cannot run under XLA.
 
         Raises:
-            ValueError: if the loss keys do not match the task outputs, or for
-                an unknown balancer, gradient mode or `nonfinite` value.
+            ValueError: if the loss keys do not match the task outputs, for
+                an unknown balancer, gradient mode or `nonfinite` value, or
+                for `steps_per_execution > 1` with several replicas.
         """
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        if steps_per_execution > 1 and replicas > 1:
+            # keras-team/keras#19246: the loop over steps then dies in graph
+            # execution ("You must feed a value for placeholder tensor").
+            raise ValueError(
+                "`steps_per_execution` > 1 is not supported under a tf.distribute strategy with "
+                "several replicas: Keras 3's multi-step loop fails there (plain keras.Model "
+                "included). Pass steps_per_execution=1. Received: "
+                f"steps_per_execution={steps_per_execution} with {replicas} replicas"
+            )
         task_names = self._resolve_task_names(loss)
         if isinstance(loss, dict):
             losses = dict(loss)

@@ -52,6 +52,27 @@ def refusals(x, y):
     return messages
 
 
+def steps_per_execution_refusal(x, y):
+    """compile's message for steps_per_execution=2 with two replicas, and whether plain Keras
+    fails there too (the reason for the refusal: keras-team/keras#19246)."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = build()
+        try:
+            model.compile(optimizer="sgd", loss=LOSS, steps_per_execution=2)
+            message = None
+        except ValueError as error:
+            message = str(error)
+        plain = keras.Model(model.inputs, model.outputs)
+        plain.compile(optimizer="sgd", loss=LOSS, steps_per_execution=2)
+    try:
+        plain.fit(x, y, batch_size=32, epochs=1, verbose=0)
+        plain_fails = False
+    except tf.errors.InvalidArgumentError:
+        plain_fails = True
+    return {"message": message, "plain_fails": plain_fails}
+
+
 def main():
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
@@ -60,6 +81,9 @@ def main():
     x, y = data(n=64)
     if sys.argv[1] == "refusals":
         print(json.dumps({"messages": refusals(x, y)}))
+        return
+    if sys.argv[1] == "steps_per_execution":
+        print(json.dumps(steps_per_execution_refusal(x, y)))
         return
     # Unlabelled examples, unevenly spread over the replicas' halves of each batch.
     weight = {"task_1": np.ones(64, "float32"), "task_2": np.ones(64, "float32")}
