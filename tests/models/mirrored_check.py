@@ -80,10 +80,11 @@ def main():
     )
     x, y = data(n=64)
     if sys.argv[1] == "refusals":
-        print(json.dumps({"messages": refusals(x, y)}))
-        return
-    if sys.argv[1] == "steps_per_execution":
-        print(json.dumps(steps_per_execution_refusal(x, y)))
+        report = {
+            "messages": refusals(x, y),
+            "steps_per_execution": steps_per_execution_refusal(x, y),
+        }
+        print(json.dumps(report))
         return
     # Unlabelled examples, unevenly spread over the replicas' halves of each batch.
     weight = {"task_1": np.ones(64, "float32"), "task_2": np.ones(64, "float32")}

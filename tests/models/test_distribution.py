@@ -33,16 +33,22 @@ def test_mirrored_update_equals_single_device_update_on_global_batch(mode, balan
     assert report["balancer_diff"] < 1e-6, report
 
 
-def test_modes_without_a_multi_replica_form_are_refused():
+@pytest.fixture(scope="module")
+def refusals():
+    """One fresh process for every refusal with several replicas."""
+    return _run_check("refusals")
+
+
+def test_modes_without_a_multi_replica_form_are_refused(refusals):
     # Representation gradients are per example, and a skipped step would have
     # to agree across replicas: both raise before any update.
-    first, second = _run_check("refusals")["messages"]
+    first, second = refusals["messages"]
     assert "gradient_mode='representation' is not supported" in first
     assert "nonfinite='skip' is not supported with several replicas" in second
 
 
-def test_steps_per_execution_with_several_replicas_is_refused_at_compile():
-    report = _run_check("steps_per_execution")
+def test_steps_per_execution_with_several_replicas_is_refused_at_compile(refusals):
+    report = refusals["steps_per_execution"]
     assert "`steps_per_execution` > 1 is not supported" in report["message"]
     assert "steps_per_execution=2 with 2 replicas" in report["message"]
     # Why: plain Keras fails on it. A Keras release that fixes this must not break CI, but
