@@ -33,18 +33,43 @@ def quad(w, gram):
     return float(w @ gram @ w)
 
 
+@pytest.mark.parametrize("onednn", [False, True])
 @pytest.mark.parametrize(
     "num_tasks, num_params",
-    [(1, 12), (2, 780), (3, 1001), (5, 97), (7, 42), (16, 64), (40, 30)],
+    [(1, 12), (2, 780), (3, 1001), (5, 97), (7, 42), (16, 64), (40, 30), (5, 30001), (40, 3000)],
 )
-def test_gramian_matches_numpy_for_every_row_split(num_tasks, num_params):
-    # 97 is prime (no split), 1001 = 7 * 11 * 13, 780 has many divisors.
+def test_gramian_matches_numpy_for_every_split(num_tasks, num_params, onednn, monkeypatch):
+    # Eigen's row pieces: 97 is prime (no split), 1001 = 7 * 11 * 13, 780 has
+    # many divisors. oneDNN's column blocks: three for (5, 30001), the last
+    # one shorter; two for (40, 3000).
+    monkeypatch.setattr(solvers, "onednn_cpu_matmuls", lambda: onednn)
     rng = np.random.default_rng(num_tasks)
     jac = rng.normal(size=(num_tasks, num_params)).astype(np.float32)
     jac[0] *= 1e3
     expected = jac.astype(np.float64) @ jac.T.astype(np.float64)
+    # Float32 sums of P products: off-diagonal entries that nearly cancel are
+    # exact only relative to the norms |g_s| |g_t| (Cauchy-Schwarz).
+    norms = np.sqrt(np.outer(np.diag(expected), np.diag(expected)))
     for fn in (solvers.gramian, tf.function(solvers.gramian)):
-        np.testing.assert_allclose(np.asarray(fn(jac)), expected, rtol=1e-5, atol=1e-3)
+        error = np.abs(np.asarray(fn(jac), dtype=np.float64) - expected)
+        assert (error <= 1e-5 * np.abs(expected) + 1e-6 * norms).all(), error / norms
+
+
+def test_gramian_cuts_rows_under_eigen_and_columns_under_onednn(monkeypatch):
+    def matmul_outputs(shape, onednn):
+        monkeypatch.setattr(solvers, "onednn_cpu_matmuls", lambda: onednn)
+        graph = tf.function(solvers.gramian).get_concrete_function(tf.TensorSpec(shape)).graph
+        return [tuple(op.outputs[0].shape) for op in graph.get_operations() if "MatMul" in op.type]
+
+    # Eigen: the largest k with 2 k <= 16 rows that divides 780 is 6 (not 8 or 7).
+    assert matmul_outputs((2, 780), onednn=False) == [(12, 12)]
+    assert matmul_outputs((4, 2**16), onednn=False) == [(16, 16)]
+    assert matmul_outputs((10, 2**16), onednn=False) == [(10, 10)]
+    # oneDNN: one product for T <= 3, else blocks of 256 KB: 1 MB in 4.
+    assert matmul_outputs((2, 2**16), onednn=True) == [(2, 2)]
+    assert matmul_outputs((4, 2**16), onednn=True) == [(4, 4)] * 4
+    assert solvers._column_blocks(10, 8_000_000) == 64
+    assert solvers._column_blocks(3, 10**7) == 1
 
 
 def test_project_onto_simplex_matches_brute_force():
