@@ -53,10 +53,11 @@ def gramian(jacobian):
     library (`keras_mtl.gradients.matmul_backend`), so the product is formed
     in pieces, the same values up to float32 rounding:
 
-    - Eigen (or a GPU, unmeasured there), for T <= 8: each row is cut into `k` contiguous pieces (a free
-      reshape to `(k T, P / k)`), the pieces' Gramian is formed and its `k`
-      diagonal blocks summed (a 2 x 2 output is one tile of Eigen's kernel):
-      1.2-2.3x faster than one product at P = 780k on two cores.
+    - Eigen (or a GPU, unmeasured there), for T <= 8: each row is cut into
+      `k` contiguous pieces (a free reshape to `(k T, P / k)`), the pieces'
+      Gramian is formed and its `k` diagonal blocks summed (a 2 x 2 output
+      is one tile of Eigen's kernel): 1.2-2.3x faster than one product at
+      P = 780k on two cores.
     - oneDNN (CPUs with AVX-512 VNNI or BF16), for T >= 4: the Gramians of
       up to 64 column blocks of about 256 KB are summed. oneDNN runs a
       product with a tiny output on one thread; the blocks run in parallel
@@ -101,7 +102,7 @@ def _column_blocks(num_tasks: int, num_params: int, block_bytes: int = 2**18) ->
     `block_bytes` per block and at most 64 blocks."""
     if num_tasks <= 3:
         return 1
-    return max(1, min(64, -(-4 * num_tasks * num_params // block_bytes)))
+    return min(64, -(-4 * num_tasks * num_params // block_bytes))
 
 
 def _row_pieces(num_tasks: int, num_params: int, rows: int = 16) -> int:
