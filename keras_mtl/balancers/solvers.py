@@ -80,7 +80,7 @@ def gramian(jacobian):
     """
     jacobian = ops.cast(jacobian, "float32")
     num_tasks, num_params = jacobian.shape
-    if num_tasks is None or num_params is None:
+    if num_tasks is None or not num_params:  # dynamic or empty: nothing to cut
         return ops.einsum("tp,sp->ts", jacobian, jacobian)
     if onednn_cpu_matmuls():
         width = -(-num_params // _column_blocks(num_tasks, num_params))
