@@ -4,27 +4,18 @@ Architectures as Keras layers (`keras_mtl.layers`), loss-weighting and
 gradient-manipulation methods (`keras_mtl.balancers`), and `MultiTaskModel`,
 a `keras.Model` whose training step balances the tasks.
 
-Submodules load on first use, so that the `keras-mtl` command can configure
-TensorFlow's logging before TensorFlow starts.
+Every submodule loads with the package: importing them registers the classes
+for Keras serialisation, so `import keras_mtl` is all that
+`keras.saving.load_model` needs.
 """
 
-import importlib
+from keras_mtl import balancers as balancers
+from keras_mtl import callbacks as callbacks
+from keras_mtl import datasets as datasets
+from keras_mtl import gradients as gradients
+from keras_mtl import layers as layers
+from keras_mtl import metrics as metrics
+from keras_mtl import models as models
+from keras_mtl.models.multi_task_model import MultiTaskModel as MultiTaskModel
 
 __version__ = "0.1.0"
-
-_SUBMODULES = ("balancers", "callbacks", "datasets", "gradients", "layers", "metrics", "models")
-__all__ = ["MultiTaskModel", *_SUBMODULES]
-
-
-def __getattr__(name):
-    if name in _SUBMODULES:
-        return importlib.import_module(f"keras_mtl.{name}")
-    if name == "MultiTaskModel":
-        from keras_mtl.models.multi_task_model import MultiTaskModel
-
-        return MultiTaskModel
-    raise AttributeError(f"module 'keras_mtl' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*__all__, "__version__"])

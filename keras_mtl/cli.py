@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 
 
@@ -181,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     2
     """
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # Keras's per-model predict functions trigger TensorFlow's retracing warning
     # when many models are trained in one process, as the commands do.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)

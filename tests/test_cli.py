@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -32,6 +33,26 @@ def test_help_documents_the_options():
     )
     for option in ("--balancers", "--epochs", "--correlation", "--samples", "--seed"):
         assert option in done.stdout
+
+
+def test_the_launcher_quiets_tensorflow_before_importing_it():
+    # What the `keras-mtl` console script runs, in a process without a log level.
+    script = (
+        "import os, sys\n"
+        "import keras_mtl_cli\n"
+        "assert 'tensorflow' not in sys.modules\n"
+        "sys.argv[1:] = ['demo', '--help']\n"
+        "try:\n"
+        "    keras_mtl_cli.main()\n"
+        "except SystemExit as done:\n"
+        "    print('exit', done.code, 'level', os.environ['TF_CPP_MIN_LOG_LEVEL'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
+    )
+    assert "--balancers" in done.stdout
+    assert done.stdout.strip().endswith("exit 0 level 3")
 
 
 @pytest.mark.parametrize(
