@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import keras
 import numpy as np
 from keras import ops
+
+# Private in Keras 3: the snake-case class name Keras gives unnamed layers.
+from keras.src.utils.naming import to_snake_case
 
 # Re-exported: the balancer modules validate their arguments with these.
 from keras_mtl._validation import (  # noqa: F401
@@ -72,7 +76,11 @@ class Balancer(keras.layers.Layer):
         supports_jit: whether `compute` can run under XLA.
 
     Args:
-        name: name of the balancer (and prefix of its variables).
+        name: name of the balancer (and prefix of its variables and log
+            keys). By default the class name in snake case, the same for
+            every instance (Keras would number the second one), so that log
+            keys such as `nash_mtl_solver_failures` do not change with the
+            number of models built in the process.
         **kwargs: other `keras.layers.Layer` arguments.
 
     Example:
@@ -102,7 +110,7 @@ class Balancer(keras.layers.Layer):
     def __init__(self, name: str | None = None, **kwargs):
         # Balancing is always done in float32, also under mixed precision.
         kwargs["dtype"] = "float32"
-        super().__init__(name=name, **kwargs)
+        super().__init__(name=name or to_snake_case(type(self).__name__), **kwargs)
         self.num_tasks: int | None = None
         self.task_names: list[str] | None = None
 
@@ -296,6 +304,19 @@ class Balancer(keras.layers.Layer):
 
     def load_own_variables(self, store) -> None:
         keys = list(store.keys())
+        own = self._trainable_variables + self._non_trainable_variables
+        saved = [tuple(store[k].shape) for k in keys if not k.startswith(_SEED_PREFIX)]
+        if saved != [tuple(v.shape) for v in own]:
+            # Like Keras's optimizer state, the balancer's belongs to `compile`:
+            # weights saved with another balancer (or task count) still load.
+            warnings.warn(
+                f"Skipped the saved state of the balancer '{self.name}' "
+                f"({type(self).__name__}): the file holds variables of shapes {saved}, the "
+                f"balancer has {[tuple(v.shape) for v in own]}. It was probably saved with "
+                "another balancer; this one keeps its initial state.",
+                stacklevel=2,
+            )
+            return
         for i, generator in enumerate(self._seed_generators):
             if f"{_SEED_PREFIX}{i}" in keys:
                 generator.state.assign(np.asarray(store[f"{_SEED_PREFIX}{i}"]))

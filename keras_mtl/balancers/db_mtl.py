@@ -152,9 +152,12 @@ class DBMTL(Balancer):
     def load_own_variables(self, store) -> None:
         # A model saved after training holds the moving averages, which this
         # (freshly built) balancer creates only on its first call.
-        if self.moving_gradients is None and len(store.keys()) > len(self.variables):
-            shape = store[str(len(self.variables))].shape
-            self._create_moving_gradients(int(shape[1]))
+        extra = str(len(self.variables))
+        if self.moving_gradients is None and extra in store.keys():
+            shape = store[extra].shape
+            # Anything else is another balancer's state, which the base skips.
+            if len(shape) == 2 and shape[0] == self.num_tasks:
+                self._create_moving_gradients(int(shape[1]))
         super().load_own_variables(store)
 
     def get_config(self) -> dict:

@@ -271,3 +271,12 @@ def test_seed_generator_state_is_saved_and_restored(name):
     fresh = getattr(balancers, name)(seed=4)
     replay = [np.asarray(fresh.aggregate(jac, np.ones(3)).weights) for jac in jacs[2:]]
     assert not np.allclose(replay, expected)
+
+
+def test_default_names_do_not_change_with_the_number_of_instances():
+    # Log keys such as `<name>_solver_failures` are built from the name.
+    first, second = balancers.get("nash_mtl"), balancers.get("nash_mtl")
+    assert first.name == second.name == "nash_mtl"
+    second.build(2)
+    assert list(second.logs()) == ["nash_mtl_solver_failures"]
+    assert balancers.get({"class_name": "nash_mtl", "config": {"name": "mine"}}).name == "mine"
