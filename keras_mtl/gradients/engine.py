@@ -188,8 +188,9 @@ class GradientEngine:
             x, y, sample_weight: the batch, `y` and `sample_weight` as dicts.
 
         Returns:
-            A dict with `losses` (T,), `weights` (T,), `objective`, `y_pred`,
-            `y_true` (missing labels replaced by 0), `masks` and `finite`.
+            A dict with `losses` (T,), `weights` (T,), `counts` (T,) of
+            labelled examples, `regularization`, `y_pred`, `y_true` (missing
+            labels replaced by 0), `masks` and `finite`.
         """
         balancer = model.balancer
         optimizer = model.optimizer
@@ -214,9 +215,10 @@ class GradientEngine:
         scale = None
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             scale = tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
-        # The balancer's state before the step, restored when "skip" drops it.
+        # The balancer's state before the step, restored when the step is
+        # dropped: by "skip", or by the loss scale optimizer on an overflow.
         state = []
-        if self.nonfinite == "skip":
+        if self.nonfinite == "skip" or scale is not None:
             state = [(v, tf.identity(v.value)) for v in balancer.non_trainable_variables]
 
         with tf.GradientTape(persistent=mode != "weighted") as tape:
@@ -304,12 +306,13 @@ class GradientEngine:
             grads = [by_id[id(v)] for v in variables]
         del tape, step  # release the persistent tape's resources before the update
 
-        objective = tf.reduce_sum(weights * losses) + model.regularization_loss()
+        regularization = model.regularization_loss()
         finite = self._apply(model, grads, variables, losses, weights, state, checks)
         return {
             "losses": losses,
             "weights": weights,
-            "objective": objective,
+            "counts": counts,
+            "regularization": regularization,
             "y_pred": y_pred,
             "y_true": y_clean,
             "masks": masks,
@@ -406,6 +409,11 @@ class GradientEngine:
         applied_vars = [v for _, v in pairs]
 
         scaled_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        # The loss scale optimizer skips an overflowing step by itself, but
+        # what the balancer wrote into its state from the overflowing
+        # Jacobian would stay and spoil every later step (DB-MTL's moving
+        # averages, GradNorm's weights).
+        no_overflow = _all_finite(applied_grads) if scaled_loss and state else None
         if self.nonfinite == "raise" and not scaled_loss:
             # The loss scale optimizer skips overflowing steps by itself.
             checks = checks + _assertion(
@@ -434,14 +442,13 @@ class GradientEngine:
             return tf.constant(True)
 
         if self.nonfinite == "raise":
+            _restore(state, no_overflow)
             return update()
         finite = tf.logical_and(
             _all_finite([losses, _learning_rate(optimizer)]),
             tf.constant(True) if scaled_loss else _all_finite(applied_grads),
         )
-        # Undo what the balancer wrote into its state from a non-finite step.
-        for v, old in state:
-            v.assign(tf.where(finite, v.value, old))
+        _restore(state, finite if no_overflow is None else tf.logical_and(finite, no_overflow))
         tf.cond(finite, update, lambda: tf.constant(False))
         return finite
 
@@ -505,13 +512,15 @@ def find_layer(model, name: str):
 
     Args:
         model: a Keras model.
-        name: the layer name.
+        name: the layer name, or a path of names from a top-level layer down
+            to the layer, joined by `/` (`"trunk/dense_0"`; `layer_path`),
+            for a name that several layers have.
 
     Returns:
         The layer, or `None` when the model has no layer of that name.
 
     Raises:
-        ValueError: when several layers of the model have that name.
+        ValueError: when several layers of the model have that name (or path).
 
     Example:
 
@@ -521,14 +530,74 @@ def find_layer(model, name: str):
     >>> h = keras_mtl.layers.SharedBottom(units=(4, 2), name="trunk")(x)
     >>> find_layer(keras.Model(x, h), "dense_1").name
     'dense_1'
+    >>> find_layer(keras.Model(x, h), "trunk/dense_1").name
+    'dense_1'
     """
-    found = [layer for layer in model._flatten_layers(include_self=False) if layer.name == name]
+    if "/" in name:
+        # Keras forbids "/" in layer names, so the path is unambiguous to split.
+        found = [model]
+        for part in name.split("/"):
+            found = [
+                child
+                for parent in found
+                for child in parent._flatten_layers(include_self=False, recursive=False)
+                if child.name == part
+            ]
+    else:
+        found = [layer for layer in model._flatten_layers(include_self=False) if layer.name == name]
     if len(found) > 1:
         raise ValueError(
             f"Layer name {name!r} in `shared_layers` is ambiguous: the model has {len(found)} "
-            "layers of that name. Pass the layer objects instead."
+            "layers of that name. Pass the layer objects, or paths of names such as "
+            "'outer/inner'."
         )
     return found[0] if found else None
+
+
+def layer_path(model, layer) -> str:
+    """A name that `find_layer` resolves to `layer` in `model`: its name when
+    no other layer has it, else the path of names from a top-level layer.
+
+    Args:
+        model: a Keras model.
+        layer: one of its layers (nested layers included).
+
+    Returns:
+        The name or path.
+
+    Raises:
+        ValueError: when `layer` is not in `model`.
+
+    Example:
+
+    >>> import keras, keras_mtl
+    >>> from keras_mtl.gradients.engine import layer_path
+    >>> x = keras.Input((3,))
+    >>> trunk = keras_mtl.layers.SharedBottom(units=(4,), name="trunk")
+    >>> tower = keras_mtl.layers.SharedBottom(units=(2,), name="tower")
+    >>> model = keras.Model(x, tower(trunk(x)))
+    >>> layer_path(model, trunk), layer_path(model, trunk.dense_layers[0])
+    ('trunk', 'trunk/dense_0')
+    """
+    same_name = [
+        known for known in model._flatten_layers(include_self=False) if known.name == layer.name
+    ]
+    if len(same_name) == 1 and same_name[0] is layer:
+        return layer.name
+
+    def names_down_to(parent):
+        for child in parent._flatten_layers(include_self=False, recursive=False):
+            if child is layer:
+                return [child.name]
+            below = names_down_to(child)
+            if below:
+                return [child.name, *below]
+        return None
+
+    names = names_down_to(model)
+    if names is None:
+        raise ValueError(f"Layer {layer.name!r} is not a layer of the model.")
+    return "/".join(names)
 
 
 def representation_layer(model, required: bool):
@@ -654,6 +723,12 @@ def _all_finite(tensors):
         lambda: tf.constant(True),
         lambda: tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])),
     )
+
+
+def _restore(state, keep) -> None:
+    """Undoes what the balancer wrote into its `state` in this step unless `keep`."""
+    for v, old in state:
+        v.assign(tf.where(keep, v.value, old))
 
 
 def _scale(grad, weight):

@@ -6,11 +6,14 @@ import keras
 import numpy as np
 from keras import ops
 
+# Private in Keras 3: what Keras's loss wrapper does to labels before a loss function.
+from keras.src.losses.loss import squeeze_or_expand_to_same_rank
+
 # Private in Keras 3, but the only way to build functional models of our own class.
 from keras.src.models.functional import Functional
 
 from keras_mtl import balancers as balancers_module
-from keras_mtl.gradients.engine import GradientEngine, resolve_shared_layers
+from keras_mtl.gradients.engine import GradientEngine, layer_path, resolve_shared_layers
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -25,11 +28,13 @@ class MultiTaskModel(keras.Model):
     Each training step computes one loss per task (examples without a label
     for that task contribute nothing), hands the losses, and for gradient
     methods the Jacobian of the shared variables, to the balancer, and applies
-    the balanced update. The logs report `loss` (the weighted objective
-    `sum_t w_t L_t` plus regularisation), `<task>_loss`, `<task>_weight` (the
-    effective weight the balancer gave the task, averaged over the epoch) and
-    the compiled metrics. `evaluate` (and `val_loss`) weights the losses with
-    the last training step's weights (1 before any training). Where the
+    the balanced update. The logs report `<task>_loss` (averaged over the
+    task's labelled examples, so that `evaluate` does not depend on
+    `batch_size`), `loss` (the weighted objective `sum_t w_t L_t`, averaged
+    the same way, plus regularisation), `<task>_weight` (the effective weight
+    the balancer gave the task, averaged over the steps where it had labels)
+    and the compiled metrics. `evaluate` (and `val_loss`) weights the losses
+    with the last training weights of each task (1 before any training). Where the
     weights follow the inverse of the losses or gradients, `loss` does not
     fall as the tasks improve (DB-MTL and log-loss: `w_t = 1 / L_t`, so
     `loss` stays near T; Nash-MTL: it grows as the gradients shrink): have
@@ -173,8 +178,11 @@ class MultiTaskModel(keras.Model):
         loss_fns = [_loss_fn(name, losses[name]) for name in task_names]
         metrics = self._check_task_dict("metrics", metrics, task_names, required=False)
         _check_metrics(metrics)
+        shared_names = None
         if shared_layers is not None:
-            resolve_shared_layers(self, shared_layers)
+            # Names for the compile config: a layer object is saved as a name
+            # (or path) that finds it again when the model is loaded.
+            shared_names = [layer_path(self, s) for s in resolve_shared_layers(self, shared_layers)]
         balancer = balancers_module.get(balancer)
         self._engine = GradientEngine(gradient_mode, shared_layers, nonfinite)
         balancer.set_task_names(task_names)
@@ -209,9 +217,7 @@ class MultiTaskModel(keras.Model):
             self._loss_fns = loss_fns
             self._metrics_config = metrics
             self._gradient_config = {
-                "shared_layers": None
-                if shared_layers is None
-                else [getattr(s, "name", s) for s in shared_layers],
+                "shared_layers": shared_names,
                 "gradient_mode": gradient_mode,
                 "nonfinite": nonfinite,
             }
@@ -223,8 +229,10 @@ class MultiTaskModel(keras.Model):
                 steps_per_execution=steps_per_execution,
                 jit_compile=jit_compile,
             )
-            self._task_loss_tracker = _TaskMeans(task_names, "loss")
-            self._task_weight_tracker = _TaskMeans(task_names, "weight")
+            # Replaces Keras's mean of the per-batch losses, which missing
+            # labels bias (see `_LossMeans`).
+            self._loss_tracker = _LossMeans(task_names)
+            self._task_weight_tracker = _TaskWeightMeans(task_names)
             self._make_state_variables(len(task_names))
         finally:
             if locked:
@@ -425,21 +433,24 @@ class MultiTaskModel(keras.Model):
             finite = out["finite"]
             keep = ops.cast(finite, "float32")
             self._skipped_steps.assign_add(1.0 - keep)
-            self._last_task_weights.assign(
-                ops.where(finite, out["weights"], self._last_task_weights)
-            )
             out = {
                 k: keras.tree.map_structure(lambda t: ops.where(finite, t, ops.zeros_like(t)), v)
                 for k, v in out.items()
                 if k != "finite"
             }
-        else:
-            self._last_task_weights.assign(out["weights"])
+        # A task without labels in the batch keeps its last weight: what a
+        # balancer gives it there moves nothing (its loss and gradient are 0)
+        # and may be meaningless (DB-MTL's 1 / L_t is 1e8 at L_t = 0).
+        # (A skipped step's counts are zeroed above.)
+        self._last_task_weights.assign(
+            ops.where(out["counts"] > 0, out["weights"], self._last_task_weights)
+        )
         logs = self._update_metrics(
             x,
             out["losses"],
             out["weights"],
-            out["objective"],
+            out["counts"],
+            out["regularization"],
             out["y_true"],
             out["y_pred"],
             out["masks"],
@@ -455,17 +466,22 @@ class MultiTaskModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred = self(x, training=False)
         sums, counts, y_clean, masks = self.task_loss_terms(y, y_pred, sample_weight)
-        losses = ops.stack(sums) / ops.maximum(ops.stack(counts), 1.0)
+        counts = ops.stack(counts)
+        losses = ops.stack(sums) / ops.maximum(counts, 1.0)
         weights = ops.convert_to_tensor(self._last_task_weights)
-        objective = ops.sum(weights * losses) + self.regularization_loss()
-        return self._update_metrics(x, losses, weights, objective, y_clean, y_pred, masks)
+        return self._update_metrics(
+            x, losses, weights, counts, self.regularization_loss(), y_clean, y_pred, masks
+        )
 
-    def _update_metrics(self, x, losses, weights, objective, y_true, y_pred, masks, keep=1.0):
+    def _update_metrics(
+        self, x, losses, weights, counts, regularization, y_true, y_pred, masks, keep=1.0
+    ):
         # `keep` is 0 for a skipped step, which then counts for nothing.
         batch = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32") * keep
-        self._loss_tracker.update_state(objective, sample_weight=batch)
-        self._task_loss_tracker.update_state(losses, sample_weight=batch)
-        self._task_weight_tracker.update_state(weights, sample_weight=keep)
+        self._loss_tracker.update_state(losses, weights, counts, regularization, batch)
+        self._task_weight_tracker.update_state(
+            weights, sample_weight=ops.cast(counts > 0, "float32")
+        )
         if self._compile_metrics is not None:
             self._compile_metrics.update_state(y_true, y_pred, sample_weight=masks)
         return self.get_metrics_result()
@@ -480,12 +496,29 @@ class MultiTaskModel(keras.Model):
     ):
         """`keras.Model.fit`, plus epoch notifications to the balancer.
 
-        Args and Returns: as `keras.Model.fit`.
+        Args and Returns: as `keras.Model.fit`. A `sample_weight` dict, in
+        `sample_weight` or as the third element of `validation_data`, may
+        leave out tasks (their examples weigh 1).
+
+        Raises:
+            ValueError: for `y` that is not a dict, a `sample_weight` dict
+                with unknown tasks, or `class_weight` (use `sample_weight`).
         """
         self._check_compiled()
         _check_y_argument(y)
+        if kwargs.get("class_weight") is not None:
+            # Keras applies class weights to single-output models only.
+            raise ValueError(
+                "`class_weight` is not supported by MultiTaskModel: pass per-example weights "
+                "with `sample_weight={task: weights}` instead. Received: "
+                f"class_weight={kwargs['class_weight']!r}"
+            )
         if "sample_weight" in kwargs:
             kwargs["sample_weight"] = self._complete_sample_weight(x, kwargs["sample_weight"])
+        validation = kwargs.get("validation_data")
+        if isinstance(validation, list | tuple) and len(validation) == 3:
+            vx, vy, vw = validation
+            kwargs["validation_data"] = (vx, vy, self._complete_sample_weight(vx, vw))
         if self.built:
             with self.distribute_strategy.scope():
                 self._engine.prepare(self)
@@ -534,6 +567,26 @@ class MultiTaskModel(keras.Model):
         return {t: sample_weight.get(t, ones) for t in self.task_names}
 
     # ----------------------------------------------------------------- saving
+    def load_own_variables(self, store):
+        # The model's own state (`_make_state_variables`) is made by `compile`:
+        # a compiled model's file also loads into an uncompiled model
+        # (`load_model(compile=False)`, `load_weights`), which makes the state
+        # from the file, and an uncompiled model's file into a compiled one,
+        # which keeps its own.
+        keys = list(store.keys())
+        own = self._trainable_variables + self._non_trainable_variables
+        if not own and len(keys) == 2:
+            locked = self._tracker.locked
+            self._tracker.unlock()
+            try:
+                self._make_state_variables(store["0"].shape[0])
+            finally:
+                if locked:
+                    self._tracker.lock()
+        elif own and not keys:
+            return
+        super().load_own_variables(store)
+
     def get_compile_config(self):
         if not self.compiled or self._engine is None:
             return None
@@ -594,20 +647,61 @@ def _functional_arguments(args, kwargs) -> bool:
     return len(args) == 2 or len(args) == 1 and "outputs" in kwargs or "inputs" in kwargs
 
 
-class _TaskMeans(keras.metrics.Metric):
-    """Running means of a `(T,)` vector, logged as `<task>_<suffix>`.
+class _LossMeans(keras.metrics.Metric):
+    """`loss` and `<task>_loss` over the batches seen since the last reset.
+
+    `<task>_loss` is the mean over the task's labelled examples: each batch's
+    loss counts with its number of labels. Keras's mean over batches would
+    count a batch without labels for the task as a loss of 0 for a whole
+    batch, which makes `evaluate` depend on `batch_size`. `loss` adds the
+    tasks' weighted losses, averaged the same way, and the regularisation,
+    averaged over examples; with every label present it is the mean of the
+    batches' objectives. A task without any label gets `<task>_loss` 0, as
+    in each batch; `loss` is NaN when every step was skipped (`nonfinite=
+    "skip"`), where 0 would look like a perfect epoch to callbacks.
+    """
+
+    def __init__(self, task_names):
+        super().__init__(name="loss")
+        self.keys = [f"{name}_loss" for name in task_names]
+        shape = (len(task_names),)
+        self.task_losses = self.add_variable(shape=shape, initializer="zeros", name="losses")
+        self.weighted = self.add_variable(shape=shape, initializer="zeros", name="weighted")
+        self.labels = self.add_variable(shape=shape, initializer="zeros", name="labels")
+        self.regularization = self.add_variable(shape=(), initializer="zeros", name="reg")
+        self.examples = self.add_variable(shape=(), initializer="zeros", name="examples")
+
+    def update_state(self, losses, weights, counts, regularization, batch):
+        totals = ops.cast(losses, self.dtype) * ops.cast(counts, self.dtype)
+        self.task_losses.assign_add(totals)
+        self.weighted.assign_add(totals * ops.cast(weights, self.dtype))
+        self.labels.assign_add(ops.cast(counts, self.dtype))
+        self.regularization.assign_add(ops.cast(regularization, self.dtype) * batch)
+        self.examples.assign_add(ops.cast(batch, self.dtype))
+
+    def result(self):
+        weighted = ops.sum(ops.divide_no_nan(self.weighted, self.labels))
+        loss = weighted + self.regularization / self.examples
+        means = ops.unstack(ops.divide_no_nan(self.task_losses, self.labels))
+        return {"loss": loss, **dict(zip(self.keys, means, strict=True))}
+
+
+class _TaskWeightMeans(keras.metrics.Metric):
+    """`<task>_weight`: the task's weight averaged over the steps where it had
+    labels (0 if it had none).
 
     One metric for all tasks: T scalar `Mean` trackers cost T times the ops
     per step, which is measurable next to a small model's step.
     """
 
-    def __init__(self, task_names, suffix: str):
-        super().__init__(name=f"task_{suffix}es" if suffix.endswith("s") else f"task_{suffix}s")
-        self.keys = [f"{name}_{suffix}" for name in task_names]
-        self.total = self.add_variable(shape=(len(task_names),), initializer="zeros", name="total")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+    def __init__(self, task_names):
+        super().__init__(name="task_weights")
+        self.keys = [f"{name}_weight" for name in task_names]
+        shape = (len(task_names),)
+        self.total = self.add_variable(shape=shape, initializer="zeros", name="total")
+        self.count = self.add_variable(shape=shape, initializer="zeros", name="count")
 
-    def update_state(self, values, sample_weight=1.0):
+    def update_state(self, values, sample_weight):
         weight = ops.cast(sample_weight, self.dtype)
         self.total.assign_add(ops.cast(values, self.dtype) * weight)
         self.count.assign_add(weight)
@@ -643,7 +737,15 @@ def _loss_fn(task: str, identifier):
             f"Received an invalid loss for task '{task}', expected a loss name, function or "
             f"keras.losses.Loss. Received: loss={{'{task}': {identifier!r}}}"
         )
-    return fn
+
+    def aligned(y_true, y_pred):
+        # As plain Keras does for loss functions: labels of shape (batch,)
+        # against predictions (batch, 1) would otherwise broadcast to
+        # (batch, batch) in some losses (hinge, Poisson, KL) and fail in others.
+        y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
+        return fn(y_true, y_pred)
+
+    return aligned
 
 
 def _is_keras_loss(identifier) -> bool:

@@ -207,3 +207,15 @@ def test_a_sample_weight_dict_may_leave_out_tasks():
     model.fit(x, y, sample_weight={"task_1": weight}, verbose=0)
     with pytest.raises(ValueError, match=r"keys of `sample_weight`.*unknown: \['task_3'\]"):
         model.fit(x, y, sample_weight={"task_1": weight, "task_3": weight}, verbose=0)
+
+
+def test_class_weight_points_to_sample_weight():
+    x, y = data(n=16)
+    model = build()
+    model.compile(optimizer="sgd", loss=LOSS)
+    with pytest.raises(
+        ValueError,
+        match=r"`class_weight` is not supported.*sample_weight=\{task: weights\}.*"
+        r"Received: class_weight=\{0: 1.0, 1: 2.0\}",
+    ):
+        model.fit(x, y, class_weight={0: 1.0, 1: 2.0}, verbose=0)

@@ -496,6 +496,29 @@ def test_mixed_precision_trains_with_a_gradient_balancer():
     assert history.history["loss"][1] < history.history["loss"][0]
 
 
+@pytest.mark.parametrize("balancer", ["db_mtl", "gradnorm"])
+def test_an_overflowing_step_leaves_no_trace_in_the_balancers_state(balancer):
+    # A loss scale of 2^30 overflows float16 gradients: the optimizer skips
+    # those steps and halves the scale; the balancer must forget them too.
+    x, y = data(n=64)
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.05), 2.0**30)
+    model.compile(optimizer=optimizer, loss=LOSS, balancer=balancer)
+    history = model.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0).history
+    skipped = 32 - int(optimizer.iterations)
+    assert 1 <= skipped < 32
+    assert float(optimizer.dynamic_scale) == 2.0 ** (30 - skipped)
+    for v in model.balancer.variables:
+        assert np.all(np.isfinite(np.array(v))), v.path
+    # (DB-MTL's `loss` stays at T by design.)
+    assert history["task_1_loss"][-1] < history["task_1_loss"][0]
+    assert history["task_2_loss"][-1] < history["task_2_loss"][0]
+
+
 @pytest.mark.parametrize("mode", ["loop", "jacobian", "representation"])
 def test_mixed_precision_step_is_unscaled(mode):
     # SGD, unlike Adam, shows a gradient off by the loss scale.
