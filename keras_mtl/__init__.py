@@ -19,3 +19,14 @@ from keras_mtl import models as models
 from keras_mtl.models.multi_task_model import MultiTaskModel as MultiTaskModel
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "MultiTaskModel",
+    "balancers",
+    "callbacks",
+    "datasets",
+    "gradients",
+    "layers",
+    "metrics",
+    "models",
+]

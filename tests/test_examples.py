@@ -80,8 +80,10 @@ def test_every_example_script_is_tested():
 def _public_objects():
     """(name, object) for what each public package exports, and each dataset's `load_data`."""
     found = {}
-    for package_name in keras_mtl._SUBMODULES:
-        package = importlib.import_module(f"keras_mtl.{package_name}")
+    for package_name in keras_mtl.__all__:
+        package = getattr(keras_mtl, package_name)
+        if not inspect.ismodule(package):
+            continue
         source = inspect.getsource(package)
         # The names the package's __init__ re-exports (`from ... import X as X`).
         for name in re.findall(r"\b(\w+) as \1\b", source):
