@@ -495,9 +495,18 @@ def deserialize(config: dict) -> Balancer:
     ('StaticWeighting', [1.0, 3.0])
     """
     class_name = config.get("class_name") if isinstance(config, dict) else None
-    if isinstance(class_name, str) and class_name.lower() in _ALIASES:
-        return _ALIASES[class_name.lower()].from_config(config.get("config", {}))
-    obj = keras.saving.deserialize_keras_object(config)
+    try:
+        if isinstance(class_name, str) and class_name.lower() in _ALIASES:
+            obj = _ALIASES[class_name.lower()].from_config(config.get("config", {}))
+        else:
+            obj = keras.saving.deserialize_keras_object(config)
+    except TypeError as error:
+        # Keras reports an unknown class, and wraps a constructor's ValueError, so.
+        raise ValueError(
+            "Expected a config dict describing a keras_mtl balancer, with a class name among "
+            f"{available()} or a registered Balancer class. Received: config={config!r}. "
+            f"Keras said: {error}"
+        ) from error
     if not isinstance(obj, Balancer):
         raise ValueError(
             f"Expected a config dict describing a keras_mtl balancer. Received: config={config!r}"

@@ -280,3 +280,18 @@ def test_default_names_do_not_change_with_the_number_of_instances():
     second.build(2)
     assert list(second.logs()) == ["nash_mtl_solver_failures"]
     assert balancers.get({"class_name": "nash_mtl", "config": {"name": "mine"}}).name == "mine"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"class_name": "nope", "config": {}}, r"class name among \['aligned_mtl'"),
+        ({"class_name": "Dense", "config": {"units": 2}}, r"class name among \['aligned_mtl'"),
+        ({"class_name": "PCGrad", "config": {"seed": "x"}}, r"seed.*Received.*'x'"),
+    ],
+)
+def test_bad_config_dicts_are_value_errors_that_name_the_balancers(config, message):
+    with pytest.raises(ValueError, match=message):
+        balancers.get(config)
+    with pytest.raises(ValueError, match=message):
+        balancers.deserialize(config)
