@@ -101,8 +101,10 @@ class GradientEngine:
         if balancer.jacobian_scope == "last_shared_layer":
             return "scoped"
         if self.mode == "auto":
-            if balancer.preferred_gradient_mode == "representation" and representation_layer(
-                model, required=False
+            if (
+                balancer.preferred_gradient_mode == "representation"
+                and model.distribute_strategy.num_replicas_in_sync == 1
+                and representation_layer(model, required=False)
             ):
                 return "representation"
             if balancer.preferred_gradient_mode in ("loop", "jacobian"):

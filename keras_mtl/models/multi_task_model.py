@@ -232,6 +232,9 @@ class MultiTaskModel(keras.Model):
             # Replaces Keras's mean of the per-batch losses, which missing
             # labels bias (see `_LossMeans`).
             self._loss_tracker = _LossMeans(task_names)
+            # Keras lists `_loss_tracker` first in `metrics` by itself (its own
+            # `compile` does not track it); tracked, it would be listed twice.
+            self._tracker.untrack(self._loss_tracker)
             self._task_weight_tracker = _TaskWeightMeans(task_names)
             self._make_state_variables(len(task_names))
         finally:
@@ -456,7 +459,12 @@ class MultiTaskModel(keras.Model):
             out["masks"],
             keep,
         )
-        logs.update(self.balancer.logs())
+        if self.distribute_strategy.num_replicas_in_sync == 1:
+            # Keys beyond the metrics' make Keras take the epoch's logs from
+            # the last step; with several replicas that averages each
+            # replica's partial metrics, so `_BalancerEpochHook` adds these
+            # at the end of the epoch instead.
+            logs.update(self.balancer.logs())
         if self._engine.nonfinite == "skip":
             logs["skipped_steps"] = self._skipped_steps.value
         return logs
@@ -523,7 +531,8 @@ class MultiTaskModel(keras.Model):
             with self.distribute_strategy.scope():
                 self._engine.prepare(self)
         callbacks = list(callbacks or [])
-        callbacks.append(_BalancerEpochHook(self))
+        # First, so that the user's callbacks see what it adds to the logs.
+        callbacks.insert(0, _BalancerEpochHook(self))
         return super().fit(
             x,
             y,
@@ -712,7 +721,8 @@ class _TaskWeightMeans(keras.metrics.Metric):
 
 
 class _BalancerEpochHook(keras.callbacks.Callback):
-    """Tells the balancer when an epoch begins (for per-epoch methods such as DWA)."""
+    """Tells the balancer when an epoch begins (for per-epoch methods such as
+    DWA) and, with several replicas, adds its logs to the epoch's."""
 
     def __init__(self, model):
         super().__init__()
@@ -720,6 +730,13 @@ class _BalancerEpochHook(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._mtl_model.balancer.on_epoch_begin(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        model = self._mtl_model
+        if logs is not None and model.distribute_strategy.num_replicas_in_sync > 1:
+            logs.update(
+                {k: float(ops.convert_to_numpy(v)) for k, v in model.balancer.logs().items()}
+            )
 
 
 def _loss_fn(task: str, identifier):

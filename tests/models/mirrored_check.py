@@ -23,13 +23,17 @@ def run(strategy, x, y, weight):
             loss=LOSS,
             balancer=NormalizedEMA(0.3) if sys.argv[2] == "ema" else sys.argv[2],
             gradient_mode=sys.argv[1],
+            metrics={"task_1": ["mae"], "task_2": ["mae"]},
         )
         # After compile: a balancer's own trainable variables (IMTL's) join the model's.
         initial = [np.array(v) for v in model.trainable_variables]
-    model.fit(x, y, sample_weight=weight, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    history = model.fit(
+        x, y, sample_weight=weight, batch_size=32, epochs=1, shuffle=False, verbose=0
+    ).history
     final = [np.array(v) for v in model.trainable_variables]
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(final, initial, strict=True))
-    return final, [np.array(v) for v in model.balancer.variables], moved
+    logs = {k: float(v[-1]) for k, v in history.items()}
+    return final, [np.array(v) for v in model.balancer.variables], moved, logs
 
 
 def refusals(x, y):
@@ -50,6 +54,17 @@ def refusals(x, y):
         # A refused step applies nothing.
         assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
     return messages
+
+
+def auto_mode(x, y):
+    """The mode that gradient_mode="auto" takes with several replicas for a balancer that
+    prefers representation gradients, and whether fit runs with it."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = build(representation=True)
+        model.compile(optimizer="sgd", loss=LOSS, balancer="mgda_ub")
+    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0).history
+    return [model._engine.resolve_mode(model), bool(np.isfinite(history["loss"][0]))]
 
 
 def steps_per_execution_refusal(x, y):
@@ -82,6 +97,7 @@ def main():
     if sys.argv[1] == "refusals":
         report = {
             "messages": refusals(x, y),
+            "auto_mode": auto_mode(x, y),
             "steps_per_execution": steps_per_execution_refusal(x, y),
         }
         print(json.dumps(report))
@@ -90,9 +106,15 @@ def main():
     weight = {"task_1": np.ones(64, "float32"), "task_2": np.ones(64, "float32")}
     weight["task_2"][[0, 1, 2, 3, 4, 40]] = 0.0
     devices = ["/cpu:0", "/cpu:1"]
-    single_vars, single_state, moved = run(tf.distribute.OneDeviceStrategy("/cpu:0"), x, y, weight)
-    mirror_vars, mirror_state, _ = run(tf.distribute.MirroredStrategy(devices), x, y, weight)
+    single = run(tf.distribute.OneDeviceStrategy("/cpu:0"), x, y, weight)
+    single_vars, single_state, moved, single_logs = single
+    mirror_vars, mirror_state, _, mirror_logs = run(
+        tf.distribute.MirroredStrategy(devices), x, y, weight
+    )
     report = {
+        "log_keys": [sorted(single_logs), sorted(mirror_logs)],
+        # The epoch's logs, compiled metrics and balancer logs included.
+        "max_log_diff": max(abs(single_logs[k] - mirror_logs.get(k, np.inf)) for k in single_logs),
         "max_var_diff": max(
             float(np.max(np.abs(a - b))) for a, b in zip(single_vars, mirror_vars, strict=True)
         ),

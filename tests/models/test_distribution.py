@@ -17,6 +17,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
         ("jacobian", "ema", []),
         ("loop", "db_mtl", []),
         ("loop", "imtl", ["reg"]),
+        # Adds its own log (solver failures) to the training logs.
+        ("loop", "nash_mtl", []),
     ],
 )
 def test_mirrored_update_equals_single_device_update_on_global_batch(mode, balancer, extra):
@@ -31,6 +33,11 @@ def test_mirrored_update_equals_single_device_update_on_global_batch(mode, balan
     # Every balancer variable is compared: DB-MTL has step, moving norms and gradients.
     assert single_count == mirror_count >= (3 if balancer == "db_mtl" else 1), report
     assert report["balancer_diff"] < 1e-6, report
+    single_keys, mirror_keys = report["log_keys"]
+    assert single_keys == mirror_keys and "task_2_mae" in single_keys, report
+    if balancer == "nash_mtl":
+        assert "nash_mtl_solver_failures" in single_keys, report
+    assert report["max_log_diff"] < 1e-5, report
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +52,10 @@ def test_modes_without_a_multi_replica_form_are_refused(refusals):
     first, second = refusals["messages"]
     assert "gradient_mode='representation' is not supported" in first
     assert "nonfinite='skip' is not supported with several replicas" in second
+
+
+def test_auto_mode_takes_the_loop_where_representation_mode_is_refused(refusals):
+    assert refusals["auto_mode"] == ["loop", True]
 
 
 def test_steps_per_execution_with_several_replicas_is_refused_at_compile(refusals):

@@ -101,3 +101,14 @@ def test_validation_data_may_give_a_partial_sample_weight_dict():
     assert history["val_task_2_loss"] == [pytest.approx(logs["task_2_loss"], rel=1e-6)]
     pred = model.predict(x[16:], verbose=0)["task_2"]
     assert logs["task_2_loss"] == pytest.approx(np.mean((pred - y["task_2"][16:]) ** 2), rel=1e-5)
+
+
+def test_evaluate_as_a_list_holds_each_log_once_loss_first():
+    x, y = data(n=32)
+    model = build()
+    model.compile(optimizer="sgd", loss=LOSS, metrics={"task_1": ["mae"]})
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    values = model.evaluate(x, y, verbose=0)
+    assert len(model.metrics_names) == len(set(model.metrics_names))
+    # Keras's order for metrics that report several values: `loss`, then by name.
+    assert values == pytest.approx([logs["loss"]] + [logs[k] for k in sorted(logs) if k != "loss"])
