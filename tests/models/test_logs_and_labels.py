@@ -49,7 +49,7 @@ def test_a_task_without_labels_in_a_batch_keeps_its_last_weight():
     logs = model.evaluate(x, y_full, verbose=0, return_dict=True)
     assert logs["loss"] < 1e3
 
-    # Then skip the step when task_2 has no label at all in an epoch.
+    # An epoch without any task_2 label: 0 in its logs, its last weight kept.
     y_none = {"task_1": y["task_1"], "task_2": np.full_like(y["task_2"], np.nan)}
     history = model.fit(x, y_none, batch_size=16, epochs=1, verbose=0).history
     assert history["task_2_weight"] == [0.0] and history["task_2_loss"] == [0.0]
