@@ -306,13 +306,14 @@ class Balancer(keras.layers.Layer):
         keys = list(store.keys())
         own = self._trainable_variables + self._non_trainable_variables
         saved = [tuple(store[k].shape) for k in keys if not k.startswith(_SEED_PREFIX)]
-        if saved != [tuple(v.shape) for v in own]:
+        expected = [tuple(v.shape) for v in own]
+        if saved != expected:
             # Like Keras's optimizer state, the balancer's belongs to `compile`:
             # weights saved with another balancer (or task count) still load.
             warnings.warn(
                 f"Skipped the saved state of the balancer '{self.name}' "
                 f"({type(self).__name__}): the file holds variables of shapes {saved}, the "
-                f"balancer has {[tuple(v.shape) for v in own]}. It was probably saved with "
+                f"balancer has {expected}. It was probably saved with "
                 "another balancer; this one keeps its initial state.",
                 stacklevel=2,
             )

@@ -535,18 +535,7 @@ def find_layer(model, name: str):
     >>> find_layer(keras.Model(x, h), "trunk/dense_1").name
     'dense_1'
     """
-    if "/" in name:
-        # Keras forbids "/" in layer names, so the path is unambiguous to split.
-        found = [model]
-        for part in name.split("/"):
-            found = [
-                child
-                for parent in found
-                for child in parent._flatten_layers(include_self=False, recursive=False)
-                if child.name == part
-            ]
-    else:
-        found = [layer for layer in model._flatten_layers(include_self=False) if layer.name == name]
+    found = _layers_named(model, name)
     if len(found) > 1:
         raise ValueError(
             f"Layer name {name!r} in `shared_layers` is ambiguous: the model has {len(found)} "
@@ -581,9 +570,7 @@ def layer_path(model, layer) -> str:
     >>> layer_path(model, trunk), layer_path(model, trunk.dense_layers[0])
     ('trunk', 'trunk/dense_0')
     """
-    same_name = [
-        known for known in model._flatten_layers(include_self=False) if known.name == layer.name
-    ]
+    same_name = _layers_named(model, layer.name)
     if len(same_name) == 1 and same_name[0] is layer:
         return layer.name
 
@@ -600,6 +587,22 @@ def layer_path(model, layer) -> str:
     if names is None:
         raise ValueError(f"Layer {layer.name!r} is not a layer of the model.")
     return "/".join(names)
+
+
+def _layers_named(model, name: str) -> list:
+    """Every layer of `model` that `name` (a name or a path, see `find_layer`) names."""
+    if "/" not in name:
+        return [layer for layer in model._flatten_layers(include_self=False) if layer.name == name]
+    # Keras forbids "/" in layer names, so the path is unambiguous to split.
+    found = [model]
+    for part in name.split("/"):
+        found = [
+            child
+            for parent in found
+            for child in parent._flatten_layers(include_self=False, recursive=False)
+            if child.name == part
+        ]
+    return found
 
 
 def representation_layer(model, required: bool):

@@ -1,5 +1,8 @@
 """Small models, data and test balancers shared by the model and engine tests."""
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -19,6 +22,15 @@ def data(n=64, d=6, seed=0):
         "task_2": (x[:, 1:2] - x[:, 2:3] + 0.1 * rng.normal(size=(n, 1))).astype("float32"),
     }
     return x, y
+
+
+def run_in_a_fresh_process(script: str) -> None:
+    """Runs the Python `script` in a new interpreter (nothing imported or registered yet)."""
+    subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
+    )
 
 
 def traced_train_step(model, x, y):

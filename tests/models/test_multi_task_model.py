@@ -4,7 +4,14 @@ import pytest
 import tensorflow as tf
 
 import keras_mtl
-from tests.models.helpers import TASKS, Capture, NormalizedEMA, build, data
+from tests.models.helpers import (
+    TASKS,
+    Capture,
+    NormalizedEMA,
+    build,
+    data,
+    run_in_a_fresh_process,
+)
 
 LOSS = {"task_1": "mse", "task_2": "mse"}
 
@@ -309,9 +316,6 @@ def test_save_load_resume_takes_the_same_next_step(tmp_path):
 
 
 def test_export_serves_the_task_dict_in_a_fresh_process(tmp_path):
-    import subprocess
-    import sys
-
     x, _ = data(n=8)
     model = build()
     model.compile(optimizer="adam", loss=LOSS)
@@ -324,11 +328,7 @@ def test_export_serves_the_task_dict_in_a_fresh_process(tmp_path):
         f"out = m.serve(tf.constant(np.load({str(tmp_path / 'x.npy')!r})))\n"
         f"np.savez({str(tmp_path / 'out.npz')!r}, **{{k: v.numpy() for k, v in out.items()}})\n"
     )
-    subprocess.run(
-        [sys.executable, "-c", script],
-        check=True,
-        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
-    )
+    run_in_a_fresh_process(script)
     served = np.load(tmp_path / "out.npz")
     assert sorted(served.files) == sorted(TASKS)
     for name in TASKS:

@@ -1,14 +1,11 @@
 """Loading paths beyond `load_model` of a compiled model in the same process."""
 
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
 
 import keras_mtl
-from tests.models.helpers import TASKS, build, data
+from tests.models.helpers import TASKS, build, data, run_in_a_fresh_process
 
 LOSS = {"task_1": "mse", "task_2": "mse"}
 
@@ -42,11 +39,7 @@ def test_import_keras_mtl_is_all_that_load_model_needs_in_a_fresh_process(tmp_pa
         f"out = m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0)\n"
         f"np.savez({str(tmp_path / 'out.npz')!r}, **out)\n"
     )
-    subprocess.run(
-        [sys.executable, "-c", script],
-        check=True,
-        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
-    )
+    run_in_a_fresh_process(script)
     served = np.load(tmp_path / "out.npz")
     expected = model.predict(x, verbose=0)
     for name in TASKS:
