@@ -247,6 +247,11 @@ class Balancer(keras.layers.Layer):
                     f"num_tasks={num_tasks} rows (one per loss). Received: jacobian "
                     f"with shape {tuple(jacobian.shape)}"
                 )
+            if jacobian.shape[1] == 0:
+                raise ValueError(
+                    "Expected `jacobian` with at least one column (one per shared "
+                    f"parameter). Received: jacobian with shape {tuple(jacobian.shape)}"
+                )
         if not self.built:
             self.build(int(num_tasks))
         elif num_tasks != self.num_tasks:

@@ -755,6 +755,9 @@ def nash_weights(gram, init=None, num_iters: int = 100):
     iterations. The start is `init` when `G init > 0`, else the min-norm
     weights (for which `G w >= |w^T J|^2 > 0`), times the scalar that is best
     along that ray (so a warm start from gradients of another scale is fine).
+    The condition is solved for the unit gradients (`G_ij / sqrt(G_ii G_jj)`;
+    `alpha_i sqrt(G_ii)` solves it there), so that gradient norms that differ
+    by many orders of magnitude do not make the Newton system singular.
 
     Args:
         gram: `(T, T)` Gramian (the caller normalises it).
@@ -763,9 +766,10 @@ def nash_weights(gram, init=None, num_iters: int = 100):
             `max |alpha_i (G alpha)_i - 1| < 1e-9`).
 
     Returns:
-        `(alpha, ok)`: the weights, and whether a bargaining solution exists
+        `(alpha, ok)`: the weights, and whether they solve the condition
         (`False` when no direction improves every task, e.g. opposite
-        gradients; `alpha` is then the start point).
+        gradients or a zero gradient, or when Newton did not converge;
+        `alpha` is then meaningless).
 
     Example:
 
@@ -786,11 +790,16 @@ def nash_weights(gram, init=None, num_iters: int = 100):
     """
     gram = _as64(gram)
     num = gram.shape[-1]
+    diag = ops.diagonal(gram)
+    positive = ops.all(diag > 0)
+    # alpha = scale * beta, with beta the solution for the unit gradients.
+    scale = 1.0 / ops.sqrt(ops.where(diag > 0, diag, 1.0))
+    gram = gram * scale[:, None] * scale[None, :]
     w_mn = _as64(min_norm_weights(gram))
     m2 = ops.sum(w_mn * ops.matmul(gram, w_mn))
     start = w_mn / ops.sqrt(ops.maximum(m2, 1e-30))
     if init is not None:
-        init = _as64(init)
+        init = _as64(init) / scale
         init_ok = ops.logical_and(ops.all(ops.matmul(gram, init) > 0), ops.all(ops.isfinite(init)))
         start = ops.where(init_ok, init, start)
     # The best multiple t * start (t^2 = T / start^T G start, where f's slope
@@ -798,7 +807,11 @@ def nash_weights(gram, init=None, num_iters: int = 100):
     # step's gradients) is otherwise far from the solution for damped Newton.
     curvature = ops.sum(start * ops.matmul(gram, start))
     start = start * ops.sqrt(num / ops.where(curvature > 0, curvature, float(num)))
-    solvable = ops.logical_and(m2 > 1e-10, ops.all(ops.isfinite(gram)))
+    # No solution when 0 is in the hull of the unit gradients (Pareto
+    # stationarity); rounding in a float32 Gramian leaves about 1e-6 in `m2`
+    # for exactly opposite gradients.
+    solvable = ops.logical_and(positive, m2 > 1e-5)
+    solvable = ops.logical_and(solvable, ops.all(ops.isfinite(gram)))
     trace = ops.sum(ops.diagonal(gram))
     ridge = 1e-12 * ops.maximum(trace, 1e-300) * ops.eye(num, dtype=_DTYPE)
 
@@ -822,7 +835,9 @@ def nash_weights(gram, init=None, num_iters: int = 100):
         lambda i, a: (i + 1, body(a)),
         (ops.convert_to_tensor(0), start),
     )
-    return ops.cast(alpha, "float32"), solvable
+    # The official code's tolerance on |G alpha - 1 / alpha|, here relative.
+    solved = ops.logical_and(solvable, residual(alpha) < 1e-3)
+    return ops.cast(alpha * scale, "float32"), solved
 
 
 # ------------------------------------------------------------ cvxpy (host)

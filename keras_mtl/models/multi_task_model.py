@@ -137,7 +137,9 @@ class MultiTaskModel(keras.Model):
                 Loss-only balancers always take one backward pass.
             nonfinite: `"raise"` stops training on a non-finite task loss or
                 update; `"skip"` skips such steps and counts them in the
-                `skipped_steps` log. A non-finite update is never applied.
+                `skipped_steps` log: a running total over the model's
+                training, kept across `fit` and `compile` calls and saved
+                with the model. A non-finite update is never applied.
             run_eagerly: as in `keras.Model.compile`.
             steps_per_execution: as in `keras.Model.compile`; 1 under a
                 distribution strategy with several replicas, where Keras 3's

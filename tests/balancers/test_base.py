@@ -68,6 +68,13 @@ def test_aggregate_validates_shapes():
         StaticWeighting([1.0, 1.0]).aggregate(np.ones((3, 3)), [1.0, 1.0, 1.0])
 
 
+@pytest.mark.parametrize("name", ["ew", "cagrad", "db_mtl", "nash_mtl", "mgda"])
+def test_a_jacobian_without_columns_is_refused(name):
+    # CAGrad, DB-MTL and Nash-MTL raised TensorFlow's internal errors on (T, 0).
+    with pytest.raises(ValueError, match=r"at least one column.*\(2, 0\)"):
+        balancers.get(name).aggregate(np.zeros((2, 0)), [1.0, 2.0])
+
+
 def test_gradient_method_needs_a_jacobian():
     class Needs(balancers.Balancer):
         requires_jacobian = True

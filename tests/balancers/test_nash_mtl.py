@@ -193,3 +193,27 @@ def test_second_step_at_small_gradient_scale_is_solved(scale):
     np.testing.assert_allclose(alpha * (second @ second.T @ alpha), 1.0, rtol=1e-4)
     _, fresh = checks.run(NashMTL(max_norm=0.0), second)
     np.testing.assert_allclose(alpha, fresh, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ratio", [1e3, 1e7])
+def test_gradient_norms_many_orders_apart_are_solved(ratio):
+    # Dividing g_2 by r multiplies alpha_2 by r and leaves the rest (alpha_i
+    # (G alpha)_i = 1 is invariant under g_i -> g_i / r, alpha_i -> r alpha_i).
+    # An absolute threshold took r = 1e5 for Pareto stationarity before.
+    rng = np.random.default_rng(0)
+    jac = rng.normal(size=(3, 50))
+    _, alpha = checks.run(NashMTL(max_norm=0.0), jac)
+    b = NashMTL(max_norm=0.0)
+    _, alpha_r = checks.run(b, jac / [[1.0], [ratio], [1.0]])
+    np.testing.assert_allclose(alpha_r, alpha * [1.0, ratio, 1.0], rtol=1e-4)
+    assert float(b.logs()[f"{b.name}_solver_failures"]) == 0.0
+
+
+def test_a_zero_gradient_has_no_bargaining_solution():
+    # alpha_i <g_i, d> = 1 cannot hold for g_i = 0 (a task without labels in
+    # the batch): a failure, and the previous weights stay.
+    b = NashMTL(max_norm=0.0)
+    _, alpha = checks.run(b, [[1.0, 0.5], [0.2, 1.0]])
+    _, alpha2 = checks.run(b, [[1.0, 0.5], [0.0, 0.0]])
+    np.testing.assert_array_equal(alpha, alpha2)
+    assert float(b.logs()[f"{b.name}_solver_failures"]) == 1.0

@@ -652,6 +652,24 @@ def test_skipped_steps_add_nothing_to_the_logged_means():
     assert np.isfinite(history.history["loss"][0]) and history.history["loss"][0] > 0
 
 
+def test_skipped_steps_is_a_running_total_across_fit_calls():
+    x, y = data(n=32)
+    y_bad = {"task_1": y["task_1"], "task_2": y["task_2"].copy()}
+    y_bad["task_2"][:16] = np.inf
+    model = build()
+    model.compile(optimizer="sgd", loss=LOSS, nonfinite="skip")
+    totals = [
+        model.fit(x, y_bad, batch_size=16, epochs=2, shuffle=False, verbose=0).history[
+            "skipped_steps"
+        ]
+        for _ in range(2)
+    ]
+    assert totals == [[1.0, 2.0], [3.0, 4.0]]
+    model.compile(optimizer="sgd", loss=LOSS, nonfinite="skip")
+    history = model.fit(x, y_bad, batch_size=16, shuffle=False, verbose=0)
+    assert history.history["skipped_steps"] == [5.0]
+
+
 def test_evaluate_after_a_skipped_last_step_uses_the_last_applied_weights():
     x, y = data(n=32)
     y_bad = {"task_1": y["task_1"], "task_2": y["task_2"].copy()}
