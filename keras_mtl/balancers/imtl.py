@@ -78,6 +78,9 @@ class IMTL(GramianBalancer):
         if num == 1:
             return scales
         gram = solvers.normalize_gramian(gram * scales[:, None] * scales[None, :])
+        # float64: with gradient norms 1e6 apart, alpha_1 = 1 - sum(alpha_2:)
+        # is ~1e-6 and float32 cancellation left the projections 27 % apart.
+        gram = ops.cast(gram, "float64")
         norms = ops.sqrt(ops.maximum(ops.diagonal(gram), 0.0))
         # gu[a, b] = <g_a, u_b>; zero for a zero gradient u_b.
         gu = solvers.safe_divide(gram, norms[None, :])
@@ -86,7 +89,7 @@ class IMTL(GramianBalancer):
         alpha, ok = solvers.guarded_solve(ops.transpose(lhs), rhs[:, None])
         alpha = alpha[:, 0]
         alpha = ops.concatenate([1.0 - ops.sum(alpha, keepdims=True), alpha])
-        alpha = ops.where(ok, alpha, ops.ones((num,)) / num)
+        alpha = ops.where(ok, ops.cast(alpha, "float32"), ops.ones((num,)) / num)
         return alpha * scales
 
     def auxiliary_loss(self, losses):

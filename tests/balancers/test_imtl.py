@@ -26,6 +26,19 @@ def test_matches_numpy_and_equal_projections(num_tasks):
     assert abs(w.sum() - 1) < 1e-5
 
 
+@pytest.mark.parametrize("ratio", [1e6, 1e7])
+def test_equal_projections_with_gradient_norms_orders_apart(ratio):
+    # alpha_1 = 1 - sum(alpha_2:) is ~1 / ratio here: in float32 the
+    # projections on the unit gradients came out 27 % apart at 1e6.
+    rng = np.random.default_rng(0)
+    jac = rng.normal(size=(3, 200)) * [[ratio], [1.0], [1.0]]
+    d, alpha = checks.run(IMTL(mode="gradient"), jac)
+    units = jac / np.linalg.norm(jac, axis=1, keepdims=True)
+    projections = units @ np.asarray(d, dtype=np.float64)
+    np.testing.assert_allclose(projections, projections.mean(), rtol=1e-5)
+    np.testing.assert_allclose(alpha, imtl_g_numpy(jac), rtol=1e-4, atol=1e-9)
+
+
 def test_hybrid_scales_gradients_and_trains_scales():
     rng = np.random.default_rng(0)
     jac = rng.normal(size=(3, 6))
