@@ -70,9 +70,20 @@ def _stacked_initializer(initializer, num_experts: int):
 
 
 def _clone_expert(template: keras.layers.Layer, name: str) -> keras.layers.Layer:
-    config = template.get_config()
+    # Inside `load_model`'s object-sharing scope, serialising the template's
+    # inner layers again marks them as one shared object, and every clone of
+    # a Sequential or functional expert would get the same layers.
+    config = _without_shared_ids(template.get_config())
     config["name"] = name
     return template.__class__.from_config(config)
+
+
+def _without_shared_ids(config):
+    if isinstance(config, dict):
+        return {k: _without_shared_ids(v) for k, v in config.items() if k != "shared_object_id"}
+    if isinstance(config, list | tuple):
+        return type(config)(_without_shared_ids(v) for v in config)
+    return config
 
 
 def mix_experts(weights, experts):

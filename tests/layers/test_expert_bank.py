@@ -112,6 +112,28 @@ def test_user_supplied_expert_is_cloned(as_config, tmp_path):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), out, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["sequential", "functional"])
+def test_model_experts_stay_distinct_after_loading(kind, tmp_path):
+    # load_model's object-sharing scope made every clone of a Sequential or
+    # functional expert reuse the first clone's layers (12 weights became 4).
+    if kind == "sequential":
+        expert = keras.Sequential([keras.layers.Dense(6, activation="relu"), keras.layers.Dense(4)])
+    else:
+        inner = keras.Input((5,))
+        expert = keras.Model(inner, keras.layers.Dense(4)(keras.layers.Dense(6)(inner)))
+    inputs = keras.Input((5,))
+    outputs = keras_mtl.layers.MMoE(2, 3, expert=expert, name="mmoe")(inputs)
+    model = keras.Model(inputs, {"a": outputs[0], "b": outputs[1]})
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert len(loaded.weights) == len(model.weights)
+    experts = loaded.get_layer("mmoe").experts.experts
+    assert experts[0].layers[-1] is not experts[1].layers[-1]
+    for key, value in model.predict(x, verbose=0).items():
+        np.testing.assert_allclose(loaded.predict(x, verbose=0)[key], value, rtol=1e-6)
+
+
 def test_user_expert_on_image_feature_maps():
     conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu")
     bank = ExpertBank(num_experts=2, expert=conv)
