@@ -252,7 +252,9 @@ class GradientEngine:
             # update waits for every check.
             checks = []
             if self.nonfinite == "raise":
-                checks = _check_losses_and_rate(losses, model.task_names, optimizer)
+                checks = _check_losses_and_rate(
+                    losses, model.task_names, optimizer, reg if model.losses else None
+                )
                 with tf.control_dependencies(checks):
                     losses = tf.identity(losses)
             # Everything differentiated later must be computed under the tape.
@@ -309,7 +311,9 @@ class GradientEngine:
         del tape, step  # release the persistent tape's resources before the update
 
         regularization = model.regularization_loss()
-        finite = self._apply(model, grads, variables, losses, weights, state, checks)
+        finite = self._apply(
+            model, grads, variables, losses, weights, state, checks, reg if model.losses else None
+        )
         return {
             "losses": losses,
             "weights": weights,
@@ -404,7 +408,7 @@ class GradientEngine:
         return tf.stop_gradient(_aggregate(step, jac).weights)
 
     # ------------------------------------------------------------------ apply
-    def _apply(self, model, grads, variables, losses, weights, state, checks):
+    def _apply(self, model, grads, variables, losses, weights, state, checks, reg=None):
         optimizer = model.optimizer
         pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
         applied_grads = [g for g, _ in pairs]
@@ -447,7 +451,7 @@ class GradientEngine:
             _restore(state, no_overflow)
             return update()
         finite = tf.logical_and(
-            _all_finite([losses, _learning_rate(optimizer)]),
+            _all_finite([losses, _learning_rate(optimizer)] + ([] if reg is None else [reg])),
             tf.constant(True) if scaled_loss else _all_finite(applied_grads),
         )
         _restore(state, finite if no_overflow is None else tf.logical_and(finite, no_overflow))
@@ -693,7 +697,7 @@ def _assertion(condition, message) -> list:
     return [] if op is None else [op]
 
 
-def _check_losses_and_rate(losses, task_names, optimizer) -> list:
+def _check_losses_and_rate(losses, task_names, optimizer, reg=None) -> list:
     # One assertion for all tasks: a per-task op costs more than the check.
     checks = _assertion(
         tf.reduce_all(tf.math.is_finite(losses)),
@@ -703,6 +707,18 @@ def _check_losses_and_rate(losses, task_names, optimizer) -> list:
             losses,
         ],
     )
+    if reg is not None:
+        # An infinite penalty can come with finite (zero) gradients, e.g.
+        # DSelect-k's on a selector that sits on unused binary codes.
+        checks += _assertion(
+            tf.math.is_finite(reg),
+            [
+                "Non-finite regularization loss (the sum of `model.losses`: weight "
+                "regularizers and add_loss terms of the layers); the step was not applied. "
+                "Regularization loss:",
+                reg,
+            ],
+        )
     # A NaN learning rate turns finite gradients into a NaN update.
     rate = _learning_rate(optimizer)
     return checks + _assertion(

@@ -67,6 +67,11 @@ class DSelectK(keras.layers.Layer):
     weights sum to at most 1; as in the authors' code a penalty
     `1 / sum_j r_j` per selector (averaged over examples) is then added in
     training, and the sum is 1 once the selectors have left those codes.
+    A selector that saturates on an unused code (possible with a small
+    `gamma` or large initial logits) gives every expert weight 0 and an
+    infinite penalty with zero gradient, from which it cannot leave;
+    `MultiTaskModel` then stops (or skips the step) on the non-finite
+    regularization loss.
     With one expert (`m = 0`) the gate has no selector logits and the weight
     is 1.
 

@@ -147,7 +147,9 @@ class ExpertBank(keras.layers.Layer):
 
     Call arguments:
         inputs: tensor of shape `(batch, ..., features)`; its padding mask,
-            if any, is passed on to every output.
+            if any, is passed on to the output (a user expert's own
+            `compute_mask` decides, e.g. `None` for an RNN that returns
+            only its last state).
         training: whether dropout is active.
 
     Returns:
@@ -273,6 +275,12 @@ class ExpertBank(keras.layers.Layer):
         if deep:
             x = ops.transpose(x, (1, 0, 2))
         return ops.reshape(x, (*leading, self.num_experts, self.units[-1]))
+
+    def compute_mask(self, inputs, mask=None):
+        # A user expert may drop the masked axis (an RNN without sequences).
+        if self.experts:
+            return self.experts[0].compute_mask(inputs, mask)
+        return mask
 
     def compute_output_shape(self, input_shape):
         shape = tuple(input_shape)

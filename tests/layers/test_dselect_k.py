@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_mtl.layers import DSelectK
 from keras_mtl.layers.dselect_k import smooth_step
@@ -121,3 +122,40 @@ def test_one_expert_gets_all_the_weight():
     weights, selectors = reference.dselect_k(gate, x)
     np.testing.assert_allclose(weights, 1.0)
     np.testing.assert_allclose(selectors, 1.0)
+
+
+def _model_with_a_selector_on_an_unused_code():
+    import keras_mtl
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    layer = keras_mtl.layers.MMoE(
+        2, 3, expert_units=(4,), gate="dselect_k", gate_kwargs={"k": 1, "entropy_reg": 0.0}
+    )
+    h = layer(inputs)
+    heads = {t: keras.layers.Dense(1, name=t)(h[i]) for i, t in enumerate("ab")}
+    model = keras_mtl.MultiTaskModel(inputs, heads)
+    # Code 11 (3) is no expert of 3: task a's selector gives every expert 0
+    # and its penalty 1 / sum is infinite, with zero gradient (saturated).
+    gate = layer.gates[0]
+    gate.z_dense.kernel.assign(np.zeros((3, 2), "float32"))
+    gate.z_dense.bias.assign(np.array([1.0, 1.0], "float32"))
+    return model
+
+
+@pytest.mark.parametrize("nonfinite", ["raise", "skip"])
+def test_an_infinite_penalty_is_not_trained_on_silently(nonfinite):
+    # The step's task losses and gradients are finite; only the penalty is
+    # not. The model logged loss inf and applied the steps before.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 3)).astype("float32")
+    y = {t: rng.normal(size=(32, 1)).astype("float32") for t in "ab"}
+    model = _model_with_a_selector_on_an_unused_code()
+    model.compile(optimizer="adam", loss="mse", nonfinite=nonfinite)
+    if nonfinite == "raise":
+        with pytest.raises(tf.errors.InvalidArgumentError, match="Non-finite regularization loss"):
+            model.fit(x, y, batch_size=16, verbose=0)
+        return
+    history = model.fit(x, y, batch_size=16, verbose=0)
+    assert history.history["skipped_steps"] == [2.0]
+    assert int(model.optimizer.iterations) == 0

@@ -134,6 +134,24 @@ def test_model_experts_stay_distinct_after_loading(kind, tmp_path):
         np.testing.assert_allclose(loaded.predict(x, verbose=0)[key], value, rtol=1e-6)
 
 
+def test_a_user_experts_mask_is_the_experts_own():
+    # A GRU returning its last state has no time axis left: the (batch, time)
+    # mask attached to its (batch, E, units) output made a pooling layer after
+    # it average over the first experts only.
+    tokens = np.array([[3, 1, 0, 0], [2, 5, 7, 0]], "int32")
+    inputs = keras.Input((4,), dtype="int32")
+    embedded = keras.layers.Embedding(9, 5, mask_zero=True)(inputs)
+    experts = ExpertBank(2, expert=keras.layers.GRU(3))(embedded)
+    model = keras.Model(inputs, [experts, keras.layers.GlobalAveragePooling1D()(experts)])
+    full, pooled = (np.asarray(t) for t in model(tokens))
+    np.testing.assert_allclose(pooled, full.mean(1), rtol=1e-5, atol=1e-6)
+    # An expert that keeps the time axis keeps the mask.
+    bank = ExpertBank(2, expert=keras.layers.GRU(3, return_sequences=True))
+    x = keras.layers.Embedding(9, 5, mask_zero=True)
+    mask = bank.compute_mask(x(tokens), x.compute_mask(tokens))
+    np.testing.assert_array_equal(np.asarray(mask), tokens != 0)
+
+
 def test_user_expert_on_image_feature_maps():
     conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu")
     bank = ExpertBank(num_experts=2, expert=conv)
