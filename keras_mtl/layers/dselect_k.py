@@ -90,8 +90,10 @@ class DSelectK(keras.layers.Layer):
 
     Call arguments:
         inputs: tensor of shape `(batch, ..., features)`; its padding mask,
-            if any, is passed on to every output.
+            if any, is passed on to every output and leaves the padded
+            positions out of the regularisers' averages.
         training: whether to add the regularisers.
+        mask: optional boolean padding mask of shape `(batch, ...)`.
 
     Returns:
         Float32 tensor of shape `(batch, ..., E)` of non-negative expert
@@ -184,27 +186,33 @@ class DSelectK(keras.layers.Layer):
         codes = ops.convert_to_tensor(self._codes)  # (E, m)
         return ops.prod(codes * s + (1.0 - codes) * (1.0 - s), axis=-1)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
         selectors = self.selector_outputs(inputs)
         alpha = softmax_last_axis(ops.cast(self.w_dense(inputs), "float32"))
         weights = ops.sum(ops.expand_dims(alpha, -1) * selectors, axis=-2)
         if training:
-            self._add_regularisers(selectors)
+            self._add_regularisers(selectors, mask)
         return weights
 
-    def _add_regularisers(self, selectors):
-        per_example_axes = tuple(range(len(selectors.shape) - 2))
+    def _add_regularisers(self, selectors, mask):
+        def mean(per_example):
+            # Over the examples (positions), padded positions left out.
+            if mask is None:
+                return ops.mean(per_example)
+            keep = ops.broadcast_to(ops.cast(mask, "bool"), ops.shape(per_example))
+            total = ops.sum(ops.where(keep, per_example, 0.0))
+            return total / ops.maximum(ops.sum(ops.cast(keep, "float32")), 1.0)
+
         if self.entropy_reg > 0:
             entropy = -ops.sum(selectors * ops.log(selectors + _EPSILON), axis=(-2, -1))
-            self.add_loss(self.entropy_reg * ops.mean(entropy, axis=per_example_axes))
+            self.add_loss(self.entropy_reg * mean(entropy))
         if self.num_experts != 2**self.num_binary:
-            reach = ops.sum(1.0 / ops.sum(selectors, axis=-1), axis=-1)
-            self.add_loss(ops.mean(reach, axis=per_example_axes))
+            self.add_loss(mean(ops.sum(1.0 / ops.sum(selectors, axis=-1), axis=-1)))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-1] + (self.num_experts,)
 
-    def compute_output_spec(self, inputs, training=None):
+    def compute_output_spec(self, inputs, training=None, mask=None):
         return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype="float32")
 
     def get_config(self):

@@ -88,6 +88,21 @@ def test_unreachable_codes_penalty_when_not_a_power_of_two():
     np.testing.assert_allclose(float(gate.losses[0]), expected, rtol=1e-4)
 
 
+@pytest.mark.parametrize("num_experts", [3, 4])
+def test_regularisers_leave_padded_positions_out(num_experts):
+    tokens = np.array([[3, 1, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0]], "int32")
+    embedding = keras.layers.Embedding(9, 4, mask_zero=True)
+    gate = DSelectK(num_experts, k=2, entropy_reg=1.0, z_initializer="random_normal")
+    x, mask = embedding(tokens), tokens != 0
+    gate(x, training=True)
+    selectors = np.asarray(gate.selector_outputs(x), "float64")  # (2, 6, k, E)
+    entropy = -(selectors * np.log(selectors + 1e-6)).sum((-2, -1))
+    expected = [entropy[mask].mean()]
+    if num_experts == 3:
+        expected.append((1.0 / selectors.sum(-1)).sum(-1)[mask].mean())
+    np.testing.assert_allclose([float(v) for v in gate.losses], expected, rtol=1e-5)
+
+
 def test_regulariser_reaches_the_model_losses():
     inputs = keras.Input((3,))
     model = keras.Model(inputs, DSelectK(4, 2, entropy_reg=1.0)(inputs))
