@@ -115,6 +115,34 @@ def check_seed(value) -> int | None:
     return None if value is None else check_integer("seed", value, "an integer or None")
 
 
+def check_numpy_seed(value, name: str = "seed") -> int:
+    """A seed of `numpy.random.default_rng`: a non-negative integer.
+
+    NumPy rejects negative seeds with a message that does not name the
+    argument, so they are refused here first.
+
+    Args:
+        value: the value received.
+        name: the argument's name, for the message.
+
+    Returns:
+        `value` as a Python int.
+
+    Raises:
+        ValueError: naming the argument, what was expected and the value.
+
+    Example:
+
+    >>> check_numpy_seed(np.int64(7))
+    7
+    >>> check_numpy_seed(-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: Received an invalid value for `seed`, expected a non-negative integer. Received: seed=-1
+    """
+    return check_integer(name, value, "a non-negative integer", lambda v: v < 0)
+
+
 def check_units(name: str, value) -> tuple[int, ...]:
     """Layer widths: a positive integer or a non-empty sequence of them, as a tuple.
 

@@ -9,7 +9,14 @@ import os
 
 import numpy as np
 
-from keras_mtl.datasets.data_files import DataFile, locate_files, split_indices, to_tf_dataset
+from keras_mtl._validation import check_numpy_seed
+from keras_mtl.datasets.data_files import (
+    DataFile,
+    locate_files,
+    reading,
+    split_indices,
+    to_tf_dataset,
+)
 
 SUBDIR = "census_income_kdd"
 _UCI = "https://archive.ics.uci.edu/ml/machine-learning-databases/census-income-mld/"
@@ -110,27 +117,29 @@ def _label(task: str, values: list[str]) -> np.ndarray:
     return np.asarray(y, dtype="float32")[:, None]
 
 
-def _read(path: str) -> list[list[str]]:
+def _read(path: str, data_file: DataFile) -> list[list[str]]:
     """The columns of one UCI file as lists of strings."""
     with open(path, "rb") as f:
-        # Decompressing in one go is several times faster than streaming lines.
-        text = gzip.decompress(f.read()).decode("latin-1")
-    lines = [line for line in text.splitlines() if line]
+        raw = f.read()
     ncol = len(COLUMNS)
-    # Fast path: the UCI files separate fields by exactly ", " and no value
-    # contains a comma, so one split and strided slices give the columns.
-    flat = ", ".join(lines).split(", ")
-    if len(flat) == ncol * len(lines):
-        cols = [flat[j::ncol] for j in range(ncol)]
-        if set(cols[-1]) <= {"- 50000.", "50000+."}:
-            return cols
-    rows = list(csv.reader(lines, skipinitialspace=True))
-    bad = [i for i, r in enumerate(rows) if len(r) != ncol]
-    if bad:
-        raise ValueError(
-            f"{path}: expected {ncol} comma-separated columns per row, row {bad[0]} has "
-            f"{len(rows[bad[0]])}."
-        )
+    with reading(path, data_file):
+        # Decompressing in one go is several times faster than streaming lines.
+        text = gzip.decompress(raw).decode("latin-1")
+        lines = [line for line in text.splitlines() if line]
+        # Fast path: the UCI files separate fields by exactly ", " and no value
+        # contains a comma, so one split and strided slices give the columns.
+        flat = ", ".join(lines).split(", ")
+        if len(flat) == ncol * len(lines):
+            cols = [flat[j::ncol] for j in range(ncol)]
+            if set(cols[-1]) <= {"- 50000.", "50000+."}:
+                return cols
+        rows = list(csv.reader(lines, skipinitialspace=True))
+        bad = [i for i, r in enumerate(rows) if len(r) != ncol]
+        if bad:
+            raise ValueError(
+                f"expected {ncol} comma-separated columns per row, row {bad[0]} has "
+                f"{len(rows[bad[0]])}"
+            )
     return [list(c) for c in zip(*rows, strict=True)]
 
 
@@ -165,7 +174,7 @@ def load_data(
             `census-income.test.gz` (or a `census_income_kdd` subfolder with
             them); defaults to `$KERAS_MTL_DATA_DIR`, then the download cache.
         group: task group, 1 or 2.
-        seed: seed of the validation/test split.
+        seed: seed of the validation/test split, a non-negative integer.
         as_dataset: return batched `tf.data.Dataset`s instead of numpy
             arrays (the training one reshuffles every epoch).
         batch_size: batch size when `as_dataset`.
@@ -181,9 +190,11 @@ def load_data(
         as a fourth element when `return_info`.
 
     Raises:
-        ValueError: for an unknown `group`.
-        FileNotFoundError: when the files are missing and cannot be
-            downloaded.
+        ValueError: for an unknown `group`, an invalid `seed`, or a
+            truncated or corrupt file (the message names it and its
+            official SHA-256).
+        FileNotFoundError: when `data_dir` does not exist, or the files are
+            missing and cannot be downloaded.
 
     Example:
 
@@ -200,10 +211,12 @@ def load_data(
             "Received an invalid value for `group`, expected one of "
             f"{sorted(TASK_GROUPS)}. Received: group={group!r}"
         )
+    seed = check_numpy_seed(seed)
     tasks = TASK_GROUPS[group]
     paths = locate_files(SUBDIR, FILES, data_dir=data_dir, download=download, cache_dir=cache_dir)
-    train_cols = _read(paths["census-income.data.gz"])
-    test_cols = _read(paths["census-income.test.gz"])
+    train_file, test_file = FILES
+    train_cols = _read(paths[train_file.name], train_file)
+    test_cols = _read(paths[test_file.name], test_file)
     col = {name: i for i, name in enumerate(COLUMNS)}
 
     y_train = {t: _label(t, train_cols[col[_LABEL_COLUMN[t]]]) for t in tasks}

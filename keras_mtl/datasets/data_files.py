@@ -7,13 +7,22 @@ fail with the same kind of message when the files are nowhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from keras_mtl._validation import check_positive_int
+from keras_mtl._validation import (
+    check_integer,
+    check_numpy_seed,
+    check_positive_int,
+    invalid_value,
+    is_number,
+)
 
 ENV_VAR = "KERAS_MTL_DATA_DIR"
 
@@ -70,15 +79,16 @@ def default_cache_dir() -> str:
     ...     default_cache_dir()
     '/data/keras/datasets/keras_mtl'
     """
-    keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return os.path.join(keras_home, "datasets", "keras_mtl")
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")
+    return os.path.join(os.path.expanduser(keras_home), "datasets", "keras_mtl")
 
 
 def _candidate_dirs(subdir: str, data_dir: str | None) -> list[str]:
     if data_dir is not None:
-        roots = [os.fspath(data_dir)]
+        roots = [data_dir]
     elif os.environ.get(ENV_VAR):
-        roots = [os.environ[ENV_VAR]]
+        # A value quoted in a shell or read from a .env file keeps its `~`.
+        roots = [os.path.expanduser(os.environ[ENV_VAR])]
     else:
         roots = []
     dirs = []
@@ -104,10 +114,14 @@ def locate_files(
     from their official origin with `keras.utils.get_file`, which checks the
     SHA-256, when `download` is true.
 
+    A leading `~` in `data_dir`, `cache_dir` or `KERAS_MTL_DATA_DIR` is the
+    user's home folder.
+
     Args:
         subdir: the dataset's folder name, for example `"census_income_kdd"`.
         files: the `DataFile`s needed.
-        data_dir: folder holding the files, or `None`.
+        data_dir: folder holding the files, or `None`. It must exist: a
+            mistyped folder is not silently replaced by the cache.
         download: whether missing files may be downloaded.
         cache_dir: download cache root; defaults to
             `~/.keras/datasets/keras_mtl`.
@@ -116,9 +130,9 @@ def locate_files(
         A dict from file name to its path on disk.
 
     Raises:
-        FileNotFoundError: when a file is in none of the places and cannot
-            be downloaded; the message names the files and the folders
-            searched.
+        FileNotFoundError: when `data_dir` is not an existing folder, or when
+            a file is in none of the places and cannot be downloaded; the
+            message names the files and the folders searched.
 
     Example:
 
@@ -130,7 +144,17 @@ def locate_files(
     >>> os.path.basename(paths["a.csv"])
     'a.csv'
     """
-    cache_root = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
+    if data_dir is not None:
+        given, data_dir = data_dir, os.path.expanduser(os.fspath(data_dir))
+        if not os.path.isdir(data_dir):
+            raise FileNotFoundError(
+                f"Received an invalid value for `data_dir`, expected an existing folder holding "
+                f"the {subdir!r} data files ({', '.join(f.name for f in files)}). "
+                f"Received: data_dir={given!r}"
+            )
+    cache_root = (
+        os.path.expanduser(os.fspath(cache_dir)) if cache_dir is not None else default_cache_dir()
+    )
     cache_sub = os.path.join(cache_root, subdir)
     searched = _candidate_dirs(subdir, data_dir) + [cache_sub]
     found: dict[str, str] = {}
@@ -191,18 +215,33 @@ def split_indices(num: int, fractions: Sequence[float], seed: int) -> list[np.nd
     """Splits `range(num)` at random into consecutive parts of the given fractions.
 
     Args:
-        num: number of items.
-        fractions: fractions summing to 1; the last part takes the rounding.
-        seed: seed of the permutation.
+        num: number of items, a non-negative integer.
+        fractions: fractions in [0, 1] summing to 1; the last part takes
+            the rounding.
+        seed: seed of the permutation, a non-negative integer.
 
     Returns:
         A list of sorted index arrays, one per fraction.
+
+    Raises:
+        ValueError: for an invalid `num`, `fractions` or `seed`.
 
     Example:
 
     >>> [len(p) for p in split_indices(11, (0.5, 0.5), seed=0)]
     [5, 6]
     """
+    num = check_integer("num", num, "a non-negative integer", lambda v: v < 0)
+    seed = check_numpy_seed(seed)
+    try:
+        valid = len(fractions) > 0 and all(is_number(f) and 0 <= f <= 1 for f in fractions)
+    except TypeError:
+        valid = False
+    # Parts that do not add up to 1 would silently shrink or grow the last part.
+    if not valid or abs(sum(fractions) - 1.0) > 1e-6:
+        raise invalid_value(
+            "fractions", fractions, "a non-empty sequence of numbers in [0, 1] summing to 1"
+        )
     perm = np.random.default_rng(seed).permutation(num)
     parts, start = [], 0
     for i, frac in enumerate(fractions):
@@ -210,6 +249,87 @@ def split_indices(num: int, fractions: Sequence[float], seed: int) -> list[np.nd
         parts.append(np.sort(perm[start:stop]))
         start = stop
     return parts
+
+
+# What reading a truncated or damaged file raises: gzip (EOFError, BadGzipFile,
+# an OSError, and zlib.error), zip and npz (BadZipFile), numpy and the parsers
+# (ValueError; IndexError or KeyError for a missing field or array).
+CORRUPT_FILE_ERRORS = (
+    OSError,
+    EOFError,
+    zlib.error,
+    zipfile.BadZipFile,
+    ValueError,
+    IndexError,
+    KeyError,
+)
+
+
+def corrupt_file_error(path: str, data_file: DataFile, error: BaseException | str) -> ValueError:
+    """The error for a data file found on disk that cannot be read (to raise `from` the cause).
+
+    Args:
+        path: the file.
+        data_file: its `DataFile`, for the official checksum and the remedy.
+        error: the exception raised while reading it, or a description.
+
+    Returns:
+        A `ValueError` naming the file, what went wrong, the official
+        SHA-256 when known, and what to do.
+
+    Example:
+
+    >>> f = DataFile("a.gz", "https://example.org/a.gz", "ab" * 32)
+    >>> message = str(corrupt_file_error("/data/a.gz", f, EOFError("Compressed file ended")))
+    >>> "'/data/a.gz'" in message, "(EOFError: Compressed file ended)" in message, f.sha256 in message
+    (True, True, True)
+    >>> message.endswith("delete it so it is downloaded again, or replace it.")
+    True
+    """
+    if isinstance(error, BaseException):
+        error = f"{type(error).__name__}: {error}"
+    message = f"Could not read the data file {path!r}, it is truncated or corrupt ({error})."
+    if data_file.sha256:
+        message += f" The official file has SHA-256 {data_file.sha256};"
+    if data_file.origin:
+        message += " delete it so it is downloaded again, or replace it."
+    else:
+        message += " replace it" + (f" ({data_file.note})." if data_file.note else ".")
+    return ValueError(message)
+
+
+@contextlib.contextmanager
+def reading(path: str, data_file: DataFile) -> Iterator[None]:
+    """Turns the errors of decoding a damaged `data_file` into `corrupt_file_error`.
+
+    Open the file before entering it: a file that cannot be opened (no
+    permission, say) is not corrupt, and keeps its own error.
+
+    Args:
+        path: the file being read.
+        data_file: its `DataFile`.
+
+    Yields:
+        Nothing; the block reads the file.
+
+    Raises:
+        ValueError: from any of `CORRUPT_FILE_ERRORS` raised in the block,
+            which stays chained as the cause.
+
+    Example:
+
+    >>> import gzip
+    >>> try:
+    ...     with reading("/data/a.gz", DataFile("a.gz", note="ask for a.gz")):
+    ...         gzip.decompress(b"not gzip")
+    ... except ValueError as error:
+    ...     print(type(error.__cause__).__name__, str(error).endswith("(ask for a.gz)."))
+    BadGzipFile True
+    """
+    try:
+        yield
+    except CORRUPT_FILE_ERRORS as err:
+        raise corrupt_file_error(path, data_file, err) from err
 
 
 def to_tf_dataset(

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from keras_mtl._validation import check_number, check_numpy_seed
 from keras_mtl.datasets.data_files import DataFile, locate_files, to_tf_dataset
 
 SUBDIR = "multilabel"
@@ -113,7 +114,7 @@ def load_data(
         data_dir: folder holding `emotions.arff` (or a `multilabel`
             subfolder); defaults to `$KERAS_MTL_DATA_DIR`.
         test_fraction: fraction of clips in the test split, in [0, 1).
-        seed: seed of the split.
+        seed: seed of the split, a non-negative integer.
         standardize: standardise the features with training statistics.
         as_dataset: return batched `tf.data.Dataset`s.
         batch_size: batch size when `as_dataset`.
@@ -128,8 +129,10 @@ def load_data(
         info dict when `return_info`.
 
     Raises:
-        ValueError: for an invalid `test_fraction` or a malformed file.
-        FileNotFoundError: when the file is missing.
+        ValueError: for an invalid `test_fraction` or `seed`, or a malformed
+            file.
+        FileNotFoundError: when `data_dir` does not exist or the file is
+            missing.
 
     Example:
 
@@ -141,11 +144,10 @@ def load_data(
         Trohidis et al., "Multi-label classification of music into emotions",
         ISMIR 2008.
     """
-    if not 0.0 <= float(test_fraction) < 1.0:
-        raise ValueError(
-            "Received an invalid value for `test_fraction`, expected a float in [0, 1). "
-            f"Received: test_fraction={test_fraction!r}"
-        )
+    test_fraction = check_number(
+        "test_fraction", test_fraction, "a float in [0, 1)", lambda v: not 0 <= v < 1
+    )
+    seed = check_numpy_seed(seed)
     paths = locate_files(SUBDIR, FILES, data_dir=data_dir, download=download, cache_dir=cache_dir)
     attributes, data = read_arff(paths["emotions.arff"])
     if len(attributes) != NUM_FEATURES + NUM_LABELS:
@@ -157,7 +159,7 @@ def load_data(
     x_all = data[:, :NUM_FEATURES]
     y_all = data[:, NUM_FEATURES:]
     n = len(data)
-    num_test = round(n * float(test_fraction))
+    num_test = round(n * test_fraction)
     perm = np.random.default_rng(seed).permutation(n)
     test_idx, train_idx = np.sort(perm[:num_test]), np.sort(perm[num_test:])
     if standardize:

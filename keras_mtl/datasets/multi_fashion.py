@@ -19,6 +19,13 @@ def load_data(data_dir=None, **kwargs):
     Returns:
         `(x_train, y_train), (x_test, y_test)` as `multi_mnist.load_data`.
 
+    Raises:
+        ValueError: for an invalid argument (a `seed` that is not a
+            non-negative integer, ...) or a corrupt file, as
+            `multi_mnist.load_data`.
+        FileNotFoundError: when `data_dir` does not exist or the files are
+            missing.
+
     Example:
 
     >>> from keras_mtl.datasets import multi_fashion

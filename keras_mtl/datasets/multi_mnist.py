@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from keras_mtl._validation import check_integer
-from keras_mtl.datasets.data_files import DataFile, locate_files, to_tf_dataset
+from keras_mtl._validation import check_integer, check_numpy_seed
+from keras_mtl.datasets.data_files import DataFile, locate_files, reading, to_tf_dataset
 
 TASKS = ("left", "right")
 CANVAS = 36
@@ -49,14 +49,16 @@ FASHION_FILES = (
 )
 
 
-def _read_idx(path: str, ndim: int) -> np.ndarray:
+def _read_idx(path: str, ndim: int, data_file: DataFile) -> np.ndarray:
     with open(path, "rb") as f:
-        data = gzip.decompress(f.read())
-    magic = int.from_bytes(data[:4], "big")
-    if magic != 0x800 + ndim:
-        raise ValueError(f"{path} is not an IDX file of {ndim} dimension(s) (magic {magic:#x}).")
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+        raw = f.read()
+    with reading(path, data_file):
+        data = gzip.decompress(raw)
+        magic = int.from_bytes(data[:4], "big")
+        if magic != 0x800 + ndim:
+            raise ValueError(f"not an IDX file of {ndim} dimension(s) (magic {magic:#x})")
+        shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def load_source(
@@ -80,8 +82,10 @@ def load_source(
         uint8 labels `(n,)`.
 
     Raises:
-        FileNotFoundError: when the files are missing and cannot be downloaded.
-        ValueError: for another `name`.
+        FileNotFoundError: when `data_dir` does not exist, or the files are
+            missing and cannot be downloaded.
+        ValueError: for another `name`, or a truncated or corrupt file (the
+            message names it and its official SHA-256).
 
     Example:
 
@@ -100,21 +104,18 @@ def load_source(
     ((1, 28, 28), [7], [3], 16)
     """
     if name == "mnist":
-        paths = locate_files("mnist", MNIST_FILES, data_dir, download, cache_dir)
-        with np.load(paths["mnist.npz"], allow_pickle=False) as f:
+        (npz,) = MNIST_FILES
+        path = locate_files("mnist", MNIST_FILES, data_dir, download, cache_dir)[npz.name]
+        with open(path, "rb") as fh, reading(path, npz), np.load(fh, allow_pickle=False) as f:
             return (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
     if name == "fashion":
         p = locate_files("fashion_mnist", FASHION_FILES, data_dir, download, cache_dir)
-        return (
-            (
-                _read_idx(p["train-images-idx3-ubyte.gz"], 3),
-                _read_idx(p["train-labels-idx1-ubyte.gz"], 1),
-            ),
-            (
-                _read_idx(p["t10k-images-idx3-ubyte.gz"], 3),
-                _read_idx(p["t10k-labels-idx1-ubyte.gz"], 1),
-            ),
+        # FASHION_FILES lists train images, train labels, test images, test labels.
+        x, y, xt, yt = (
+            _read_idx(p[f.name], ndim, f)
+            for f, ndim in zip(FASHION_FILES, (3, 1, 3, 1), strict=True)
         )
+        return (x, y), (xt, yt)
     raise ValueError(
         "Received an invalid value for `name`, expected 'mnist' or 'fashion'. "
         f"Received: name={name!r}"
@@ -196,13 +197,17 @@ def generate(
         left_labels: `(n,)`.
         right_images: uint8 `(m, 28, 28)`.
         right_labels: `(m,)`.
-        seed: seed of the pairing.
+        seed: seed of the pairing, a non-negative integer.
         right_offset: see `overlay`.
 
     Returns:
         `(images, {"left": labels, "right": labels}, right_index)` with
         uint8 images `(n, 28, 28)`, int32 labels and the index of each
         image's right item in the right source.
+
+    Raises:
+        ValueError: for an invalid `seed` or `right_offset`, or images of
+            the wrong shape.
 
     Example:
 
@@ -211,6 +216,7 @@ def generate(
     >>> x.shape, y["left"].tolist(), bool((y["right"] == r).all())
     ((3, 28, 28), [0, 1, 2], True)
     """
+    seed = check_numpy_seed(seed)
     n, m = len(left_images), len(right_images)
     rng = np.random.default_rng(seed)
     if m >= n:
@@ -255,7 +261,8 @@ def load_data(
             IDX files (or the files directly); defaults to
             `$KERAS_MTL_DATA_DIR`, then the download cache.
         variant: one of `VARIANTS`.
-        seed: seed of the pairing (the test split uses `seed + 1`).
+        seed: seed of the pairing, a non-negative integer (the test split
+            uses `seed + 1`).
         right_offset: shift of the right item on the canvas (see `overlay`).
         normalize: return float32 images in [0, 1] rather than uint8.
         as_dataset: return batched `tf.data.Dataset`s.
@@ -273,8 +280,10 @@ def load_data(
         `return_info`.
 
     Raises:
-        ValueError: for an unknown variant.
-        FileNotFoundError: when the source files are missing.
+        ValueError: for an unknown variant, an invalid `seed`, or a
+            truncated or corrupt source file.
+        FileNotFoundError: when `data_dir` does not exist or the source
+            files are missing.
 
     Example:
 
@@ -292,6 +301,7 @@ def load_data(
             f"Received an invalid value for `variant`, expected one of {VARIANTS}. "
             f"Received: variant={variant!r}"
         )
+    seed = check_numpy_seed(seed)
     left_name, right_name = {
         "mnist": ("mnist", "mnist"),
         "fashion": ("fashion", "fashion"),

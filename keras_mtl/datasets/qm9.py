@@ -9,7 +9,13 @@ import warnings
 import numpy as np
 
 from keras_mtl._validation import check_positive_int
-from keras_mtl.datasets.data_files import DataFile, default_cache_dir, locate_files, to_tf_dataset
+from keras_mtl.datasets.data_files import (
+    DataFile,
+    default_cache_dir,
+    locate_files,
+    reading,
+    to_tf_dataset,
+)
 
 SUBDIR = "qm9"
 _NOTE = (
@@ -67,26 +73,39 @@ DESCRIPTOR_NAMES = (
 _CACHE_VERSION = 1
 
 
-def _parse_targets(path: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _read_lines(path: str, data_file: DataFile) -> list[str]:
     with open(path, "rb") as f:
-        lines = gzip.decompress(f.read()).decode().splitlines()
-    header = lines[0].split(",")
-    rows = [line.split(",") for line in lines[1:] if line]
-    cols = list(zip(*rows, strict=True))
-    mol_id = np.asarray(cols[header.index("mol_id")], dtype="int64")
-    needed = [c for c, _ in TARGETS.values()]
-    missing = [c for c in needed if c not in header]
-    if missing:
-        raise ValueError(f"{path}: missing target columns {missing}; header is {header}.")
-    return mol_id, {c: np.asarray(cols[header.index(c)], dtype="float64") for c in needed}
+        raw = f.read()
+    with reading(path, data_file):
+        return gzip.decompress(raw).decode().splitlines()
+
+
+def _parse_targets(path: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    data_file = FILES[0]
+    lines = _read_lines(path, data_file)
+    with reading(path, data_file):
+        header = lines[0].split(",")
+        needed = [c for c, _ in TARGETS.values()]
+        missing = [c for c in needed + ["mol_id"] if c not in header]
+        if missing:
+            raise ValueError(f"missing columns {missing}; header is {header}")
+        rows = [line.split(",") for line in lines[1:] if line]
+        cols = list(zip(*rows, strict=True))
+        mol_id = np.asarray(cols[header.index("mol_id")], dtype="int64")
+        return mol_id, {c: np.asarray(cols[header.index(c)], dtype="float64") for c in needed}
 
 
 def _parse_geometry(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Returns mol ids, padded element indices (0 = none, 1..5) and padded positions (Angstrom)."""
-    with open(path, "rb") as f:
-        lines = gzip.decompress(f.read()).decode().splitlines()
+    data_file = FILES[1]
+    lines = _read_lines(path, data_file)
+    with reading(path, data_file):
+        return _geometry_arrays(lines)
+
+
+def _geometry_arrays(lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not lines[0].startswith("mol_id,Elements,XYZ_Ang"):
-        raise ValueError(f"{path}: unexpected header {lines[0]!r}.")
+        raise ValueError(f"unexpected header {lines[0]!r}")
     # A row is: id,"['C','H',...]","[[x,y,z],...]","[q,...]"; quotes split it into fields.
     parts = [line.split('"') for line in lines[1:] if line]
     mol_id = np.asarray([p[0].rstrip(",") for p in parts], dtype="int64")
@@ -96,13 +115,13 @@ def _parse_geometry(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lookup = {e: i + 1 for i, e in enumerate(ELEMENTS)}
     unknown = set(symbols) - set(lookup)
     if unknown:
-        raise ValueError(f"{path}: unexpected elements {sorted(unknown)}.")
+        raise ValueError(f"unexpected elements {sorted(unknown)}")
     types_flat = np.fromiter(map(lookup.__getitem__, symbols), "int8", len(symbols))
     # One C-level parse of all coordinates is ~5x faster than float() per number.
     xyz_text = ",".join(p[3] for p in parts).replace("[", "").replace("]", "")
     xyz_flat = np.array(xyz_text.split(","), dtype="float64")
     if xyz_flat.size != 3 * counts.sum() or counts.max() > MAX_ATOMS:
-        raise ValueError(f"{path}: coordinates do not match the element lists.")
+        raise ValueError("coordinates do not match the element lists")
     n = len(parts)
     slot = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     row = np.repeat(np.arange(n), counts)
@@ -222,7 +241,9 @@ def descriptors(types: np.ndarray, positions: np.ndarray, adjacency: np.ndarray)
 
 
 def _cache_path(cache_dir, sources: dict[str, str]) -> str:
-    root = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = (
+        os.path.expanduser(os.fspath(cache_dir)) if cache_dir is not None else default_cache_dir()
+    )
     sizes = "_".join(str(os.path.getsize(sources[f.name])) for f in FILES[:2])
     return os.path.join(root, SUBDIR, f"qm9_parsed_v{_CACHE_VERSION}_{sizes}.npz")
 
@@ -243,8 +264,9 @@ def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict
         sorted by `mol_id`.
 
     Raises:
-        ValueError: when a table lacks target columns, has an unexpected
-            header or element, or the two tables list different molecules.
+        ValueError: when a table is truncated or corrupt, lacks target
+            columns, has an unexpected header or element, or the two tables
+            list different molecules.
 
     Example:
 
@@ -329,9 +351,11 @@ def load_data(
     `UNITS` lists every unit. With `standardize` each target is shifted and
     scaled by its training-split mean and standard deviation (LibMTL uses
     whole-dataset statistics; multiply an MAE by `info["std"][task]` to get
-    it in `UNITS`). Split: LibMTL's permutation `perm`, test = `perm[:10000]`,
-    validation = `perm[10000:20000]`, train = the other 110,831 molecules,
-    rows ordered by `mol_id`.
+    it in `UNITS`). Split: LibMTL's permutation `perm` of the molecules
+    sorted by `mol_id`, test = `perm[:10000]`, validation =
+    `perm[10000:20000]`, train = `perm[20000:]` (the other 110,831); each
+    split's rows come in the order of `perm`, not sorted by `mol_id`
+    (`info` has each row's `mol_id`).
 
     Features:
         `"descriptors"`: float32 `(n, 54)` per-molecule descriptors
@@ -375,9 +399,10 @@ def load_data(
         info dict when `return_info`.
 
     Raises:
-        ValueError: for unknown `features` or `targets`, or inconsistent
-            files.
-        FileNotFoundError: when the files are missing.
+        ValueError: for unknown `features` or `targets`, or truncated,
+            corrupt or inconsistent files.
+        FileNotFoundError: when `data_dir` does not exist or the files are
+            missing.
 
     Example:
 
@@ -406,7 +431,10 @@ def load_data(
     paths = locate_files(SUBDIR, FILES, data_dir=data_dir, download=download, cache_dir=cache_dir)
     data = parse(paths, cache_dir=cache_dir, use_cache=use_cache)
     n = len(data["mol_id"])
-    perm = np.load(paths["libmtl_qm9_random_split.npy"])
+    split_file = FILES[2]
+    split_path = paths[split_file.name]
+    with open(split_path, "rb") as f, reading(split_path, split_file):
+        perm = np.load(f, allow_pickle=False)
     if len(perm) != n or not np.array_equal(np.sort(perm), np.arange(n)):
         raise ValueError(
             f"libmtl_qm9_random_split.npy must be a permutation of 0..{n - 1} "

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_mtl._validation import check_integer, check_number, check_positive_int, invalid_value
+from keras_mtl._validation import (
+    check_integer,
+    check_number,
+    check_numpy_seed,
+    check_positive_int,
+    invalid_value,
+)
 
 TASKS = ("task_1", "task_2")
 
@@ -39,11 +45,14 @@ def generate(
         num_samples: number of examples, a positive integer.
         correlation: the task correlation p in [-1, 1].
         input_dim: input dimension d.
-        scale: the scale constant c.
+        scale: the scale constant c, a finite float.
         num_sin: number m of sinusoids.
-        param_std: standard deviation of alpha_i and beta_i (default 0.1).
-        noise_std: standard deviation of the label noise (default 0.1).
-        seed: seed of the generator; equal seeds give equal data.
+        param_std: standard deviation of alpha_i and beta_i (default 0.1),
+            finite and >= 0.
+        noise_std: standard deviation of the label noise (default 0.1),
+            finite and >= 0.
+        seed: seed of the generator, a non-negative integer; equal seeds
+            give equal data.
         sinusoids: `"random"` draws alpha_i, beta_i from N(0, param_std^2);
             `"index"` fixes alpha_i = i and beta_i = i^2 (i = 1..m), the
             values of the public generator released with the paper's
@@ -72,6 +81,11 @@ def generate(
     p = check_number("correlation", correlation, "a float in [-1, 1]", lambda v: not -1 <= v <= 1)
     input_dim = check_integer("input_dim", input_dim, "an integer >= 2", lambda v: v < 2)
     num_sin = check_integer("num_sin", num_sin, "a non-negative integer", lambda v: v < 0)
+    # A NaN or infinity here would give all-NaN labels without an error.
+    scale = check_number("scale", scale, "a finite float")
+    param_std = check_number("param_std", param_std, "a finite float >= 0", lambda v: v < 0)
+    noise_std = check_number("noise_std", noise_std, "a finite float >= 0", lambda v: v < 0)
+    seed = check_numpy_seed(seed)
     rng = np.random.default_rng(seed)
     # Two orthonormal directions from the QR decomposition of a Gaussian matrix.
     q, _ = np.linalg.qr(rng.standard_normal((input_dim, 2)))
@@ -115,7 +129,8 @@ def load_data(
         num_test: number of test examples.
         correlation: task correlation p in [-1, 1].
         input_dim: input dimension d (the paper uses 100).
-        seed: seed; the same seed gives the same splits.
+        seed: seed, a non-negative integer; the same seed gives the same
+            splits.
         data_dir: ignored.
         **kwargs: further arguments of `generate` (`scale`, `num_sin`,
             `param_std`, `noise_std`).
@@ -123,6 +138,9 @@ def load_data(
     Returns:
         `(x_train, y_train), (x_test, y_test)` with `y_*` dicts keyed by
         `"task_1"` and `"task_2"`.
+
+    Raises:
+        ValueError: for arguments out of range (see `generate`).
 
     Example:
 

@@ -294,3 +294,33 @@ def test_a_row_with_a_missing_field_is_reported(tmp_path):
         ValueError, match="expected 42 comma-separated columns per row, row 1 has 41"
     ):
         census_income.load_data(tmp_path, download=False, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "damage, cause",
+    [
+        (lambda raw: raw[: len(raw) // 2], EOFError),  # an interrupted download
+        (lambda raw: b"<html>Not Found</html>", OSError),  # not gzip at all
+    ],
+)
+def test_a_truncated_or_corrupt_file_names_itself_its_checksum_and_the_remedy(
+    tmp_path, damage, cause
+):
+    _write(tmp_path, [_row(), _row()], [_row()])
+    path = tmp_path / "census-income.data.gz"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ValueError) as info:
+        census_income.load_data(tmp_path, download=False, cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert repr(str(path)) in message and census_income.FILES[0].sha256 in message
+    assert "delete it so it is downloaded again, or replace it" in message
+    assert isinstance(info.value.__cause__, cause)
+
+
+@pytest.mark.parametrize("seed", [-1, 0.5, "0", True])
+def test_the_seed_is_checked_before_the_files_are_read(tmp_path, seed):
+    # No data files at all: the invalid seed must be reported first, not after a long parse.
+    with pytest.raises(
+        ValueError, match=rf"`seed`, expected a non-negative integer. Received: seed={seed!r}"
+    ):
+        census_income.load_data(tmp_path, seed=seed, download=False, cache_dir=tmp_path)

@@ -17,7 +17,9 @@ from keras_mtl.datasets import (
 from keras_mtl.datasets.data_files import (
     ENV_VAR,
     DataFile,
+    default_cache_dir,
     locate_files,
+    reading,
     split_indices,
     to_tf_dataset,
 )
@@ -89,7 +91,7 @@ def test_download_uses_get_file_with_the_sha256(tmp_path, monkeypatch):
     got = locate_files(
         "toy",
         [DataFile("a.csv", "https://example.org/a.csv", "ab" * 32)],
-        data_dir=tmp_path / "empty",
+        data_dir=tmp_path,
         cache_dir=tmp_path / "cache",
     )
     assert len(calls) == 1
@@ -246,3 +248,79 @@ def test_data_dir_wins_over_the_download_cache(tmp_path):
         cache_dir=tmp_path / "cache",
     )
     assert got["a.csv"] == mine
+
+
+def test_a_data_dir_that_does_not_exist_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    # A mistyped folder must not silently give the cached (or a downloaded) copy.
+    cached = _touch(str(tmp_path / "cache" / "toy" / "a.csv"))
+    files = [DataFile("a.csv", "https://example.org/a.csv", "ab" * 32)]
+    missing = tmp_path / "typo"
+    with pytest.raises(FileNotFoundError) as info:
+        locate_files("toy", files, data_dir=missing, cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert "`data_dir`" in message and f"data_dir={missing!r}" in message
+    assert "'toy'" in message and "a.csv" in message
+    # A file is not a folder either.
+    with pytest.raises(FileNotFoundError, match="`data_dir`"):
+        locate_files("toy", files, data_dir=cached, cache_dir=tmp_path / "cache")
+    # Unchanged: an environment variable naming no folder still falls back to the cache.
+    monkeypatch.setenv(ENV_VAR, str(missing))
+    got = locate_files("toy", files, download=False, cache_dir=tmp_path / "cache")
+    assert got["a.csv"] == cached
+
+
+def test_a_leading_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    mine = _touch(str(tmp_path / "data" / "toy" / "a.csv"))
+    files = [DataFile("a.csv")]
+    got = locate_files("toy", files, data_dir="~/data", download=False, cache_dir=tmp_path)
+    assert got["a.csv"] == mine
+    monkeypatch.setenv(ENV_VAR, "~/data")
+    assert locate_files("toy", files, download=False, cache_dir=tmp_path)["a.csv"] == mine
+    monkeypatch.delenv(ENV_VAR)
+    cached = _touch(str(tmp_path / "c" / "toy" / "a.csv"))
+    assert locate_files("toy", files, download=False, cache_dir="~/c")["a.csv"] == cached
+    monkeypatch.setenv("KERAS_HOME", "~/kh")
+    assert default_cache_dir() == os.path.join(str(tmp_path), "kh", "datasets", "keras_mtl")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seed": -1}, r"`seed`, expected a non-negative integer. Received: seed=-1"),
+        ({"seed": 0.5}, "seed=0.5"),
+        ({"seed": None}, "seed=None"),
+        ({"num": -3}, "num=-3"),
+        ({"fractions": (0.2, 0.2)}, r"`fractions`.*summing to 1. Received: fractions=\(0.2, 0.2\)"),
+        ({"fractions": (1.5, -0.5)}, r"fractions=\(1.5, -0.5\)"),
+        ({"fractions": ()}, r"fractions=\(\)"),
+        ({"fractions": 1.0}, "fractions=1.0"),
+        ({"fractions": ("a", "b")}, r"fractions=\('a', 'b'\)"),
+    ],
+)
+def test_split_indices_names_an_invalid_argument(kwargs, message):
+    args = {"num": 10, "fractions": (0.5, 0.5), "seed": 0, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        split_indices(**args)
+
+
+def test_split_indices_accepts_numpy_scalars():
+    a = split_indices(np.int64(10), (np.float32(0.3), 0.7), seed=np.int64(1))
+    b = split_indices(10, (0.3, 0.7), seed=1)
+    assert [p.tolist() for p in a] == [p.tolist() for p in b]
+
+
+def test_reading_turns_a_decoding_error_into_a_clear_one_and_keeps_the_cause():
+    import gzip
+
+    f = DataFile("a.gz", "https://example.org/a.gz", "ab" * 32)
+    with pytest.raises(ValueError) as info, reading("/data/a.gz", f):
+        gzip.decompress(gzip.compress(b"x" * 100)[:-8])
+    message = str(info.value)
+    assert "'/data/a.gz'" in message and "EOFError" in message and "ab" * 32 in message
+    assert "delete it so it is downloaded again, or replace it" in message
+    assert isinstance(info.value.__cause__, EOFError)
+    # Without an official download the remedy is the file's note.
+    with pytest.raises(ValueError, match=r"replace it \(ask the authors\)\.$"):
+        with reading("/data/b.csv", DataFile("b.csv", note="ask the authors")):
+            raise IndexError("list index out of range")

@@ -92,3 +92,22 @@ def test_only_the_training_dataset_is_shuffled(data_dir):
     np.testing.assert_array_equal(np.concatenate([bx.numpy() for bx, _ in test_ds]), xt)
     assert not np.array_equal(train, x)
     np.testing.assert_array_equal(np.sort(train[:, 0]), np.sort(x[:, 0]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seed": -1}, r"`seed`, expected a non-negative integer. Received: seed=-1"),
+        ({"seed": 0.5}, "seed=0.5"),
+        (
+            {"test_fraction": "x"},
+            r"`test_fraction`, expected a float in \[0, 1\). Received: test_fraction='x'",
+        ),
+        ({"test_fraction": float("nan")}, "test_fraction=nan"),
+        ({"test_fraction": -0.1}, r"test_fraction=-0.1"),
+    ],
+)
+def test_seed_and_test_fraction_are_checked_before_the_file_is_read(tmp_path, kwargs, message):
+    # tmp_path holds no emotions.arff: the argument error must come first.
+    with pytest.raises(ValueError, match=message):
+        emotions.load_data(tmp_path, download=False, cache_dir=tmp_path, **kwargs)

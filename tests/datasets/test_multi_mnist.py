@@ -1,5 +1,6 @@
 import gzip
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -180,9 +181,10 @@ def test_idx_reader_checks_the_magic_number(tmp_path):
     # labels file read as images (or a truncated header) must not be reshaped.
     labels = np.arange(6, dtype="uint8")
     _write_idx(tmp_path / "labels.gz", labels)
-    np.testing.assert_array_equal(multi_mnist._read_idx(str(tmp_path / "labels.gz"), 1), labels)
+    path, data_file = str(tmp_path / "labels.gz"), multi_mnist.FASHION_FILES[1]
+    np.testing.assert_array_equal(multi_mnist._read_idx(path, 1, data_file), labels)
     with pytest.raises(ValueError, match="not an IDX file of 3 dimension"):
-        multi_mnist._read_idx(str(tmp_path / "labels.gz"), 3)
+        multi_mnist._read_idx(path, 3, data_file)
 
 
 def test_smaller_right_source_is_sampled_at_random_with_replacement():
@@ -214,3 +216,51 @@ def test_only_the_training_dataset_is_shuffled(tmp_path):
     left = np.concatenate([by["left"].numpy() for _, by in train_ds])
     assert sorted(left.tolist()) == sorted(y["left"].tolist())
     assert not np.array_equal(left, y["left"])
+
+
+def _truncate(path):
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+@pytest.mark.parametrize(
+    "variant, folder, index, cause",
+    [
+        ("mnist", "mnist", None, zipfile.BadZipFile),
+        ("fashion", "fashion_mnist", 2, EOFError),
+        ("fashion_mnist", "fashion_mnist", 1, EOFError),
+    ],
+)
+def test_a_truncated_source_file_names_itself_its_checksum_and_the_remedy(
+    tmp_path, variant, folder, index, cause
+):
+    _write_sources(tmp_path, n_train=4, n_test=2)
+    data_file = multi_mnist.MNIST_FILES[0] if index is None else multi_mnist.FASHION_FILES[index]
+    path = tmp_path / folder / data_file.name
+    _truncate(path)
+    with pytest.raises(ValueError) as info:
+        multi_mnist.load_data(tmp_path, variant=variant, download=False, cache_dir=tmp_path)
+    message = str(info.value)
+    assert repr(str(path)) in message and data_file.sha256 in message
+    assert "delete it so it is downloaded again, or replace it" in message
+    assert isinstance(info.value.__cause__, cause)
+
+
+def test_an_npz_without_the_keras_arrays_is_reported_as_corrupt(tmp_path):
+    os.makedirs(tmp_path / "mnist")
+    np.savez(tmp_path / "mnist" / "mnist.npz", x_train=np.zeros((1, 28, 28), "uint8"))
+    with pytest.raises(ValueError, match=r"mnist\.npz.*KeyError.*y_train") as info:
+        multi_mnist.load_source("mnist", tmp_path, download=False, cache_dir=tmp_path)
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+@pytest.mark.parametrize("seed", [-1, 0.5, None])
+def test_an_invalid_seed_is_named_before_any_file_is_read(tmp_path, seed):
+    message = rf"`seed`, expected a non-negative integer. Received: seed={seed!r}"
+    # tmp_path holds no source files: the seed error must come first.
+    for load in (multi_mnist.load_data, multi_fashion.load_data, multi_fashion_mnist.load_data):
+        with pytest.raises(ValueError, match=message):
+            load(tmp_path, seed=seed, download=False, cache_dir=tmp_path)
+    images = np.zeros((2, 28, 28), "uint8")
+    with pytest.raises(ValueError, match=message):
+        multi_mnist.generate(images, np.zeros(2), images, np.zeros(2), seed=seed)

@@ -277,3 +277,34 @@ def test_only_the_training_dataset_is_shuffled(loaded, data_dir, qm9_cache):
         np.testing.assert_array_equal(got, expected["homo"])
     _, first = next(iter(train_ds))
     assert not np.array_equal(first["homo"].numpy(), y["homo"][:1000])
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_a_truncated_table_or_split_file_names_itself_and_the_remedy(tmp_path, index):
+    _write_tables(tmp_path)
+    data_file = qm9.FILES[index]
+    path = tmp_path / data_file.name
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError) as info:
+        qm9.load_data(tmp_path, download=False, cache_dir=tmp_path / "cache", use_cache=False)
+    message = str(info.value)
+    assert repr(str(path)) in message and "truncated or corrupt" in message
+    # No official download: the remedy is to replace it, from where the note says.
+    assert message.endswith(f"replace it ({data_file.note}).")
+    assert isinstance(info.value.__cause__, EOFError if index < 2 else ValueError)
+
+
+def test_a_geometry_row_cut_short_is_reported_as_corrupt(tmp_path):
+    _write_tables(tmp_path)
+    path = tmp_path / "qm9_geometry.csv.gz"
+    with gzip.open(path, "rt") as f:
+        lines = f.read().splitlines()
+    # A well-formed gzip of a table whose last row lost its coordinates.
+    lines[-1] = lines[-1].split('"')[0] + '"' + lines[-1].split('"')[1]
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    with pytest.raises(
+        ValueError, match=r"qm9_geometry\.csv\.gz.*truncated or corrupt \(IndexError"
+    ):
+        qm9.parse({f.name: str(tmp_path / f.name) for f in qm9.FILES}, use_cache=False)

@@ -148,3 +148,34 @@ def test_load_data_passes_the_generator_arguments_on():
     np.testing.assert_array_equal(np.concatenate([y["task_2"], yt["task_2"]]), ya["task_2"])
     w = np.linalg.lstsq(x, y["task_1"][:, 0], rcond=None)[0]
     assert np.linalg.norm(w) == pytest.approx(3.0, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"scale": float("nan")}, r"`scale`, expected a finite float. Received: scale=nan"),
+        ({"scale": float("inf")}, "scale=inf"),
+        ({"param_std": float("nan")}, r"`param_std`, expected a finite float >= 0.*param_std=nan"),
+        ({"param_std": -1.0}, "param_std=-1.0"),
+        ({"noise_std": float("nan")}, r"`noise_std`, expected a finite float >= 0.*noise_std=nan"),
+        ({"noise_std": -0.1}, "noise_std=-0.1"),
+        ({"noise_std": "0.1"}, "noise_std='0.1'"),
+        ({"seed": -1}, r"`seed`, expected a non-negative integer. Received: seed=-1"),
+        ({"seed": 1.5}, "seed=1.5"),
+        ({"seed": "a"}, "seed='a'"),
+    ],
+)
+def test_scale_stds_and_seed_are_checked(kwargs, message):
+    # NaN or infinite values used to give all-NaN labels without an error.
+    with pytest.raises(ValueError, match=message):
+        synthetic.generate(5, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        synthetic.load_data(num_train=4, num_test=1, **kwargs)
+
+
+def test_zero_stds_and_a_negative_scale_are_valid():
+    x, y = synthetic.generate(6, input_dim=4, scale=-2.0, param_std=0.0, noise_std=0.0, seed=0)
+    assert np.isfinite(y["task_1"]).all() and np.isfinite(y["task_2"]).all()
+    # With param_std = 0 the sines are sin(0): the labels are linear, y_1 = w_1^T x.
+    w1 = np.linalg.lstsq(x, y["task_1"][:, 0], rcond=None)[0]
+    assert np.linalg.norm(w1) == pytest.approx(2.0, abs=1e-4)
