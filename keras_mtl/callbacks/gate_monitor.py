@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import reprlib
+from collections.abc import Iterable
+
 import keras
 import numpy as np
 
-from keras_mtl._validation import check_positive_int
+from keras_mtl._validation import check_positive_int, invalid_value
 from keras_mtl.layers.cgc import CGC
 from keras_mtl.layers.mmoe import MMoE
 from keras_mtl.layers.ple import PLE
@@ -72,24 +75,33 @@ class GateMonitor(keras.callbacks.Callback):
     Recording instead of a sub-model on the gate outputs: the gate weights
     are internal to the layer, not nodes of the functional graph, and a
     recorded eager call works the same for functional, subclassed and nested
-    models. The recording flag is read in Python during the eager call only,
+    models. The recorder is read in Python during the eager call only,
     so compiled training and inference functions are unaffected.
 
+    Each monitored layer must run once per call of the model: a layer
+    called on several inputs has one set of gate weights per call, so use
+    one layer per call site.
+
     Args:
-        validation_data: the inputs `x` (array, list or dict of arrays), a
-            tuple `(x, y)` or `(x, y, sample_weight)` as given to `fit`, or a
-            `tf.data.Dataset` yielding `x` or such tuples.
+        validation_data: the inputs `x` (array, list or dict of arrays with
+            the same number of examples), a tuple `(x, y)` or
+            `(x, y, sample_weight)` as given to `fit`, or a `tf.data.Dataset`
+            yielding `x` or such tuples. It is read every epoch, so a
+            generator or iterator is not accepted.
         batch_size: batch size for array inputs.
-        task_names: names of the gated layers' tasks in their output order
-            (default `task_0`, `task_1`, ...).
-        layers: `None` for every gated layer found in the model, or a list of
-            layers or layer names.
-        prefix: first component of the log keys.
+        task_names: list of distinct names of the gated layers' tasks in
+            their output order (default `task_0`, `task_1`, ...).
+        layers: `None` for every gated layer found in the model, or a layer
+            name, a layer, or a list of layers or layer names.
+        prefix: first component of the log keys, a non-empty string.
 
     Raises:
-        ValueError: when the model has no gated layer, `task_names` does
-            not match a layer's number of tasks, or every position of
-            `validation_data` is padding.
+        ValueError: at construction, for an invalid argument; from the start
+            of training, when the model has no gated layer or an entry of
+            `layers` matches none of them; when computing the statistics,
+            also when `task_names` does not match a layer's number of tasks,
+            a monitored layer runs more than once per call of the model, or
+            every position of `validation_data` is padding.
 
     Example:
 
@@ -124,9 +136,11 @@ class GateMonitor(keras.callbacks.Callback):
     ):
         super().__init__()
         self.batch_size = check_positive_int("batch_size", batch_size)
-        self.validation_data = validation_data
-        self.task_names = None if task_names is None else [str(t) for t in task_names]
-        self.layer_selection = layers
+        self.validation_data = _check_validation_data(validation_data)
+        self.task_names = _check_task_names(task_names)
+        self.layer_selection = _check_layer_selection(layers)
+        if not isinstance(prefix, str) or not prefix:
+            raise invalid_value("prefix", prefix, "a non-empty string")
         self.prefix = prefix
         self.epochs: list[int] = []
         self._weights: dict[str, list] = {}
@@ -148,15 +162,30 @@ class GateMonitor(keras.callbacks.Callback):
 
     def _layers(self) -> list:
         found = find_gated_layers(self.model)
-        if self.layer_selection is not None:
-            wanted = [getattr(x, "name", x) for x in self.layer_selection]
-            found = [layer for layer in found if layer.name in wanted]
         if not found:
             raise ValueError(
                 "GateMonitor found no MMoE, CGC or PLE layer in the model. Received: "
                 f"layers={self.layer_selection!r}"
             )
-        return found
+        if self.layer_selection is None:
+            return found
+        names = [layer.name for layer in found]
+        unmatched = [
+            x
+            for x in self.layer_selection
+            if (x not in names if isinstance(x, str) else all(x is not layer for layer in found))
+        ]
+        if unmatched:
+            raise ValueError(
+                "Received an invalid value for `layers`, expected MMoE, CGC or PLE layers of the "
+                f"model or their names, among {names}. Received: layers={self.layer_selection!r}, "
+                f"of which {unmatched!r} match none"
+            )
+        return [
+            layer
+            for layer in found
+            if any(x is layer or x == layer.name for x in self.layer_selection)
+        ]
 
     def _keys(self, layer, num_tasks: int, single: bool) -> list[str]:
         names = self.task_names or [f"task_{t}" for t in range(num_tasks)]
@@ -178,27 +207,31 @@ class GateMonitor(keras.callbacks.Callback):
         """
         layers = self._layers()
         collected = {id(layer): [] for layer in layers}
+        calls = {id(layer): [] for layer in layers}
         try:
             for layer in layers:
-                layer._gate_recording = True
+                layer._gate_recorder = calls[id(layer)].append
             for batch in self._batches():
+                for recorded in calls.values():
+                    recorded.clear()
                 self.model(batch, training=False)
                 for layer in layers:
+                    recorded = calls[id(layer)]
+                    # Each call of a shared layer has its own gate weights; reporting
+                    # one of them would misattribute it to every task head.
+                    if len(recorded) != 1:
+                        raise ValueError(
+                            f"GateMonitor reports one call of each gated layer, but layer "
+                            f"'{layer.name}' ran {len(recorded)} times in one call of the model. "
+                            "Use one layer per call site, or leave this layer out with `layers`."
+                        )
+                    weights, masks = recorded[0]
                     collected[id(layer)].append(
-                        [
-                            _unpadded(w, mask)
-                            for w, mask in zip(
-                                layer._recorded_gate_weights,
-                                layer._recorded_gate_masks,
-                                strict=True,
-                            )
-                        ]
+                        [_unpadded(w, mask) for w, mask in zip(weights, masks, strict=True)]
                     )
         finally:
             for layer in layers:
-                layer._gate_recording = False
-                layer._recorded_gate_weights = None
-                layer._recorded_gate_masks = None
+                layer._gate_recorder = None
         stats = {}
         for layer in layers:
             per_batch = collected[id(layer)]
@@ -218,6 +251,11 @@ class GateMonitor(keras.callbacks.Callback):
                 entropy = -np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-300)), 0.0), -1)
                 stats[key] = {"weights": w.mean(axis=0), "entropy": float(entropy.mean())}
         return stats
+
+    def on_train_begin(self, logs=None):
+        # Fails on a bad `layers` selection before training rather than after
+        # the first epoch.
+        self._layers()
 
     def on_epoch_end(self, epoch, logs=None):
         stats = self.compute()
@@ -254,3 +292,58 @@ def _unpadded(weights, mask) -> np.ndarray:
         return rows
     keep = np.broadcast_to(np.asarray(mask, dtype=bool), w.shape[:-1]).reshape(-1)
     return rows[keep]
+
+
+def _check_validation_data(data):
+    """`data`, once known to be arrays or a dataset that can be read every epoch."""
+    if hasattr(data, "as_numpy_iterator"):  # a tf.data.Dataset
+        return data
+    x = data[0] if isinstance(data, tuple) and len(data) in (2, 3) else data
+    leaves = keras.tree.flatten(x)
+    if not leaves or any(len(getattr(a, "shape", ())) == 0 for a in leaves):
+        raise ValueError(
+            "Received an invalid value for `validation_data`, expected an array, a list or dict "
+            "of arrays, a tuple (x, y) or (x, y, sample_weight) of them, or a tf.data.Dataset "
+            "(it is read every epoch, so not a generator or iterator). "
+            f"Received: validation_data={reprlib.repr(data)}"
+        )
+    sizes = sorted({int(a.shape[0]) for a in leaves})
+    if len(sizes) != 1 or sizes[0] == 0:
+        raise ValueError(
+            "Received an invalid value for `validation_data`, expected arrays with the same "
+            f"positive number of examples. Received: arrays of {sizes} examples"
+        )
+    return data
+
+
+def _check_task_names(task_names) -> list[str] | None:
+    """`task_names` as a list of distinct strings, or `None`."""
+    if task_names is None:
+        return None
+    # A string is iterable too; it would be read letter by letter.
+    names = (
+        list(task_names)
+        if isinstance(task_names, Iterable) and not isinstance(task_names, str | bytes)
+        else None
+    )
+    if (
+        not names
+        or not all(isinstance(name, str) for name in names)
+        or len(set(names)) != len(names)
+    ):
+        raise invalid_value("task_names", task_names, "None or a list of distinct strings")
+    return names
+
+
+def _check_layer_selection(layers) -> list | None:
+    """`layers` as a list of layer names and layers, or `None`."""
+    if layers is None:
+        return None
+    if isinstance(layers, str | keras.layers.Layer):
+        return [layers]
+    selection = list(layers) if isinstance(layers, Iterable) else []
+    if not selection or not all(isinstance(x, str | keras.layers.Layer) for x in selection):
+        raise invalid_value(
+            "layers", layers, "None, a layer name, a layer, or a non-empty list of layers or names"
+        )
+    return selection

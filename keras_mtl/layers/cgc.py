@@ -56,8 +56,49 @@ def check_task_experts(num_task_experts, num_tasks: int) -> tuple[int, ...]:
     return tuple(int(c) for c in counts)
 
 
+PER_TASK_HINT = (
+    "For one input per task, use `CGC`, which accepts a list of num_tasks + 1 tensors (task "
+    "inputs, then the shared input)."
+)
+
+
 def _is_shape_list(input_shape) -> bool:
     return bool(input_shape) and isinstance(input_shape[0], list | tuple)
+
+
+def check_one_input(layer, inputs, hint: str = "") -> None:
+    """Validates that a layer read by every task received one tensor.
+
+    Without this check a list of inputs fails deep inside Keras with an
+    unreadable shape error.
+
+    Args:
+        layer: the layer called, named in the message.
+        inputs: the call's inputs, or their shape (in `build`).
+        hint: sentence appended to the message, e.g. the layer to use
+            instead.
+
+    Raises:
+        ValueError: for a list or tuple of tensors or shapes.
+
+    Example:
+
+    >>> import keras, keras_mtl
+    >>> from keras_mtl.layers.cgc import check_one_input
+    >>> layer = keras_mtl.layers.MMoE(2, 2, name="mmoe")
+    >>> check_one_input(layer, (None, 5))
+    >>> check_one_input(layer, [(None, 5), (None, 5)])
+    Traceback (most recent call last):
+    ...
+    ValueError: `MMoE` (layer 'mmoe') expects one input tensor, read by every task. Received: a list of 2 inputs.
+    """
+    # A shape is a tuple of ints and Nones; a list of inputs holds tensors or shapes.
+    if isinstance(inputs, list | tuple) and not all(d is None or is_integer(d) for d in inputs):
+        message = (
+            f"`{type(layer).__name__}` (layer '{layer.name}') expects one input tensor, read by "
+            f"every task. Received: a list of {len(inputs)} inputs."
+        )
+        raise ValueError(f"{message} {hint}" if hint else message)
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -72,9 +113,10 @@ class CGC(keras.layers.Layer):
     all experts (every task's, in task order, then the shared ones). This is
     how `PLE` stacks CGC levels.
 
-    While `_gate_recording` is set (by `keras_mtl.callbacks.GateMonitor`),
-    eager calls store the task gates' weights in `_recorded_gate_weights` and
-    the task inputs' padding masks (or `None`) in `_recorded_gate_masks`.
+    While `_gate_recorder` is set (to a callable, by
+    `keras_mtl.callbacks.GateMonitor`), each eager call passes it
+    `(gate_weights, masks)`: the task gates' weights and the task inputs'
+    padding masks (or `None`).
 
     Args:
         num_tasks: number of tasks, a positive integer.
@@ -195,8 +237,7 @@ class CGC(keras.layers.Layer):
             if self.shared_output
             else None
         )
-        self._gate_recording = False
-        self._recorded_gate_weights = None
+        self._gate_recorder = None
 
     def _split(self, inputs):
         if isinstance(inputs, list | tuple):
@@ -233,10 +274,9 @@ class CGC(keras.layers.Layer):
             w = self.gates[t](x, training=training)
             outputs.append(mix_experts(w, ops.concatenate([own[t], shared], axis=-2)))
             weights.append(w)
-        if self._gate_recording:
-            self._recorded_gate_weights = list(weights)
+        if self._gate_recorder is not None:
             # The mask has the structure of the inputs.
-            self._recorded_gate_masks = self._split(mask)[0]
+            self._gate_recorder((list(weights), self._split(mask)[0]))
         if self.shared_gate is not None:
             w = self.shared_gate(shared_input, training=training)
             outputs.append(mix_experts(w, ops.concatenate([*own, shared], axis=-2)))

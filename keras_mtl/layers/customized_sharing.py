@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_mtl._validation import check_positive_int, check_rate, check_units
-from keras_mtl.layers.cgc import check_task_experts
+from keras_mtl.layers.cgc import check_one_input, check_task_experts
 from keras_mtl.layers.expert_bank import ExpertBank
 
 
@@ -45,7 +45,8 @@ class CustomizedSharing(keras.layers.Layer):
 
     Raises:
         ValueError: for non-positive counts, a `num_task_experts` list whose
-            length is not `num_tasks`, or bad expert arguments.
+            length is not `num_tasks`, bad expert arguments, or (when called)
+            a list of inputs.
 
     Example:
 
@@ -101,10 +102,12 @@ class CustomizedSharing(keras.layers.Layer):
         ]
 
     def build(self, input_shape):
+        check_one_input(self, input_shape)
         for bank in [*self.task_experts, self.shared_experts]:
             bank.build(tuple(input_shape))
 
     def call(self, inputs, training=None):
+        check_one_input(self, inputs)
         shared = self.shared_experts(inputs, training=training)
         outputs = []
         for bank in self.task_experts:

@@ -9,6 +9,8 @@ from keras_mtl._validation import check_bool, check_number, check_positive_int, 
 from keras_mtl.layers.expert_bank import fresh_initializer
 
 GATE_TYPES = ("softmax", "dselect_k")
+# Arguments that `make_gate` passes itself, so `gate_kwargs` must not repeat them.
+GATE_RESERVED_ARGS = ("num_experts", "name", "dtype")
 
 
 def softmax_last_axis(logits):
@@ -16,7 +18,7 @@ def softmax_last_axis(logits):
     an axis of size 1 (one expert, or DSelect-k with k = 1).
 
     Args:
-        logits: tensor.
+        logits: tensor; its batch may be empty.
 
     Returns:
         Tensor like `logits`, non-negative and summing to 1 over the last
@@ -31,8 +33,13 @@ def softmax_last_axis(logits):
     [[0.25, 0.75], [0.5, 0.5]]
     >>> np.asarray(softmax_last_axis(np.array([[-7.0]], "float32"))).tolist()
     [[1.0]]
+    >>> tuple(softmax_last_axis(np.zeros((0, 3), "float32")).shape)
+    (0, 3)
     """
-    exp = ops.exp(logits - ops.max(logits, axis=-1, keepdims=True))
+    # Without `initial`, the TensorFlow backend's eager `max` rejects an empty
+    # batch; subtracting the row max keeps `exp` finite for large logits.
+    row_max = ops.max(logits, axis=-1, keepdims=True, initial=float("-inf"))
+    exp = ops.exp(logits - row_max)
     return exp / ops.sum(exp, axis=-1, keepdims=True)
 
 
@@ -195,7 +202,8 @@ def check_gate(gate, gate_kwargs) -> tuple[str, dict]:
 
     Raises:
         ValueError: for an unknown `gate`, `gate_kwargs` that is not a dict,
-            or `"dselect_k"` without `k`.
+            that sets an argument the layer sets itself (`num_experts`,
+            `name`, `dtype`), or `"dselect_k"` without `k`.
 
     Example:
 
@@ -206,6 +214,10 @@ def check_gate(gate, gate_kwargs) -> tuple[str, dict]:
     Traceback (most recent call last):
     ...
     ValueError: `gate='dselect_k'` needs the number of selected experts in `gate_kwargs`, e.g. gate_kwargs={'k': 2}. Received: gate_kwargs={}
+    >>> check_gate("softmax", {"num_experts": 4})
+    Traceback (most recent call last):
+    ...
+    ValueError: Received an invalid value for `gate_kwargs`, expected gate arguments without ['num_experts'], which the layer sets itself. Received: gate_kwargs={'num_experts': 4}
     """
     if gate not in GATE_TYPES:
         raise ValueError(
@@ -218,6 +230,12 @@ def check_gate(gate, gate_kwargs) -> tuple[str, dict]:
             f"arguments. Received: gate_kwargs={gate_kwargs!r}"
         )
     kwargs = dict(gate_kwargs or {})
+    reserved = [key for key in GATE_RESERVED_ARGS if key in kwargs]
+    if reserved:
+        raise ValueError(
+            f"Received an invalid value for `gate_kwargs`, expected gate arguments without "
+            f"{reserved}, which the layer sets itself. Received: gate_kwargs={gate_kwargs!r}"
+        )
     if gate == "dselect_k" and "k" not in kwargs:
         raise ValueError(
             "`gate='dselect_k'` needs the number of selected experts in `gate_kwargs`, e.g. "

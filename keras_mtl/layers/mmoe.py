@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_mtl._validation import check_bool, check_positive_int, check_rate, check_units
+from keras_mtl.layers.cgc import PER_TASK_HINT, check_one_input
 from keras_mtl.layers.expert_bank import ExpertBank, mix_experts
 from keras_mtl.layers.gate import check_gate, make_gate
 
@@ -18,9 +19,10 @@ class MMoE(keras.layers.Layer):
     `num_tasks=1` (one gate whose output all task towers read) this is the
     One-gate MoE (OMoE) baseline of the paper.
 
-    While `_gate_recording` is set (by `keras_mtl.callbacks.GateMonitor`),
-    eager calls store the gate weights in `_recorded_gate_weights` and the
-    input's padding mask (or `None`) per task in `_recorded_gate_masks`.
+    While `_gate_recorder` is set (to a callable, by
+    `keras_mtl.callbacks.GateMonitor`), each eager call passes it
+    `(gate_weights, masks)`: the task gates' weights and the input's padding
+    mask (or `None`) per task.
 
     Args:
         num_tasks: number of tasks (gates), a positive integer.
@@ -55,7 +57,8 @@ class MMoE(keras.layers.Layer):
 
     Raises:
         ValueError: for non-positive `num_tasks` or `num_experts`, bad expert
-            arguments, an unknown `gate`, or gate arguments such as `k > E`.
+            arguments, an unknown `gate`, gate arguments such as `k > E`, or
+            (when called) a list of inputs.
 
     Example:
 
@@ -107,22 +110,21 @@ class MMoE(keras.layers.Layer):
             make_gate(self.gate, num_experts, self.gate_kwargs, f"gate_{t}", self.dtype_policy)
             for t in range(self.num_tasks)
         ]
-        self._gate_recording = False
-        self._recorded_gate_weights = None
-        self._recorded_gate_masks = None
+        self._gate_recorder = None
 
     def build(self, input_shape):
+        check_one_input(self, input_shape, PER_TASK_HINT)
         self.experts.build(tuple(input_shape))
         for gate in self.gates:
             gate.build(tuple(input_shape))
 
     def call(self, inputs, training=None, mask=None):
+        check_one_input(self, inputs, PER_TASK_HINT)
         experts = self.experts(inputs, training=training)
         weights = [gate(inputs, training=training) for gate in self.gates]
         outputs = [mix_experts(w, experts) for w in weights]
-        if self._gate_recording:
-            self._recorded_gate_weights = weights
-            self._recorded_gate_masks = [mask] * self.num_tasks
+        if self._gate_recorder is not None:
+            self._gate_recorder((weights, [mask] * self.num_tasks))
         if self.return_gate_weights:
             return outputs, weights
         return outputs
@@ -136,6 +138,7 @@ class MMoE(keras.layers.Layer):
 
     def gate_weights(self, inputs, training: bool = False) -> list:
         """The per-task gate weights for `inputs` (a list of `(batch, ..., E)`)."""
+        check_one_input(self, inputs, PER_TASK_HINT)
         return [gate(inputs, training=training) for gate in self.gates]
 
     def get_config(self):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_mtl._validation import check_bool, check_positive_int, check_rate, check_units
-from keras_mtl.layers.cgc import CGC, check_task_experts
+from keras_mtl.layers.cgc import CGC, PER_TASK_HINT, check_one_input, check_task_experts
 from keras_mtl.layers.gate import check_gate
 
 
@@ -23,10 +23,10 @@ class PLE(keras.layers.Layer):
     weight for weight. Each level is a `CGC` (`shared_output=True` below the
     top), stored in `levels`.
 
-    While `_gate_recording` is set (by `keras_mtl.callbacks.GateMonitor`),
-    eager calls store the top level's task gate weights in
-    `_recorded_gate_weights` and the input's padding mask (or `None`) per
-    task in `_recorded_gate_masks`.
+    While `_gate_recorder` is set (to a callable, by
+    `keras_mtl.callbacks.GateMonitor`), each eager call passes it
+    `(gate_weights, masks)`: the top level's task gate weights and the
+    input's padding mask (or `None`) per task.
 
     Args:
         num_tasks: number of tasks, a positive integer.
@@ -63,7 +63,8 @@ class PLE(keras.layers.Layer):
     Raises:
         ValueError: for non-positive `num_tasks`, `num_levels` or expert
             counts, a `num_task_experts` list whose length is not
-            `num_tasks`, or bad expert or gate arguments.
+            `num_tasks`, bad expert or gate arguments, or (when called) a
+            list of inputs.
 
     Example:
 
@@ -124,11 +125,10 @@ class PLE(keras.layers.Layer):
             )
             for j in range(self.num_levels)
         ]
-        self._gate_recording = False
-        self._recorded_gate_weights = None
-        self._recorded_gate_masks = None
+        self._gate_recorder = None
 
     def build(self, input_shape):
+        check_one_input(self, input_shape, PER_TASK_HINT)
         shape = tuple(input_shape)
         for j, level in enumerate(self.levels):
             level.build(shape)
@@ -138,12 +138,12 @@ class PLE(keras.layers.Layer):
             shape = [tuple(t.shape) for t in out]
 
     def call(self, inputs, training=None, mask=None):
+        check_one_input(self, inputs, PER_TASK_HINT)
         h = inputs
         for level in self.levels:
             h, weights = level(h, training=training)
-        if self._gate_recording:
-            self._recorded_gate_weights = list(weights)
-            self._recorded_gate_masks = [mask] * self.num_tasks
+        if self._gate_recorder is not None:
+            self._gate_recorder((list(weights), [mask] * self.num_tasks))
         if self.return_gate_weights:
             return h, weights
         return h
@@ -157,6 +157,7 @@ class PLE(keras.layers.Layer):
 
     def gate_weights(self, inputs, training: bool = False) -> list:
         """The top level's task gate weights for `inputs` (a list per task)."""
+        check_one_input(self, inputs, PER_TASK_HINT)
         h = inputs
         for level in self.levels:
             h, weights = level(h, training=training)

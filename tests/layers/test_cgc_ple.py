@@ -131,3 +131,36 @@ def test_bad_arguments_are_named(cls, kwargs, message):
 def test_ple_bad_num_levels():
     with pytest.raises(ValueError, match="num_levels=0"):
         PLE(num_tasks=2, num_levels=0)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        CGC(num_tasks=2, num_task_experts=2, expert_units=3, return_gate_weights=True),
+        PLE(
+            num_tasks=2, num_levels=2, num_task_experts=2, expert_units=3, return_gate_weights=True
+        ),
+    ],
+    ids=["cgc", "ple"],
+)
+def test_empty_batch_in_eager_calls(layer):
+    outputs, weights = layer(np.zeros((0, 5), "float32"))
+    assert [tuple(t.shape) for t in outputs] == [(0, 3), (0, 3)]
+    assert [tuple(w.shape) for w in weights] == [(0, 3), (0, 3)]
+
+
+def test_ple_refuses_a_list_input_with_a_clear_error():
+    # PLE's first level reads one input for every path; per-task inputs are CGC's.
+    layer = PLE(num_tasks=2, num_levels=2, expert_units=3, name="ple")
+    message = r"`PLE` \(layer 'ple'\) expects one input tensor.*a list of 3 inputs.*`CGC`"
+    with pytest.raises(ValueError, match=message):
+        layer([keras.Input((5,))] * 3)  # first call: in build
+    layer(np.ones((1, 5), "float32"))
+    with pytest.raises(ValueError, match=message):
+        layer([np.ones((1, 5), "float32")] * 3)  # built: in call
+
+
+@pytest.mark.parametrize("cls", [CGC, PLE])
+def test_gate_kwargs_cannot_repeat_what_the_layer_sets(cls):
+    with pytest.raises(ValueError, match=r"`gate_kwargs`.*\['num_experts'\]"):
+        cls(num_tasks=2, gate_kwargs={"num_experts": 4})

@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -37,3 +38,13 @@ def test_has_no_gates():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CustomizedSharing(**kwargs)
+
+
+def test_list_input_is_refused_with_a_clear_error():
+    layer = CustomizedSharing(num_tasks=2, expert_units=3, name="cs")
+    message = r"`CustomizedSharing` \(layer 'cs'\) expects one input tensor.*a list of 3 inputs"
+    with pytest.raises(ValueError, match=message):
+        layer([keras.Input((5,))] * 3)  # first call: in build
+    layer(np.ones((1, 5), "float32"))
+    with pytest.raises(ValueError, match=message):
+        layer([np.ones((1, 5), "float32")] * 3)  # built: in call

@@ -2,7 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_mtl.layers import Gate
+from keras_mtl.layers import DSelectK, Gate
+from keras_mtl.layers.gate import softmax_last_axis
 from tests.layers import reference
 
 
@@ -62,3 +63,20 @@ def test_kernel_regulariser_penalises_the_gate_kernel():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Gate(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: Gate(3), lambda: DSelectK(4, k=2)], ids=["softmax", "dselect_k"]
+)
+def test_empty_batch_gives_empty_weights_in_eager_calls(make):
+    gate = make()
+    filled = np.asarray(gate(np.ones((2, 5), "float32")))
+    empty = gate(np.zeros((0, 5), "float32"))
+    assert tuple(empty.shape) == (0, filled.shape[-1])
+    assert tuple(gate(np.zeros((0, 7, 5), "float32")).shape) == (0, 7, filled.shape[-1])
+
+
+def test_softmax_last_axis_is_stable_for_large_logits():
+    logits = np.array([[1e4, 1e4, -1e4], [-1e4, 0.0, -1e4], [3e38, 0.0, -3e38]], "float32")
+    weights = np.asarray(softmax_last_axis(logits))
+    np.testing.assert_allclose(weights, [[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])

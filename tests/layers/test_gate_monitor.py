@@ -51,7 +51,7 @@ def test_logs_mean_weights_and_entropy_per_task():
     assert record["t0"]["weights"].shape == (2, 3) and record["t1"]["entropy"].shape == (2,)
     np.testing.assert_allclose(record["t0"]["weights"].sum(-1), 1.0, atol=1e-6)
     assert monitor.epochs == [0, 1]
-    assert layer._gate_recording is False
+    assert layer._gate_recorder is None
 
 
 def _ple_then_mmoe():
@@ -130,9 +130,17 @@ def test_layers_argument_selects_the_reported_layers():
         mean, entropy = _stats(second.gate_weights(first(x)[0])[1])
         np.testing.assert_allclose(stats["b"]["weights"], mean, rtol=1e-5)
         np.testing.assert_allclose(stats["b"]["entropy"], entropy, rtol=1e-5)
-    monitor = GateMonitor(x, layers=["nope"])
+    # A single name is one layer, not a sequence of letters.
+    monitor = GateMonitor(x, layers="mmoe", task_names=["a", "b"])
     monitor.set_model(model)
-    with pytest.raises(ValueError, match="no MMoE, CGC or PLE"):
+    assert sorted(monitor.compute()) == ["a", "b"]
+    # A misspelt name is an error (before training), not silently dropped.
+    monitor = GateMonitor(x, layers=["mmoe", "pel"])
+    monitor.set_model(model)
+    message = r"`layers`.*\['ple', 'mmoe'\].*layers=\['mmoe', 'pel'\].*\['pel'\] match none"
+    with pytest.raises(ValueError, match=message):
+        monitor.on_train_begin()
+    with pytest.raises(ValueError, match=message):
         monitor.compute()
 
 
@@ -235,3 +243,40 @@ def test_statistics_are_those_of_inference_with_the_prefix_given():
         got = [logs[f"moe/{task}/expert_{i}"] for i in range(3)]
         np.testing.assert_allclose(got, mean, rtol=1e-5)
         assert logs[f"moe/{task}/entropy"] == pytest.approx(entropy, rel=1e-5)
+
+
+def test_a_layer_called_twice_is_refused():
+    # One MMoE on two inputs: each call has its own gates, and head t1 reads
+    # the second call, so reporting one call would misattribute the weights.
+    keras.utils.set_random_seed(7)
+    u, v = keras.Input((4,)), keras.Input((4,))
+    layer = MMoE(num_tasks=2, num_experts=3, expert_units=(4,), name="mmoe")
+    hu, hv = layer(u), layer(v)
+    model = keras.Model([u, v], [keras.layers.Dense(1)(hu[0]), keras.layers.Dense(1)(hv[1])])
+    x, _ = _data()
+    monitor = GateMonitor([x, 5 * x + 3], task_names=["t0", "t1"])
+    monitor.set_model(model)
+    with pytest.raises(ValueError, match="layer 'mmoe' ran 2 times.*one layer per call site"):
+        monitor.compute()
+    assert layer._gate_recorder is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"validation_data": None}, "validation_data=None"),
+        ({"validation_data": (b for b in [np.ones((2, 4))])}, "validation_data=<generator"),
+        ({"validation_data": [np.ones((2, 4)), np.ones((3, 4))]}, r"\[2, 3\] examples"),
+        ({"task_names": "ab"}, "task_names='ab'"),
+        ({"task_names": ["a", "a"]}, r"task_names=\['a', 'a'\]"),
+        ({"layers": 3}, "layers=3"),
+        ({"layers": []}, r"layers=\[\]"),
+        ({"layers": ["mmoe", None]}, r"layers=\['mmoe', None\]"),
+        ({"prefix": None}, "prefix=None"),
+        ({"prefix": ""}, "prefix=''"),
+    ],
+)
+def test_bad_arguments_are_refused_at_construction(kwargs, message):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=rf"invalid value for `{name}`.*{message}"):
+        GateMonitor(**{"validation_data": np.ones((2, 4), "float32"), **kwargs})

@@ -119,3 +119,27 @@ def test_gate_weights_as_functional_outputs():
     predicted = model.predict(np.random.default_rng(4).normal(size=(6, 5)), verbose=0)
     for w in predicted:
         np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-6)
+
+
+def test_empty_batch_in_eager_calls():
+    layer = MMoE(num_tasks=2, num_experts=3, expert_units=4, return_gate_weights=True)
+    outputs, weights = layer(np.zeros((0, 5), "float32"))
+    assert [tuple(t.shape) for t in outputs] == [(0, 4), (0, 4)]
+    assert [tuple(w.shape) for w in weights] == [(0, 3), (0, 3)]
+
+
+def test_list_input_is_refused_with_a_clear_error():
+    layer = MMoE(num_tasks=2, num_experts=2, expert_units=3, name="mmoe")
+    message = r"`MMoE` \(layer 'mmoe'\) expects one input tensor.*a list of 2 inputs.*`CGC`"
+    with pytest.raises(ValueError, match=message):
+        layer([keras.Input((5,)), keras.Input((5,))])  # first call: in build
+    layer(np.ones((1, 5), "float32"))
+    with pytest.raises(ValueError, match=message):
+        layer([np.ones((1, 5), "float32")] * 2)  # built: in call
+
+
+@pytest.mark.parametrize("key", ["num_experts", "name", "dtype"])
+def test_gate_kwargs_cannot_repeat_what_the_layer_sets(key):
+    value = {"num_experts": 4, "name": "g", "dtype": "float32"}[key]
+    with pytest.raises(ValueError, match=rf"`gate_kwargs`.*\['{key}'\].*gate_kwargs=\{{'{key}'"):
+        MMoE(num_tasks=2, num_experts=2, gate_kwargs={key: value})
