@@ -55,12 +55,68 @@ def test_the_launcher_quiets_tensorflow_before_importing_it():
     assert done.stdout.strip().endswith("exit 0 level 3")
 
 
+def _launch(argv, script="import sys, keras_mtl_cli\nsys.exit(keras_mtl_cli.main())\n"):
+    # What the `keras-mtl` console script runs, in a process without a log level.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env
+    )
+
+
+def test_help_is_answered_before_tensorflow_is_imported():
+    script = (
+        "import sys, keras_mtl_cli\n"
+        "try:\n"
+        "    keras_mtl_cli.main()\n"
+        "finally:\n"
+        "    print('tensorflow imported:', 'tensorflow' in sys.modules)\n"
+    )
+    done = _launch(["--help"], script)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "{demo,bench}" in done.stdout
+    assert "demo" in done.stdout.split("positional arguments:")[1]
+    assert "bench" in done.stdout.split("positional arguments:")[1]
+    assert done.stdout.strip().endswith("tensorflow imported: False")
+    # Invalid arguments too: argparse's message only.
+    done = _launch(["demo", "--seed", "-1", "x"], script)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].startswith("keras-mtl demo: error: argument --seed:")
+    assert done.stdout.strip() == "tensorflow imported: False"
+
+
+def test_tensorflow_start_up_lines_do_not_reach_stderr():
+    # A command that imports TensorFlow and fails fast: only its own error is on stderr.
+    done = _launch(["demo", "--balancers", "nope"])
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        line for line in done.stderr.splitlines() if line.startswith("keras-mtl demo: error:")
+    ]
+    assert "Unknown balancers ['nope']" in done.stderr
+
+
+def test_an_import_error_in_the_launcher_still_shows_its_traceback():
+    script = (
+        "import sys, keras_mtl_cli\n"
+        "sys.modules['keras_mtl'] = None\n"
+        "sys.exit(keras_mtl_cli.main())\n"
+    )
+    done = _launch(["demo"], script)
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr
+    assert "ModuleNotFoundError: import of keras_mtl halted" in done.stderr
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["demo", "--epochs", "0"], "argument --epochs: expected a positive integer, received '0'"),
         (["demo", "--samples", "-5"], "argument --samples: expected a positive integer"),
         (["demo", "--batch-size", "x"], "argument --batch-size: expected a positive integer"),
+        (
+            ["demo", "--seed", "-1"],
+            "argument --seed: expected a non-negative integer, received '-1'",
+        ),
+        (["demo", "--seed", "1.5"], "argument --seed: expected a non-negative integer"),
         (
             ["bench", "--lr", "nan"],
             "argument --lr: expected a positive finite number, received 'nan'",

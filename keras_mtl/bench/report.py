@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
+import re
 import statistics
+import warnings
 
 from keras_mtl.metrics import delta_m
+
+_NAN_PAIR = (math.nan, math.nan)
 
 
 def _mean_std(values):
@@ -22,11 +28,17 @@ def summarize(problem, config, runs: list[dict], stl: dict) -> dict:
         problem: the `Problem` (task specs).
         config: the `BenchConfig`.
         runs: per-run dicts with `arch`, `balancer`, `seed`, `metrics`,
-            `epoch_seconds`.
+            `epoch_seconds`; a failed run also has `error` (its metrics
+            are NaN).
         stl: `{(arch, task, seed): metric}` single-task baselines.
 
     Returns:
         A JSON-ready dict with `config`, `tasks`, `stl`, `rows` and `runs`.
+        A row's means and `seeds` count its successful runs only; a row with
+        failed runs has `failed` (their number) and `error` (the first one's
+        message), and a row whose Δm cannot be computed has a NaN `delta_m`
+        and a `note` saying why. Architecture x balancer pairs without runs
+        have no row.
 
     Example:
 
@@ -59,26 +71,51 @@ def summarize(problem, config, runs: list[dict], stl: dict) -> dict:
         ew_time = None
         for balancer in config.balancers:
             mine = [r for r in runs if r["arch"] == arch and r["balancer"] == balancer]
-            row = {"arch": arch, "balancer": balancer, "seeds": len(mine)}
+            if not mine:
+                # Not run yet: a summary written while the bench is running.
+                continue
+            ok = [r for r in mine if not r.get("error")]
+            row = {"arch": arch, "balancer": balancer, "seeds": len(ok)}
+            failed = [r for r in mine if r.get("error")]
+            if failed:
+                row["failed"] = len(failed)
+                row["error"] = failed[0]["error"]
             for t in tasks:
-                row[t] = _mean_std([r["metrics"][t] for r in mine])
+                row[t] = _mean_std([r["metrics"][t] for r in ok]) if ok else _NAN_PAIR
             if stl:
-                deltas = [
-                    delta_m(
-                        {t: {problem.tasks[t].metric: r["metrics"][t]} for t in tasks},
-                        {t: {problem.tasks[t].metric: stl[(arch, t, r["seed"])]} for t in tasks},
-                        higher,
-                    )
-                    for r in mine
-                ]
-                row["delta_m"] = _mean_std(deltas)
-            row["epoch_seconds"] = statistics.median(r["epoch_seconds"] for r in mine)
-            if balancer == "ew":
+                row["delta_m"] = _NAN_PAIR
+                if ok:
+                    try:
+                        deltas = [
+                            delta_m(
+                                {t: {problem.tasks[t].metric: r["metrics"][t]} for t in tasks},
+                                {
+                                    t: {problem.tasks[t].metric: stl[(arch, t, r["seed"])]}
+                                    for t in tasks
+                                },
+                                higher,
+                            )
+                            for r in ok
+                        ]
+                        row["delta_m"] = _mean_std(deltas)
+                    except ValueError as error:
+                        # A NaN or zero score (an AUC of a one-class test set, a
+                        # failed baseline) leaves this row without Δm, not the
+                        # whole bench without results.
+                        row["note"] = f"Δm not computed: {error}"
+            row["epoch_seconds"] = (
+                statistics.median(r["epoch_seconds"] for r in ok) if ok else math.nan
+            )
+            if balancer == "ew" and ok:
                 ew_time = row["epoch_seconds"]
             rows.append(row)
         for row in rows:
             if row["arch"] == arch:
-                row["time_vs_ew"] = None if ew_time is None else row["epoch_seconds"] / ew_time
+                row["time_vs_ew"] = (
+                    None
+                    if ew_time is None or math.isnan(row["epoch_seconds"])
+                    else row["epoch_seconds"] / ew_time
+                )
     _mark_pareto(rows, problem, tasks)
     stl_rows = {
         f"{arch}/{t}": _mean_std([v for (a, task, _), v in stl.items() if a == arch and task == t])
@@ -100,17 +137,22 @@ def summarize(problem, config, runs: list[dict], stl: dict) -> dict:
 
 
 def _mark_pareto(rows, problem, tasks):
-    """Flags rows whose mean metrics no other row dominates."""
+    """Flags rows whose mean metrics no other row dominates.
+
+    A row with a NaN mean (failed, or a score its test set cannot define) is
+    never on the front and dominates no row: it cannot be compared.
+    """
 
     def oriented(row):
         return [row[t][0] if problem.tasks[t].higher_is_better else -row[t][0] for t in tasks]
 
+    comparable = [r for r in rows if all(math.isfinite(v) for v in oriented(r))]
     for row in rows:
         mine = oriented(row)
-        row["pareto"] = not any(
+        row["pareto"] = any(row is r for r in comparable) and not any(
             all(o >= m for o, m in zip(oriented(other), mine, strict=True))
             and oriented(other) != mine
-            for other in rows
+            for other in comparable
         )
 
 
@@ -123,7 +165,9 @@ def table(results: dict) -> str:
     Returns:
         The table: one STL row per architecture and task, then one row per
         architecture and balancer (mean ± std per task, Δm, seconds per
-        epoch, time relative to `ew`, `*` on the Pareto front).
+        epoch, time relative to `ew`, `*` on the Pareto front), then a
+        `Note:` line per failed run or Δm that could not be computed. A row
+        whose every seed failed says `failed:` and why.
 
     Example:
 
@@ -161,22 +205,50 @@ def table(results: dict) -> str:
         ]
         cells += ([""] if has_delta else []) + ["", "", ""]
         lines.append("| " + " | ".join(cells) + " |")
+    notes = []
     for r in results["rows"]:
+        label = f"{r['arch']}/{r['balancer']}"
+        if r["seeds"] == 0:
+            cells = [r["arch"], r["balancer"], f"failed: {_reason(r['error'])}"]
+            cells += [""] * (len(header) - 3)
+            lines.append("| " + " | ".join(cells) + " |")
+            notes.append(f"{label} failed: {r['error']}")
+            continue
         cells = [r["arch"], r["balancer"], *[f"{r[t][0]:.4f} ± {r[t][1]:.4f}" for t in tasks]]
         if has_delta:
-            cells.append(f"{r['delta_m'][0]:+.2f} ± {r['delta_m'][1]:.2f}")
+            mean, std = r["delta_m"]
+            cells.append("n/a" if math.isnan(mean) else f"{mean:+.2f} ± {std:.2f}")
         ratio = "-" if r.get("time_vs_ew") is None else f"{r['time_vs_ew']:.2f}x"
         cells += [f"{r['epoch_seconds']:.2f}", ratio, "*" if r["pareto"] else ""]
         lines.append("| " + " | ".join(cells) + " |")
+        if r.get("failed"):
+            notes.append(f"{label}: {r['failed']} seed(s) failed: {r['error']}")
+        if r.get("note"):
+            notes.append(f"{label}: {r['note']}")
+    lines += [f"Note: {n}" for n in notes]
     return "\n".join(lines)
 
 
-def write(results: dict, out_dir: str) -> None:
+def _reason(error: str) -> str:
+    """The first clause of an error message, short enough for a table cell."""
+    clause = re.split(r"; |\. |\n", error.strip(), maxsplit=1)[0]
+    return clause if len(clause) <= 80 else clause[:79] + "…"
+
+
+def write(results: dict, out_dir: str, plot: bool = True) -> list[str]:
     """Writes results.json, results.csv and pareto.png into `out_dir`.
+
+    Each file is replaced whole, so that rewriting them after every run
+    never leaves a truncated file. Without matplotlib the plot is skipped
+    with a warning.
 
     Args:
         results: the dict returned by `summarize`.
         out_dir: an existing folder.
+        plot: whether to draw pareto.png.
+
+    Returns:
+        The names of the files written.
 
     Example:
 
@@ -197,36 +269,63 @@ def write(results: dict, out_dir: str) -> None:
     >>> import os, tempfile
     >>> folder = tempfile.mkdtemp()
     >>> write(results, folder)
+    ['results.json', 'results.csv', 'pareto.png']
     >>> sorted(os.listdir(folder))
     ['pareto.png', 'results.csv', 'results.json']
     >>> print(open(os.path.join(folder, "results.csv")).read().strip())
-    arch,balancer,seed,a,b,epoch_seconds
-    mmoe,ew,0,0.88,0.45,2.0
-    mmoe,mgda,0,0.72,0.55,3.0
+    arch,balancer,seed,a,b,epoch_seconds,error
+    mmoe,ew,0,0.88,0.45,2.0,
+    mmoe,mgda,0,0.72,0.55,3.0,
     """
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    _replace(os.path.join(out_dir, "results.json"), json.dumps(results, indent=2))
     tasks = list(results["tasks"])
-    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["arch", "balancer", "seed", *tasks, "epoch_seconds"])
-        for r in results["runs"]:
-            writer.writerow(
-                [
-                    r["arch"],
-                    r["balancer"],
-                    r["seed"],
-                    *[r["metrics"][t] for t in tasks],
-                    r["epoch_seconds"],
-                ]
+    lines = io.StringIO()
+    writer = csv.writer(lines)
+    writer.writerow(["arch", "balancer", "seed", *tasks, "epoch_seconds", "error"])
+    for r in results["runs"]:
+        writer.writerow(
+            [
+                r["arch"],
+                r["balancer"],
+                r["seed"],
+                *[r["metrics"][t] for t in tasks],
+                r["epoch_seconds"],
+                r.get("error", ""),
+            ]
+        )
+    _replace(os.path.join(out_dir, "results.csv"), lines.getvalue())
+    written = ["results.json", "results.csv"]
+    if plot:
+        try:
+            plot_pareto(results, os.path.join(out_dir, "pareto.png"))
+            written.append("pareto.png")
+        except ImportError as error:
+            # matplotlib is an optional extra: the results are what matters.
+            warnings.warn(
+                f"pareto.png not written: the plot needs matplotlib ({error}). "
+                "Install it with `pip install matplotlib`.",
+                stacklevel=2,
             )
-    plot_pareto(results, os.path.join(out_dir, "pareto.png"))
+    return written
+
+
+def _replace(path: str, text: str) -> None:
+    """Writes `path` whole or not at all: an interrupted write leaves the old file."""
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(temporary, "w", newline="") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def plot_pareto(results: dict, path: str) -> None:
     """Scatter of the first two tasks' mean metrics, Pareto-optimal rows highlighted.
 
-    Needs matplotlib. The STL baselines are drawn as dotted lines.
+    Needs matplotlib. The STL baselines are drawn as dotted lines; rows
+    without a finite mean on both tasks are left out.
 
     Args:
         results: the dict returned by `summarize`.
@@ -257,6 +356,9 @@ def plot_pareto(results: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for r in results["rows"]:
         x, y = r[tasks[0]][0], r[tasks[-1]][0]
+        if not (math.isfinite(x) and math.isfinite(y)):
+            # A failed row, or a score its test set cannot define: no point to draw.
+            continue
         ax.errorbar(
             x,
             y,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import statistics
 import time
@@ -13,7 +14,7 @@ import keras
 import numpy as np
 
 from keras_mtl import balancers as balancer_registry
-from keras_mtl._validation import check_number, check_positive_int
+from keras_mtl._validation import check_number, check_positive_int, invalid_value
 from keras_mtl.bench import report
 from keras_mtl.bench.architectures import ARCHITECTURES, build_model
 from keras_mtl.bench.problems import LOADERS, Problem, load_problem
@@ -71,9 +72,10 @@ class BenchConfig:
         """Raises `ValueError` naming the first invalid field.
 
         Raises:
-            ValueError: for an unknown dataset, architecture or balancer, a
-                non-positive `seeds`, `epochs`, `batch_size`, `max_train` or
-                `max_eval`, or a `learning_rate` that is not positive.
+            ValueError: for an unknown dataset, architecture or balancer, an
+                architecture or balancer named twice, a non-positive `seeds`,
+                `epochs`, `batch_size`, `max_train` or `max_eval`, or a
+                `learning_rate` that is not positive.
         """
         if self.dataset not in LOADERS:
             raise ValueError(
@@ -93,6 +95,12 @@ class BenchConfig:
                 f"Unknown balancers {bad}; expected names from {known}. "
                 f"Received: balancers={list(self.balancers)}"
             )
+        for name in ("archs", "balancers"):
+            names = list(getattr(self, name))
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                # Run twice, a name would be reported as one row with twice the seeds.
+                raise invalid_value(name, names, f"each name once ({twice} given more than once)")
         for name in ("seeds", "epochs", "batch_size"):
             check_positive_int(name, getattr(self, name))
         for name in ("max_train", "max_eval"):
@@ -223,12 +231,22 @@ def run_bench(config: BenchConfig, print_fn=print) -> dict:
         config: what to run.
         print_fn: where progress and the table go.
 
+    A job that diverges (a non-finite loss or update) is recorded as a
+    failed run with NaN metrics and its error, and the bench goes on.
+    results.json and results.csv are rewritten after every job, so that an
+    interruption keeps the finished runs. STL baselines are cached in
+    `config.cache_dir`; a damaged cache file is reported and retrained.
+
     Returns:
         The results dict also written to `results.json`.
 
     Raises:
-        ValueError: for an invalid configuration.
+        ValueError: for an invalid configuration, including an `out_dir` or
+            `cache_dir` that is not a writable folder (checked before any
+            data is loaded).
         FileNotFoundError: when the dataset's files are missing.
+        OSError: when the result files cannot be written (the table is
+            printed first).
 
     Example:
 
@@ -243,6 +261,10 @@ def run_bench(config: BenchConfig, print_fn=print) -> dict:
     ValueError: Unknown architectures ['cnn']; expected names from ['shared_bottom', 'mmoe']. Received: arch=['cnn']
     """
     config.validate()
+    # Before any data is loaded or model trained: a bad folder would
+    # otherwise only show once the results are ready to be written.
+    out_dir = _writable_dir("out_dir", config.out_dir)
+    cache = _writable_dir("cache_dir", _cache_dir(config))
     problem = load_problem(config.dataset, config.data_dir, config.max_train, config.max_eval)
     tasks = list(problem.tasks)
     print_fn(
@@ -256,21 +278,22 @@ def run_bench(config: BenchConfig, print_fn=print) -> dict:
     jobs = [(a, b, s) for a in config.archs for b in config.balancers for s in range(config.seeds)]
     total, done = len(stl_jobs) + len(jobs), 0
     start = time.perf_counter()
+    failures = _training_errors()
     stl: dict = {}
-    cache = _cache_dir(config)
-    os.makedirs(cache, exist_ok=True)
     for arch, task, seed in stl_jobs:
         done += 1
         path = os.path.join(cache, f"stl_{_stl_key(config, arch, task, seed)}.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                value = json.load(f)
-            source = "cached"
-        else:
-            value = train_one(problem, arch, "ew", seed, config, tasks=[task])["metrics"][task]
-            with open(path, "w") as f:
-                json.dump(value, f)
-            source = "trained"
+        value = _read_cached(path, print_fn) if os.path.exists(path) else None
+        source = "cached"
+        if value is None:
+            try:
+                value = train_one(problem, arch, "ew", seed, config, tasks=[task])["metrics"][task]
+            except failures as error:
+                # Not cached: the next bench tries again.
+                value, source = math.nan, f"failed: {_message(error)}"
+            else:
+                _write_cache(path, value)
+                source = "trained"
         stl[(arch, task, seed)] = value
         print_fn(
             f"[{done}/{total}] STL {arch} {task} seed {seed}: "
@@ -280,16 +303,108 @@ def run_bench(config: BenchConfig, print_fn=print) -> dict:
     runs = []
     for arch, balancer, seed in jobs:
         done += 1
-        result = train_one(problem, arch, balancer, seed, config)
+        try:
+            result = train_one(problem, arch, balancer, seed, config)
+        except failures as error:
+            # One diverging balancer must not cost the runs of the others.
+            message = _message(error)
+            result = {"metrics": dict.fromkeys(tasks, math.nan), "epoch_seconds": math.nan}
+            result["error"] = message
+            shown = f"failed: {message}"
+        else:
+            shown = ", ".join(f"{t}={v:.4f}" for t, v in result["metrics"].items())
         runs.append({"arch": arch, "balancer": balancer, "seed": seed, **result})
-        shown = ", ".join(f"{t}={v:.4f}" for t, v in result["metrics"].items())
         print_fn(
             f"[{done}/{total}] {arch} {balancer} seed {seed}: {shown} "
             f"({time.perf_counter() - start:.0f} s elapsed)"
         )
+        # Rewritten after every run: an interruption keeps the finished ones.
+        report.write(report.summarize(problem, config, runs, stl), out_dir, plot=False)
     results = report.summarize(problem, config, runs, stl)
-    os.makedirs(config.out_dir, exist_ok=True)
-    report.write(results, config.out_dir)
+    # The table first: it survives a failure to write the files.
     print_fn(report.table(results))
-    print_fn(f"Wrote {os.path.join(config.out_dir, 'results.json')}, results.csv and pareto.png")
+    written = report.write(results, out_dir)
+    print_fn(f"Wrote {', '.join(os.path.join(out_dir, name) for name in written)}")
     return results
+
+
+def _writable_dir(name: str, path: str) -> str:
+    """Creates folder `path` if needed and checks that files can be written in it.
+
+    Args:
+        name: the `BenchConfig` field, for the message.
+        path: the folder.
+
+    Returns:
+        `path`.
+
+    Raises:
+        ValueError: naming the field and the value when `path` is a file or
+            cannot be created or written to.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise invalid_value(name, path, "a writable directory, not a file")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise invalid_value(name, path, f"a writable directory ({error.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise invalid_value(name, path, "a writable directory (permission denied)")
+    return path
+
+
+def _read_cached(path: str, print_fn) -> float | None:
+    """The cached STL score in `path`, or `None` (with a warning) when the file is unreadable."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as error:
+        # ValueError: a truncated or otherwise damaged file (JSONDecodeError, bad UTF-8).
+        print_fn(f"Warning: ignoring the unreadable STL cache file {path} ({error}); retraining.")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        print_fn(
+            f"Warning: ignoring the STL cache file {path}: expected a number, "
+            f"received {value!r}; retraining."
+        )
+        return None
+    return float(value)
+
+
+def _write_cache(path: str, value: float) -> None:
+    # Written whole or not at all: a truncated file would be read by every later bench.
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(temporary, "w") as f:
+            json.dump(value, f)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _training_errors() -> tuple:
+    """The exceptions of a training job that diverges (non-finite loss or update).
+
+    They are recorded as a failed run; any other exception, and
+    `KeyboardInterrupt`, still stops the bench.
+    """
+    errors = (ArithmeticError, ValueError)
+    if keras.config.backend() == "tensorflow":
+        # The checks of a non-finite step are graph assertions.
+        import tensorflow as tf
+
+        errors += (tf.errors.InvalidArgumentError,)
+    return errors
+
+
+def _message(error: BaseException) -> str:
+    """A one-line reason for a failed job."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # TensorFlow's message opens with where the op was defined; the reason is
+    # the text of the failed assertion.
+    for line in lines:
+        if line.startswith("assertion failed: ["):
+            # "assertion failed: [text] [values]" -> "text [values]"
+            return line[len("assertion failed: [") :].replace("] [", " [", 1)
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
