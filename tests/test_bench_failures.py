@@ -150,6 +150,14 @@ def test_a_file_as_out_or_cache_dir_fails_before_any_data_is_loaded(tmp_path, mo
     assert loaded == [] and plain.read_text() == "keep me"
 
 
+def test_a_leading_tilde_in_the_folders_is_the_home_folder(tmp_path, monkeypatch):
+    _fake_training(monkeypatch)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    runner.run_bench(_config(tmp_path, out_dir="~/out", cache_dir="~/cache"), print_fn=id)
+    assert (tmp_path / "out" / "results.json").is_file() and (tmp_path / "cache").is_dir()
+    assert not os.path.exists("~")
+
+
 def test_bench_cli_names_a_bad_out_folder(tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     argv = ["bench", "--dataset", "synthetic", "--no-stl", "--out", str(tmp_path / "afile")]

@@ -336,12 +336,13 @@ def _writable_dir(name: str, path: str) -> str:
         path: the folder.
 
     Returns:
-        `path`.
+        `path`, a leading `~` expanded to the home folder.
 
     Raises:
         ValueError: naming the field and the value when `path` is a file or
             cannot be created or written to.
     """
+    path = os.path.expanduser(os.fspath(path))
     if os.path.exists(path) and not os.path.isdir(path):
         raise invalid_value(name, path, "a writable directory, not a file")
     try:
