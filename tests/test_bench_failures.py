@@ -223,11 +223,12 @@ def test_a_damaged_stl_cache_file_is_reported_and_retrained(tmp_path, monkeypatc
 def test_the_stl_cache_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     _fake_training(monkeypatch)
 
-    def interrupted(value, f):
-        f.write("0.")
+    def interrupted(source, target):
+        # Interrupted once the temporary file is written, before it replaces the target.
+        assert open(source).read() == "1.0"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner.json, "dump", interrupted)
+    monkeypatch.setattr(report.os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         runner.run_bench(_config(tmp_path, balancers=("ew",), stl=True), print_fn=id)
     # No half-written file for the next bench to read.

@@ -277,7 +277,7 @@ def write(results: dict, out_dir: str, plot: bool = True) -> list[str]:
     mmoe,ew,0,0.88,0.45,2.0,
     mmoe,mgda,0,0.72,0.55,3.0,
     """
-    _replace(os.path.join(out_dir, "results.json"), json.dumps(results, indent=2))
+    replace_file(os.path.join(out_dir, "results.json"), json.dumps(results, indent=2))
     tasks = list(results["tasks"])
     lines = io.StringIO()
     writer = csv.writer(lines)
@@ -293,7 +293,7 @@ def write(results: dict, out_dir: str, plot: bool = True) -> list[str]:
                 r.get("error", ""),
             ]
         )
-    _replace(os.path.join(out_dir, "results.csv"), lines.getvalue())
+    replace_file(os.path.join(out_dir, "results.csv"), lines.getvalue())
     written = ["results.json", "results.csv"]
     if plot:
         try:
@@ -309,8 +309,25 @@ def write(results: dict, out_dir: str, plot: bool = True) -> list[str]:
     return written
 
 
-def _replace(path: str, text: str) -> None:
-    """Writes `path` whole or not at all: an interrupted write leaves the old file."""
+def replace_file(path: str, text: str) -> None:
+    """Writes `text` to `path` whole or not at all.
+
+    The text goes to a temporary file beside `path`, which then replaces it
+    in one step: an interrupted write leaves the old file (or none).
+
+    Args:
+        path: the file.
+        text: its new content.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> from keras_mtl.bench.report import replace_file
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.json")
+    >>> replace_file(path, "1.5")
+    >>> open(path).read(), os.listdir(os.path.dirname(path))
+    ('1.5', ['a.json'])
+    """
     temporary = f"{path}.tmp{os.getpid()}"
     try:
         with open(temporary, "w", newline="") as f:

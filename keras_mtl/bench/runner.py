@@ -292,7 +292,8 @@ def run_bench(config: BenchConfig, print_fn=print) -> dict:
                 # Not cached: the next bench tries again.
                 value, source = math.nan, f"failed: {_message(error)}"
             else:
-                _write_cache(path, value)
+                # Whole or not at all: a truncated file would be read by every later bench.
+                report.replace_file(path, json.dumps(value))
                 source = "trained"
         stl[(arch, task, seed)] = value
         print_fn(
@@ -370,18 +371,6 @@ def _read_cached(path: str, print_fn) -> float | None:
         )
         return None
     return float(value)
-
-
-def _write_cache(path: str, value: float) -> None:
-    # Written whole or not at all: a truncated file would be read by every later bench.
-    temporary = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(temporary, "w") as f:
-            json.dump(value, f)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def _training_errors() -> tuple:
