@@ -138,7 +138,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--quick",
         action="store_true",
-        help="tiny run (10000 train examples, 2 epochs, 1 seed): about a minute on 2 CPU cores, more the first time a dataset is parsed",
+        help="tiny run (10000 train examples, 2 epochs, 1 seed): about a minute on 2 CPU "
+        "cores, more the first time a dataset is parsed",
     )
     return parser
 
