@@ -513,6 +513,19 @@ def test_train_one_applies_its_seed():
     assert metrics(1) != first
 
 
+@pytest.mark.parametrize("seconds, expected", [(0.0, 3), (1e9, 0)])
+def test_train_one_reports_progress_on_long_jobs_only(monkeypatch, seconds, expected):
+    from keras_mtl.bench import runner
+
+    monkeypatch.setattr(runner, "PROGRESS_SECONDS", seconds)
+    lines = []
+    config = BenchConfig(dataset="synthetic", epochs=3, batch_size=32)
+    runner.train_one(_tiny_problem(), "shared_bottom", "ew", 0, config, progress=lines.append)
+    assert len(lines) == expected
+    for epoch, line in enumerate(lines, start=1):
+        assert re.fullmatch(rf"epoch {epoch}/3: loss \d+\.\d{{4}} \(\d+ s\)", line), line
+
+
 def test_train_one_epoch_seconds_leaves_out_the_first_epoch(monkeypatch):
     from keras_mtl.bench import runner
 
@@ -541,7 +554,7 @@ def test_run_bench_trains_one_stl_model_per_task_and_seed_and_caches_it(tmp_path
 
     calls = []
 
-    def fake_train_one(problem, arch, balancer, seed, config, tasks=None):
+    def fake_train_one(problem, arch, balancer, seed, config, tasks=None, progress=None):
         # STL baselines score seed + 1 (MSE); MTL models 10 % lower: Δm = +10 every seed.
         calls.append((arch, balancer, seed, tasks, config.epochs))
         # max_train caps the training split, max_eval the test split.

@@ -43,7 +43,7 @@ def _config(tmp_path, **fields):
 def _fake_training(monkeypatch, fail=None, calls=None):
     """A `train_one` that returns seed + 1 per task, and raises `fail[balancer]`."""
 
-    def fake_train_one(problem, arch, balancer, seed, config, tasks=None):
+    def fake_train_one(problem, arch, balancer, seed, config, tasks=None, progress=None):
         if calls is not None:
             calls.append((arch, balancer, seed, tasks))
         if fail and balancer in fail:
@@ -96,7 +96,7 @@ def test_a_diverging_run_is_recorded_as_failed_and_the_others_are_kept(tmp_path,
 
 
 def test_a_failed_seed_leaves_the_other_seeds_in_the_row(tmp_path, monkeypatch):
-    def flaky(problem, arch, balancer, seed, config, tasks=None):
+    def flaky(problem, arch, balancer, seed, config, tasks=None, progress=None):
         if seed == 1:
             raise FloatingPointError("overflow in the update")
         return {"metrics": dict.fromkeys(tasks or problem.tasks, 2.0), "epoch_seconds": 1.0}
@@ -238,7 +238,7 @@ def test_the_stl_cache_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
 def test_a_failed_stl_baseline_is_not_cached_and_leaves_delta_m_undefined(tmp_path, monkeypatch):
     calls = []
 
-    def stl_diverges(problem, arch, balancer, seed, config, tasks=None):
+    def stl_diverges(problem, arch, balancer, seed, config, tasks=None, progress=None):
         calls.append(tasks)
         if tasks == ["a"]:
             raise _tf_divergence()

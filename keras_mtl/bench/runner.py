@@ -21,6 +21,8 @@ from keras_mtl.bench.problems import LOADERS, Problem, load_problem
 from keras_mtl.bench.scores import score
 
 CACHE_VERSION = 1
+# A job's progress line waits this long after its previous one.
+PROGRESS_SECONDS = 10.0
 
 
 @dataclasses.dataclass
@@ -111,19 +113,33 @@ class BenchConfig:
 
 
 class _EpochClock(keras.callbacks.Callback):
-    """Epoch wall times, and the weights of the epoch with the lowest summed validation loss."""
+    """Epoch wall times, and the weights of the epoch with the lowest summed validation loss.
 
-    def __init__(self, val, tasks, batch_size):
+    With `progress`, a line per epoch goes to it once `PROGRESS_SECONDS`
+    have passed since the job's last line: long jobs show they advance,
+    short ones stay one line.
+    """
+
+    def __init__(self, val, tasks, batch_size, progress=None):
         super().__init__()
         self.val, self.tasks, self.batch_size = val, tasks, batch_size
+        self.progress = progress
         self.times: list[float] = []
         self.best = (np.inf, None)
+        self._last_line = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
+        now = time.perf_counter()
+        self.times.append(now - self._start)
+        if self.progress is not None and now - self._last_line >= PROGRESS_SECONDS:
+            self._last_line = now
+            self.progress(
+                f"epoch {epoch + 1}/{self.params['epochs']}: loss {logs['loss']:.4f} "
+                f"({self.times[-1]:.0f} s)"
+            )
         if self.val is None:
             return
         result = self.model.evaluate(
@@ -136,7 +152,13 @@ class _EpochClock(keras.callbacks.Callback):
 
 
 def train_one(
-    problem: Problem, arch: str, balancer: str, seed: int, config: BenchConfig, tasks=None
+    problem: Problem,
+    arch: str,
+    balancer: str,
+    seed: int,
+    config: BenchConfig,
+    tasks=None,
+    progress=None,
 ) -> dict:
     """Trains one model and scores it on the test split.
 
@@ -147,6 +169,9 @@ def train_one(
         seed: seed of the initial weights and data order.
         config: the bench configuration (epochs, batch size, learning rate).
         tasks: tasks to train (all by default; one for an STL baseline).
+        progress: optional callable taking a line of text, called at the
+            end of an epoch when `PROGRESS_SECONDS` have passed since the
+            last line (the training loss and the epoch's time).
 
     Returns:
         A dict with `metrics` `{task: value}` and `epoch_seconds` (median,
@@ -183,7 +208,7 @@ def train_one(
         return None if split is None else (split[0], {t: split[1][t] for t in tasks})
 
     train, val, test = select(problem.train), select(problem.val), select(problem.test)
-    clock = _EpochClock(val, tasks, config.batch_size)
+    clock = _EpochClock(val, tasks, config.batch_size, progress)
     model.fit(
         train[0],
         train[1],
@@ -279,6 +304,10 @@ def run_bench(config: BenchConfig, print_fn=print) -> dict:
     total, done = len(stl_jobs) + len(jobs), 0
     start = time.perf_counter()
     failures = _training_errors()
+
+    def progress(line):
+        print_fn(f"    {line}")
+
     stl: dict = {}
     for arch, task, seed in stl_jobs:
         done += 1
@@ -287,7 +316,8 @@ def run_bench(config: BenchConfig, print_fn=print) -> dict:
         source = "cached"
         if value is None:
             try:
-                value = train_one(problem, arch, "ew", seed, config, tasks=[task])["metrics"][task]
+                value = train_one(problem, arch, "ew", seed, config, [task], progress)
+                value = value["metrics"][task]
             except failures as error:
                 # Not cached: the next bench tries again.
                 value, source = math.nan, f"failed: {_message(error)}"
@@ -305,7 +335,7 @@ def run_bench(config: BenchConfig, print_fn=print) -> dict:
     for arch, balancer, seed in jobs:
         done += 1
         try:
-            result = train_one(problem, arch, balancer, seed, config)
+            result = train_one(problem, arch, balancer, seed, config, progress=progress)
         except failures as error:
             # One diverging balancer must not cost the runs of the others.
             message = _message(error)
