@@ -65,7 +65,8 @@ class DTP(Balancer):
     every step; standalone, call `observe(y_true, y_pred, masks)` before
     `aggregate`). Tasks without a named metric, or a step with no `observe`,
     use `exp(-L_t)` instead. A batch in which a task has no label leaves its
-    average unchanged.
+    average unchanged (with `exp(-L_t)`: a loss of exactly 0, what
+    `MultiTaskModel` gives a task without labels, as in FAMO and GLS).
 
     Args:
         kpi: `None` (every task uses `exp(-L_t)`), a metric name used for every
@@ -185,6 +186,8 @@ class DTP(Balancer):
 
     def compute(self, jacobian, losses, representation=None):
         status = ops.convert_to_tensor(self.batch_kpi_status)
+        # exp(-0) = 1 would make a task without labels look mastered.
+        status = ops.where(ops.logical_and(status == 0.0, losses == 0.0), -1.0, status)
         kpi = ops.where(status > 0.0, self.batch_kpi, ops.exp(-losses))
         seen = ops.convert_to_tensor(self.kpi_seen)
         average = ops.convert_to_tensor(self.kpi_average)

@@ -23,6 +23,11 @@ class DWA(Balancer):
     falls slowly gets more weight. The weights are all 1 during the first two
     epochs, and sum to the number of tasks `T`.
 
+    A task's epoch mean counts the steps where it had labels (a loss of
+    exactly 0, what `MultiTaskModel` gives a task without labels, is left
+    out); after an epoch without any, the task keeps its previous mean, so
+    its ratio is 1 rather than 0 or unbounded.
+
     The balancer keeps its own epoch bookkeeping in state variables (the sums
     of the losses seen in the running epoch, the step count, the means of the
     last two completed epochs), so that saving the model and resuming with
@@ -82,17 +87,21 @@ class DWA(Balancer):
         self.epoch_loss_sums = self.add_state("epoch_loss_sums", (num_tasks,))
         self.last_mean_losses = self.add_state("last_mean_losses", (num_tasks,))
         self.previous_mean_losses = self.add_state("previous_mean_losses", (num_tasks,))
+        # Steps of the running epoch in which each task had labels.
+        self.epoch_loss_counts = self.add_state("epoch_loss_counts", (num_tasks,))
 
     def _rolled(self, roll):
         """State after closing the running epoch where `roll` is true."""
         steps = ops.convert_to_tensor(self.epoch_steps)
         sums = ops.convert_to_tensor(self.epoch_loss_sums)
+        counts = ops.convert_to_tensor(self.epoch_loss_counts)
         last = ops.convert_to_tensor(self.last_mean_losses)
-        mean = sums / ops.maximum(steps, 1.0)
+        mean = ops.where(counts > 0.0, sums / ops.maximum(counts, 1.0), last)
         return {
             "previous_mean_losses": ops.where(roll, last, self.previous_mean_losses),
             "last_mean_losses": ops.where(roll, mean, last),
             "epoch_loss_sums": ops.where(roll, ops.zeros_like(sums), sums),
+            "epoch_loss_counts": ops.where(roll, ops.zeros_like(counts), counts),
             "epoch_steps": ops.where(roll, 0.0, steps),
             "completed_epochs": ops.where(
                 roll, self.completed_epochs + 1.0, ops.convert_to_tensor(self.completed_epochs)
@@ -119,12 +128,13 @@ class DWA(Balancer):
             self._assign(self._rolled(self.epoch_steps >= float(self.steps_per_epoch)))
         last = ops.convert_to_tensor(self.last_mean_losses)
         previous = ops.convert_to_tensor(self.previous_mean_losses)
-        # A task without labels has mean loss 0: the guard keeps the ratio finite.
-        ratios = last / ops.maximum(previous, 1e-12)
+        # A task never labelled has no mean yet: ratio 1.
+        ratios = ops.where(previous > 0.0, last / ops.where(previous > 0.0, previous, 1.0), 1.0)
         num_tasks = float(self.num_tasks)
         dynamic = num_tasks * ops.softmax(ratios / self.temperature)
         weights = ops.where(self.completed_epochs >= 2.0, dynamic, ops.ones_like(losses))
         self.epoch_loss_sums.assign_add(losses)
+        self.epoch_loss_counts.assign_add(ops.cast(losses != 0.0, "float32"))
         self.epoch_steps.assign_add(1.0)
         return BalanceResult(weighted_direction(weights, jacobian), weights)
 

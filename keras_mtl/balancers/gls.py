@@ -19,8 +19,9 @@ class GLS(Balancer):
 
     The gradient of the geometric mean `GM` is `sum_t GM / (T L_t) grad L_t`,
     so the effective weights are `w_t = GM / (T L_t)`: a task with a small
-    loss is up-weighted, and the update is invariant to rescaling any single
-    loss. The weights are computed in log space.
+    loss is up-weighted, and the update's direction is invariant to
+    rescaling any single loss (its length scales by `c^(1/T)`). The weights
+    are computed in log space.
 
     A task whose loss is not above `epsilon` (in practice 0: a batch without
     its labels) is left out of the mean for that step and gets weight 0;

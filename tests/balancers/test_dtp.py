@@ -86,9 +86,10 @@ def test_extreme_kpis_and_losses_are_finite():
     for losses in ([0.0, 1e6], [1e-8, 0.0], [1e6, 1e-8]):
         w = np.asarray(b.aggregate(None, losses).weights)
         assert np.all(np.isfinite(w)) and np.all(w >= 0)
-    # k clipped to [1e-4, 1 - 1e-4]: a perfect KPI gives a tiny, non-zero weight.
+    # k clipped to [1e-4, 1 - 1e-4]: a perfect KPI gives a tiny, non-zero weight
+    # (a loss of exactly 0 would mean no labels).
     np.testing.assert_allclose(
-        DTP(gamma=1.0).aggregate(None, [0.0]).weights, _focal(1.0, 1.0), rtol=1e-3
+        DTP(gamma=1.0).aggregate(None, [1e-12]).weights, _focal(1.0, 1.0), rtol=1e-3
     )
 
 
@@ -112,6 +113,23 @@ def test_default_gamma_and_alpha():
     b.aggregate(None, [0.5, 2.0])
     k = 0.1 * np.exp(-np.array([1.0, 0.1])) + 0.9 * np.exp(-np.array([0.5, 2.0]))
     np.testing.assert_allclose(b.aggregate(None, [1.0, 0.1]).weights, _focal(k, 2.0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kpi", [None, {"a": "binary_accuracy", "b": None}])
+def test_a_batch_without_labels_leaves_the_loss_kpi_alone(kpi):
+    # A task without labels has loss exactly 0; exp(-0) = 1 averaged in made
+    # it look mastered (weight 0.0085 instead of 2.07 below).
+    b = DTP(kpi=kpi, gamma=1.0, alpha=0.1)
+    b.set_task_names(["a", "b"])
+    y = {t: np.ones((4, 1), "float32") for t in "ab"}
+    p = {t: np.full((4, 1), 0.9, "float32") for t in "ab"}
+    b.observe(y, p, {"a": np.ones(4), "b": np.zeros(4)})
+    first = b.aggregate(None, np.array([np.log(2.0), 0.0])).weights
+    assert float(first[1]) == 1.0  # no KPI yet for task b
+    if kpi is not None:
+        b.observe(y, p, None)
+    weights = b.aggregate(None, np.array([np.log(2.0), np.log(10.0)])).weights
+    np.testing.assert_allclose(weights[1], _focal(0.1, 1.0), rtol=1e-5)
 
 
 def test_a_task_without_labels_yet_has_weight_one():

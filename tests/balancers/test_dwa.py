@@ -121,6 +121,31 @@ def test_zero_losses_give_finite_weights():
         assert np.all(np.isfinite(w)) and abs(w.sum() - 2.0) < 1e-5
 
 
+def test_epoch_means_leave_out_steps_without_labels():
+    # Task 2 is labelled in 1 of 2 steps of epoch 0 (loss 1.0), in both of
+    # epoch 1 (loss 0.9): its ratio is 0.9, not 0.9 / 0.5 (the mean diluted
+    # by the zero loss of the unlabelled step).
+    b = DWA(steps_per_epoch=2)
+    for losses in ([1.0, 1.0], [1.0, 0.0], [1.0, 0.9], [1.0, 0.9]):
+        b.aggregate(None, losses)
+    r = np.array([1.0, 0.9])
+    expected = 2 * np.exp(r / 2) / np.exp(r / 2).sum()
+    np.testing.assert_allclose(b.aggregate(None, [1.0, 0.9]).weights, expected, rtol=1e-5)
+
+
+def test_an_epoch_without_a_tasks_labels_keeps_its_mean():
+    # Task 2 has no labels in epoch 1: its mean stays that of epoch 0, ratio
+    # 1 (a zero mean gave it ratio 0, and all the weight an epoch later).
+    b = DWA(steps_per_epoch=1)
+    for losses in ([2.0, 1.0], [1.0, 0.0]):
+        b.aggregate(None, losses)
+    r = np.array([0.5, 1.0])
+    expected = 2 * np.exp(r / 2) / np.exp(r / 2).sum()
+    np.testing.assert_allclose(b.aggregate(None, [1.0, 1.0]).weights, expected, rtol=1e-5)
+    b.aggregate(None, [1.0, 1.0])  # epoch 3: task 2's ratio is 1.0 / 1.0 again
+    np.testing.assert_allclose(b.aggregate(None, [1.0, 1.0]).weights, [1.0, 1.0], rtol=1e-5)
+
+
 def test_config_and_validation():
     b = DWA(temperature=1.5, steps_per_epoch=10)
     again = balancers.get(balancers.serialize(b))
