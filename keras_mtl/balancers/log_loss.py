@@ -69,9 +69,15 @@ class _LossTransform(Balancer):
     def _transform(self, losses):
         raise NotImplementedError
 
+    def _transformed(self, losses):
+        transformed, scales = self._transform(losses)
+        # A task without labels in the batch (loss exactly 0) stays at 0, which
+        # is how the inner balancers recognise it (log would give -18.4).
+        return ops.where(losses == 0.0, 0.0, transformed), scales
+
     def compute(self, jacobian, losses, representation=None):
         self._update(losses)
-        transformed, scales = self._transform(losses)
+        transformed, scales = self._transformed(losses)
         if self.inner is None:
             return BalanceResult(weighted_direction(scales, jacobian), scales)
         scaled = None if jacobian is None else jacobian * scales[:, None]
@@ -84,7 +90,7 @@ class _LossTransform(Balancer):
         losses = ops.convert_to_tensor(losses, dtype="float32")
         if not self.built:
             self.build(int(losses.shape[0]))
-        return self.inner.auxiliary_loss(self._transform(losses)[0])
+        return self.inner.auxiliary_loss(self._transformed(losses)[0])
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -122,7 +128,8 @@ class LogLoss(_LossTransform):
     PCGrad, MGDA and others); the wrapper takes the inner balancer's
     gradient needs and hooks. Inner methods that take logarithms or ratios of
     the losses themselves (GLS, DWA, FAMO) see losses that are negative when
-    `L_t + epsilon < 1`.
+    `L_t + epsilon < 1`. A loss of exactly 0 (a batch without the task's
+    labels) is passed to the inner balancer as 0, its sign of no labels.
 
     Args:
         inner: `None`, or the balancer to wrap (an instance, a name or a

@@ -112,6 +112,21 @@ def test_hooks_and_auxiliary_loss_are_forwarded():
     assert set(dtp.logs()) == {"a_kpi", "b_kpi"}
 
 
+def test_a_task_without_labels_stays_at_loss_zero_for_the_inner_balancer():
+    # Loss 0 is how balancers recognise a batch without a task's labels; the
+    # inner one saw log(1e-8) = -18.4 and, e.g., uncertainty weighting's
+    # objective for the absent task became -18.4 exp(-s) + s.
+    jac = np.array([[1.0, 0.0], [0.0, 0.0]], "float32")
+    LogLoss(_Normalize()).aggregate(jac, [2.0, 0.0])
+    np.testing.assert_allclose(_Normalize.seen[1], [np.log(2.0), 0.0], rtol=1e-6)
+    uw = UncertaintyWeighting()
+    b = LogLoss(uw)
+    b.build(2)
+    uw.log_variances.assign([0.5, -0.5])
+    expected = np.exp(-0.5) * np.log(2.0) + 0.5  # the absent task adds nothing
+    np.testing.assert_allclose(float(b.auxiliary_loss([2.0, 0.0])), expected, rtol=1e-5)
+
+
 def test_extreme_losses_give_finite_weights():
     for losses in ([0.0, 1.0], [1e-8, 1e6], [0.0, 0.0]):
         for b in (LogLoss(), LogLoss(_Normalize())):
