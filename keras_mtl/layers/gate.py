@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_mtl._validation import check_bool, check_number, check_positive_int, check_rate
@@ -229,7 +230,10 @@ def check_gate(gate, gate_kwargs) -> tuple[str, dict]:
             "Received an invalid value for `gate_kwargs`, expected None or a dict of gate "
             f"arguments. Received: gate_kwargs={gate_kwargs!r}"
         )
-    kwargs = dict(gate_kwargs or {})
+    # NumPy scalars as Python numbers: the config must dump to JSON.
+    kwargs = {
+        k: v.item() if isinstance(v, np.generic) else v for k, v in (gate_kwargs or {}).items()
+    }
     reserved = [key for key in GATE_RESERVED_ARGS if key in kwargs]
     if reserved:
         raise ValueError(

@@ -1,3 +1,5 @@
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -136,6 +138,12 @@ def test_list_input_is_refused_with_a_clear_error():
     layer(np.ones((1, 5), "float32"))
     with pytest.raises(ValueError, match=message):
         layer([np.ones((1, 5), "float32")] * 2)  # built: in call
+
+
+def test_numpy_scalars_in_gate_kwargs_give_a_json_config():
+    layer = MMoE(2, 4, expert_units=(3,), gate="dselect_k", gate_kwargs={"k": np.int64(2)})
+    config = json.loads(json.dumps(layer.get_config()))
+    assert config["gate_kwargs"] == {"k": 2}
 
 
 @pytest.mark.parametrize("key", ["num_experts", "name", "dtype"])
