@@ -217,7 +217,9 @@ class MultiTaskModel(keras.Model):
             self.task_names = task_names
             self._losses_config = losses
             self._loss_fns = loss_fns
-            self._metrics_config = metrics
+            # Untracked: a tracked dict of metric objects would add them to
+            # `metrics` a second time, logged without the task prefix.
+            object.__setattr__(self, "_metrics_config", metrics)
             self._gradient_config = {
                 "shared_layers": shared_names,
                 "gradient_mode": gradient_mode,
@@ -374,6 +376,19 @@ class MultiTaskModel(keras.Model):
                 valid = sw > 0 if valid is None else ops.logical_and(valid, sw > 0)
                 # NaN and negative weights mark missing labels like 0 does.
                 sw = ops.where(valid, sw, 0.0)
+            # Keras's `ignore_class` (sparse categorical cross-entropy) marks
+            # missing integer labels: the loss is 0 there and Keras averages
+            # over the other positions; here they leave the example's mean,
+            # and an example without any labelled position is unlabelled.
+            ignored = getattr(self._losses_config[name], "ignore_class", None)
+            positions = None
+            if ignored is not None:
+                positions = ops.not_equal(target, ops.cast(ignored, target.dtype))
+                if len(positions.shape) > 1 and positions.shape[-1] == 1:
+                    positions = ops.squeeze(positions, -1)
+                some = ops.reshape(positions, (batch, -1))
+                some = ops.any(some, axis=1)
+                valid = some if valid is None else ops.logical_and(valid, some)
             if valid is not None:
                 # The loss may be inf or NaN on unlabelled examples, and so
                 # may its derivative there; a select passes no gradient, not
@@ -381,7 +396,11 @@ class MultiTaskModel(keras.Model):
                 keep = ops.reshape(valid, (-1,) + (1,) * (len(pred.shape) - 1))
                 pred = ops.where(keep, pred, ops.stop_gradient(pred))
             values = ops.cast(fn(target, pred), "float32")
-            if len(values.shape) > 1:
+            if positions is not None and len(values.shape) > 1:
+                kept = ops.reshape(ops.cast(positions, "float32"), (batch, -1))
+                total = ops.sum(ops.reshape(values, (batch, -1)) * kept, axis=1)
+                values = total / ops.maximum(ops.sum(kept, axis=1), 1.0)
+            elif len(values.shape) > 1:
                 values = ops.mean(ops.reshape(values, (ops.shape(values)[0], -1)), axis=1)
             elif len(values.shape) == 0:
                 raise ValueError(

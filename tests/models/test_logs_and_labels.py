@@ -112,3 +112,74 @@ def test_evaluate_as_a_list_holds_each_log_once_loss_first():
     assert len(model.metrics_names) == len(set(model.metrics_names))
     # Keras's order for metrics that report several values: `loss`, then by name.
     assert values == pytest.approx([logs["loss"]] + [logs[k] for k in sorted(logs) if k != "loss"])
+
+
+def test_metric_objects_are_logged_once_with_their_task_prefix():
+    # The compile config held the objects in a tracked dict: Keras listed them
+    # in `metrics` again and logged `auc` (task_2's) next to the prefixed ones.
+    x, y = data(n=32)
+    model = build()
+    metrics = {t: [keras.metrics.MeanAbsoluteError(name="mae")] for t in TASKS}
+    model.compile(optimizer="sgd", loss=LOSS, metrics=metrics)
+    history = model.fit(x, y, batch_size=16, verbose=0, validation_split=0.5).history
+    assert sorted(k for k in history if "mae" in k) == [
+        "task_1_mae",
+        "task_2_mae",
+        "val_task_1_mae",
+        "val_task_2_mae",
+    ]
+    assert model.metrics_names == ["loss", "compile_metrics", "task_weights"]
+
+
+def _classifier(cls, d=6):
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((d,))
+    h = keras_mtl.layers.SharedBottom(units=(8,), name="trunk")(inputs)
+    outputs = {"c": keras.layers.Dense(3, name="c")(h), "b": keras.layers.Dense(1, name="b")(h)}
+    return cls(inputs=inputs, outputs=outputs)
+
+
+def test_ignore_class_marks_missing_integer_labels_as_in_keras():
+    # The loss is 0 at ignored labels; averaged over the whole batch, c_loss
+    # was 0.625 of Keras's (the labelled share) and the step differed.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    c = np.argmax(x[:, :3], 1).astype("int32")
+    c[rng.random(64) < 0.5] = -1
+    y = {"c": c, "b": (x[:, 0] > 0).astype("float32")}
+
+    def losses():
+        return {
+            "c": keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1),
+            "b": keras.losses.BinaryCrossentropy(from_logits=True),
+        }
+
+    plain, ours = _classifier(keras.Model), _classifier(keras_mtl.MultiTaskModel)
+    for model in (plain, ours):
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=losses())
+    expected = plain.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    got = ours.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    for key in ("c_loss", "b_loss", "loss"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-6), key
+    plain.fit(x, y, batch_size=64, verbose=0)
+    ours.fit(x, y, batch_size=64, verbose=0)
+    for a, b in zip(plain.trainable_variables, ours.trainable_variables, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
+
+
+def test_ignore_class_per_position_averages_each_example_over_its_labels():
+    # Per-position labels (a segmentation map): each example's loss is the
+    # mean over its labelled positions; an example with none is unlabelled.
+    inputs = keras.Input((4, 3))
+    model = keras_mtl.MultiTaskModel(inputs, {"seg": keras.layers.Dense(3, name="seg")(inputs)})
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1)
+    model.compile(optimizer="sgd", loss={"seg": loss})
+    x = np.random.default_rng(1).normal(size=(3, 4, 3)).astype("float32")
+    labels = np.array([[0, 1, -1, 2], [-1, -1, -1, -1], [2, -1, -1, -1]], "int32")
+    logits = model.predict(x, verbose=0)["seg"]
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    per_example = [
+        -np.mean([log_p[i, j, labels[i, j]] for j in range(4) if labels[i, j] >= 0]) for i in (0, 2)
+    ]
+    got = model.evaluate(x, {"seg": labels}, verbose=0, return_dict=True)
+    assert got["seg_loss"] == pytest.approx(np.mean(per_example), rel=1e-5)
