@@ -18,11 +18,15 @@ class IMTL(GramianBalancer):
     gradient (IMTL-G), optionally with IMTL-L's learned loss scales.
 
     IMTL-G finds `alpha` (summing to 1) such that `g = sum_t alpha_t g_t` has
-    the same inner product with every unit gradient `u_t = g_t / |g_t|`:
-    `alpha_{2:T} = g_1 U^T (D U^T)^{-1}` with rows `D_t = g_1 - g_t`,
-    `U_t = u_1 - u_t`. Everything is a function of the Gramian; the
-    `(T-1) x (T-1)` system is solved (not inverted). A singular system (for
-    example two identical gradients) gives equal weights `1/T`.
+    the same inner product with every unit gradient `u_t = g_t / |g_t|`
+    (the paper's closed form `alpha_{2:T} = g_1 U^T (D U^T)^{-1}`, rows
+    `D_t = g_1 - g_t`, `U_t = u_1 - u_t`, solves the same conditions). Here
+    they are one `(T + 1) x (T + 1)` linear system in `alpha` and the common
+    projection, a function of the Gramian, solved in float64 (not
+    inverted). A task whose gradient is exactly zero (a batch without its
+    labels) has no unit gradient: it gets weight 0 and the other tasks are
+    balanced among themselves. A singular system (for example two identical
+    gradients) gives equal weights.
 
     `mode="hybrid"` (the paper's full IMTL) adds IMTL-L: a trainable scale
     `s_t` per task, the task loss becomes `exp(s_t) L_t - s_t` (trained through
@@ -82,14 +86,29 @@ class IMTL(GramianBalancer):
         # is ~1e-6 and float32 cancellation left the projections 27 % apart.
         gram = ops.cast(gram, "float64")
         norms = ops.sqrt(ops.maximum(ops.diagonal(gram), 0.0))
-        # gu[a, b] = <g_a, u_b>; zero for a zero gradient u_b.
+        # A zero gradient (a task without labels in the batch) has no unit
+        # vector: it gets weight 0 and the others share equal projections.
+        # Kept in, it took all the weight and the step was zero.
+        present = norms > 0
+        present = ops.logical_or(present, ops.logical_not(ops.any(present)))
+        # gu[a, b] = <g_a, u_b>. Unknowns alpha and the common projection c:
+        # <sum_s alpha_s g_s, u_t> = c for the present tasks, alpha_t = 0 for
+        # the others, sum(alpha) = 1: the paper's conditions in one system.
         gu = solvers.safe_divide(gram, norms[None, :])
-        lhs = gu[0, 0] - gu[0:1, 1:] - gu[1:, 0:1] + gu[1:, 1:]  # (D U^T)[i, j]
-        rhs = gu[0, 0] - gu[0, 1:]  # (g_1 U^T)[j]
-        alpha, ok = solvers.guarded_solve(ops.transpose(lhs), rhs[:, None])
-        alpha = alpha[:, 0]
-        alpha = ops.concatenate([1.0 - ops.sum(alpha, keepdims=True), alpha])
-        alpha = ops.where(ok, ops.cast(alpha, "float32"), ops.ones((num,)) / num)
+        eye = ops.eye(num, dtype="float64")
+        rows = ops.where(present[:, None], ops.transpose(gu), eye)
+        last = ops.where(present, -1.0, 0.0)[:, None]
+        system = ops.concatenate(
+            [
+                ops.concatenate([rows, ops.cast(last, "float64")], axis=1),
+                ops.concatenate([ops.ones((1, num), "float64"), ops.zeros((1, 1), "float64")], 1),
+            ],
+            axis=0,
+        )
+        rhs = ops.concatenate([ops.zeros((num, 1), "float64"), ops.ones((1, 1), "float64")], 0)
+        solution, ok = solvers.guarded_solve(system, rhs)
+        equal = ops.cast(present, "float32") / ops.sum(ops.cast(present, "float32"))
+        alpha = ops.where(ok, ops.cast(solution[:num, 0], "float32"), equal)
         return alpha * scales
 
     def auxiliary_loss(self, losses):

@@ -25,6 +25,12 @@ class MGDA(GramianBalancer):
     code, the weights then multiply the *raw* task losses, so the direction is
     `sum_t w_t g_t` (with `"none"`, exactly the min-norm point).
 
+    A task whose gradient is exactly zero (a batch without its labels) is
+    left out of the hull and gets weight 0: no direction changes its loss to
+    first order, so the min-norm point of the other tasks still improves
+    every task that can be improved. Kept in, as in the official code, the
+    zero vector would be the min-norm point and the whole step would stall.
+
     The in-graph solver is exact for two tasks and uses Wolfe's active-set
     algorithm otherwise (`keras_mtl.balancers.solvers.min_norm_weights`);
     `solver="cvxpy"` solves it with cvxpy on the host instead (not under
@@ -90,10 +96,14 @@ class MGDA(GramianBalancer):
         # A zero normaliser (zero gradient or loss) leaves that gradient as is.
         scale = ops.where(ops.logical_and(scale > 0, ops.isfinite(scale)), scale, 1.0)
         normalized = solvers.normalize_gramian(gram / (scale[:, None] * scale[None, :]))
-        weights = solvers.min_norm_weights(normalized)
+        # A zero gradient (a task without labels in the batch) constrains no
+        # direction, <0, d> = 0 for all d; kept in the hull it would be the
+        # min-norm point and stop every task.
+        active = norms > 0
+        weights = solvers.min_norm_weights(normalized, active=active)
         if self.solver == "cvxpy":
             weights, failed = solvers.cvxpy_or_fallback(
-                solvers.min_norm_weights_cvxpy, weights, normalized
+                solvers.min_norm_weights_cvxpy, weights, normalized, active
             )
             self.solver_failures.assign_add(failed)
         return weights

@@ -395,7 +395,7 @@ def _affine_min_norm(gram, corral, ridge):
 
 
 @graph_when_eager
-def min_norm_weights(gram, max_iters: int | None = None):
+def min_norm_weights(gram, max_iters: int | None = None, active=None):
     """Weights of the minimum-norm point in the convex hull of the gradients.
 
     Solves `min_{w in simplex} w^T G w`; the point is `w^T J`. Closed form for
@@ -406,6 +406,9 @@ def min_norm_weights(gram, max_iters: int | None = None):
     Args:
         gram: `(T, T)` Gramian of the task gradients.
         max_iters: bound on the number of steps (default `5 T + 50`).
+        active: optional `(T,)` booleans: the hull of the gradients where
+            it is true (the others get weight 0); every gradient when
+            `None` or when none is true.
 
     Returns:
         `(T,)` float32 weights on the simplex.
@@ -426,13 +429,19 @@ def min_norm_weights(gram, max_iters: int | None = None):
     num = gram.shape[-1]
     if num == 1:
         return ops.ones((1,))
+    active = ops.ones((num,), "bool") if active is None else ops.cast(active, "bool")
+    active = ops.logical_or(active, ops.logical_not(ops.any(active)))
     if num == 2:
-        return ops.cast(_min_norm_two(gram), "float32")
+        alone = ops.cast(active, "float32")
+        both = ops.all(active)
+        return ops.where(both, ops.cast(_min_norm_two(gram), "float32"), alone)
     max_iters = 5 * num + 50 if max_iters is None else max_iters
     diag = ops.diagonal(gram)
     scale = ops.maximum(ops.max(diag), 1e-300)
     ridge = 1e-10 * scale
-    first = ops.one_hot(ops.argmin(diag), num, dtype=_DTYPE)
+    # Inactive vertices never enter the corral: their weight stays 0.
+    barred = ops.cast(ops.where(active, 0.0, np.inf), _DTYPE)
+    first = ops.one_hot(ops.argmin(diag + barred), num, dtype=_DTYPE)
 
     def body(i, x, corral, done):
         y, ok = _affine_min_norm(gram, corral, ridge)
@@ -440,7 +449,7 @@ def min_norm_weights(gram, max_iters: int | None = None):
         # Major step: y is the new iterate; add the most violating vertex.
         gy = ops.matmul(gram, y)
         fy = ops.sum(y * gy)
-        j = ops.argmin(gy)
+        j = ops.argmin(gy + barred)
         improve = gy[j] < fy - _TOL * scale
         corral_major = ops.maximum(
             corral, ops.one_hot(j, num, dtype=_DTYPE) * ops.cast(improve, _DTYPE)
@@ -867,11 +876,12 @@ def _psd_factor(gram: np.ndarray) -> np.ndarray:
     return (vecs * np.sqrt(np.maximum(vals, 0.0))).T
 
 
-def min_norm_weights_cvxpy(gram) -> tuple[np.ndarray, bool]:
+def min_norm_weights_cvxpy(gram, active=None) -> tuple[np.ndarray, bool]:
     """Reference min-norm weights with cvxpy: `min ||R w||^2` on the simplex.
 
     Args:
         gram: `(T, T)` NumPy Gramian.
+        active: optional `(T,)` mask as in `min_norm_weights`.
 
     Returns:
         `(weights, ok)`; `ok` is `False` when every solver failed (the
@@ -894,12 +904,17 @@ def min_norm_weights_cvxpy(gram) -> tuple[np.ndarray, bool]:
 
     gram = np.asarray(gram, dtype=np.float64)
     num = gram.shape[0]
-    scale = np.trace(gram) / num if np.trace(gram) > 0 else 1.0
-    w = cp.Variable(num)
-    r = _psd_factor(gram / scale)
+    keep = np.ones(num, bool) if active is None else np.asarray(active, bool)
+    keep = keep if keep.any() else np.ones(num, bool)
+    sub = gram[np.ix_(keep, keep)]
+    scale = np.trace(sub) / len(sub) if np.trace(sub) > 0 else 1.0
+    w = cp.Variable(len(sub))
+    r = _psd_factor(sub / scale)
     problem = cp.Problem(cp.Minimize(cp.sum_squares(r @ w)), [w >= 0, cp.sum(w) == 1])
     ok = _solve(problem) and w.value is not None
-    return (np.asarray(w.value) if ok else np.ones(num) / num), ok
+    weights = np.zeros(num)
+    weights[keep] = np.asarray(w.value) if ok else 1.0 / len(sub)
+    return weights, ok
 
 
 def lower_bounded_qp_cvxpy(gram, lower) -> tuple[np.ndarray, bool]:

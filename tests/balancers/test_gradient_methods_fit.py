@@ -90,6 +90,18 @@ def test_trains_in_representation_mode(data, name):
     assert_both_losses_fall(history)
 
 
+@pytest.mark.parametrize("name", GRADIENT_METHODS)
+def test_trains_the_labelled_task_when_the_other_has_no_labels(data, name):
+    # Every batch gives task_2 a zero loss and a zero gradient: MGDA, MGDA-UB
+    # and IMTL put all the weight on it and no variable moved.
+    x, y = data
+    y = {"task_1": y["task_1"], "task_2": np.full_like(y["task_2"], np.nan)}
+    model, history = train((x, y), name, representation=name == "mgda_ub")
+    losses = history["task_1_loss"]
+    assert np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0], losses
+    assert history["task_2_weight"] == [0.0, 0.0, 0.0]
+
+
 def test_cvxpy_solvers_train_and_log_failures(data):
     _, history = train(data, balancers.NashMTL(solver="cvxpy", name="nash"), epochs=2)
     assert_both_losses_fall(history)

@@ -108,3 +108,21 @@ def test_hybrid_with_one_task_weights_it_by_its_loss_scale():
     d, w = checks.run(b, [[2.0, -1.0]])
     np.testing.assert_allclose(w, [np.exp(0.5)], rtol=1e-6)
     np.testing.assert_allclose(d, np.exp(0.5) * np.array([2.0, -1.0]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("num_tasks, absent", [(2, [0]), (3, [1]), (4, [0, 2])])
+def test_a_zero_gradient_gets_weight_zero_and_the_others_equal_projections(num_tasks, absent):
+    # A task without labels has a zero row (no unit gradient); it took all
+    # the weight and the direction was zero.
+    rng = np.random.default_rng(num_tasks)
+    jac = rng.normal(size=(num_tasks, 6))
+    jac[absent] = 0.0
+    present = [t for t in range(num_tasks) if t not in absent]
+    d, alpha = checks.run(IMTL(mode="gradient"), jac)
+    np.testing.assert_allclose(alpha[absent], 0.0, atol=1e-7)
+    expected = imtl_g_numpy(jac[present]) if len(present) > 1 else [1.0]
+    np.testing.assert_allclose(alpha[present], expected, rtol=1e-4)
+    units = jac[present] / np.linalg.norm(jac[present], axis=1, keepdims=True)
+    projections = units @ np.asarray(d, dtype=np.float64)
+    np.testing.assert_allclose(projections, projections.mean(), rtol=1e-5)
+    assert projections.mean() > 0

@@ -115,3 +115,20 @@ def test_cvxpy_failure_falls_back_to_the_graph_solver_and_is_counted(monkeypatch
         d, w = checks.run(b, checks.REFERENCE_J)
         np.testing.assert_allclose(w, [0.6, 0.4], atol=1e-6)
         assert float(b.logs()[f"{b.name}_solver_failures"]) == step
+
+
+@pytest.mark.parametrize("solver", ["graph", "cvxpy"])
+@pytest.mark.parametrize("num_tasks, absent", [(2, [0]), (3, [1]), (4, [0, 2])])
+def test_a_zero_gradient_is_left_out_of_the_hull(solver, num_tasks, absent):
+    # A task without labels has a zero row; in the hull it was the min-norm
+    # point (weight 1, direction 0) and no task trained.
+    rng = np.random.default_rng(num_tasks)
+    jac = rng.normal(size=(num_tasks, 6))
+    jac[absent] = 0.0
+    present = [t for t in range(num_tasks) if t not in absent]
+    d, w = checks.run(MGDA(solver=solver), jac)
+    d_sub, w_sub = checks.run(MGDA(solver=solver), jac[present])
+    np.testing.assert_allclose(w[absent], 0.0)
+    np.testing.assert_allclose(w[present], w_sub, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(d, d_sub, rtol=1e-4, atol=1e-6)
+    assert np.all(jac[present] @ d > 0)
