@@ -34,7 +34,8 @@ class MultiTaskModel(keras.Model):
     the same way, plus regularisation), `<task>_weight` (the effective weight
     the balancer gave the task, averaged over the steps where it had labels)
     and the compiled metrics. `evaluate` (and `val_loss`) weights the losses
-    with the last training weights of each task (1 before any training). Where the
+    with the last training weights of each task (before any training: 1, or a
+    `StaticWeighting`'s fixed weights, as Keras's `loss_weights`). Where the
     weights follow the inverse of the losses or gradients, `loss` does not
     fall as the tasks improve (DB-MTL and log-loss: `w_t = 1 / L_t`, so
     `loss` stays near T; Nash-MTL: it grows as the gradients shrink): have
@@ -241,6 +242,10 @@ class MultiTaskModel(keras.Model):
             self._tracker.untrack(self._loss_tracker)
             self._task_weight_tracker = _TaskWeightMeans(task_names)
             self._make_state_variables(len(task_names))
+            if isinstance(balancer, balancers_module.StaticWeighting):
+                # Known now: `evaluate` before `fit` weighs by them too.
+                fixed = balancer.aggregate(None, np.ones(len(task_names), "float32"))
+                self._last_task_weights.assign(fixed.weights)
         finally:
             if locked:
                 self._tracker.lock()

@@ -183,3 +183,20 @@ def test_ignore_class_per_position_averages_each_example_over_its_labels():
     ]
     got = model.evaluate(x, {"seg": labels}, verbose=0, return_dict=True)
     assert got["seg_loss"] == pytest.approx(np.mean(per_example), rel=1e-5)
+
+
+def test_evaluate_before_training_uses_fixed_weights_as_keras_loss_weights():
+    # Before any step the last weights were 1: loss was the plain sum.
+    x, y = data(n=32)
+    plain = build(model_cls=keras.Model)
+    ours = build()
+    plain.compile(optimizer="sgd", loss=LOSS, loss_weights={"task_1": 0.3, "task_2": 2.0})
+    ours.compile(
+        optimizer="sgd",
+        loss=LOSS,
+        balancer=keras_mtl.balancers.StaticWeighting({"task_1": 0.3, "task_2": 2.0}),
+    )
+    expected = plain.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    got = ours.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert (got["task_1_weight"], got["task_2_weight"]) == pytest.approx((0.3, 2.0))
