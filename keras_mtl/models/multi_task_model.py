@@ -391,8 +391,7 @@ class MultiTaskModel(keras.Model):
                 positions = ops.not_equal(target, ops.cast(ignored, target.dtype))
                 if len(positions.shape) > 1 and positions.shape[-1] == 1:
                     positions = ops.squeeze(positions, -1)
-                some = ops.reshape(positions, (batch, -1))
-                some = ops.any(some, axis=1)
+                some = ops.any(ops.reshape(positions, (batch, -1)), axis=1)
                 valid = some if valid is None else ops.logical_and(valid, some)
             if valid is not None:
                 # The loss may be inf or NaN on unlabelled examples, and so
