@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import gzip
 import os
 
 import numpy as np
@@ -12,6 +11,7 @@ import numpy as np
 from keras_mtl._validation import check_numpy_seed
 from keras_mtl.datasets.data_files import (
     DataFile,
+    gunzip,
     locate_files,
     reading,
     split_indices,
@@ -119,12 +119,9 @@ def _label(task: str, values: list[str]) -> np.ndarray:
 
 def _read(path: str, data_file: DataFile) -> list[list[str]]:
     """The columns of one UCI file as lists of strings."""
-    with open(path, "rb") as f:
-        raw = f.read()
+    text = gunzip(path, data_file).decode("latin-1")
     ncol = len(COLUMNS)
     with reading(path, data_file):
-        # Decompressing in one go is several times faster than streaming lines.
-        text = gzip.decompress(raw).decode("latin-1")
         lines = [line for line in text.splitlines() if line]
         # Fast path: the UCI files separate fields by exactly ", " and no value
         # contains a comma, so one split and strided slices give the columns.

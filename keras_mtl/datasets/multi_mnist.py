@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 
 import numpy as np
 
 from keras_mtl._validation import check_integer, check_numpy_seed
-from keras_mtl.datasets.data_files import DataFile, locate_files, reading, to_tf_dataset
+from keras_mtl.datasets.data_files import DataFile, gunzip, locate_files, reading, to_tf_dataset
 
 TASKS = ("left", "right")
 CANVAS = 36
@@ -50,10 +49,8 @@ FASHION_FILES = (
 
 
 def _read_idx(path: str, ndim: int, data_file: DataFile) -> np.ndarray:
-    with open(path, "rb") as f:
-        raw = f.read()
+    data = gunzip(path, data_file)
     with reading(path, data_file):
-        data = gzip.decompress(raw)
         magic = int.from_bytes(data[:4], "big")
         if magic != 0x800 + ndim:
             raise ValueError(f"not an IDX file of {ndim} dimension(s) (magic {magic:#x})")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import warnings
 
@@ -11,7 +10,8 @@ import numpy as np
 from keras_mtl._validation import check_positive_int
 from keras_mtl.datasets.data_files import (
     DataFile,
-    default_cache_dir,
+    cache_root,
+    gunzip,
     locate_files,
     reading,
     to_tf_dataset,
@@ -73,17 +73,11 @@ DESCRIPTOR_NAMES = (
 _CACHE_VERSION = 1
 
 
-def _read_lines(path: str, data_file: DataFile) -> list[str]:
-    with open(path, "rb") as f:
-        raw = f.read()
-    with reading(path, data_file):
-        return gzip.decompress(raw).decode().splitlines()
-
-
 def _parse_targets(path: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     data_file = FILES[0]
-    lines = _read_lines(path, data_file)
+    raw = gunzip(path, data_file)
     with reading(path, data_file):
+        lines = raw.decode().splitlines()
         header = lines[0].split(",")
         needed = [c for c, _ in TARGETS.values()]
         missing = [c for c in needed + ["mol_id"] if c not in header]
@@ -98,9 +92,9 @@ def _parse_targets(path: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 def _parse_geometry(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Returns mol ids, padded element indices (0 = none, 1..5) and padded positions (Angstrom)."""
     data_file = FILES[1]
-    lines = _read_lines(path, data_file)
+    raw = gunzip(path, data_file)
     with reading(path, data_file):
-        return _geometry_arrays(lines)
+        return _geometry_arrays(raw.decode().splitlines())
 
 
 def _geometry_arrays(lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -241,9 +235,7 @@ def descriptors(types: np.ndarray, positions: np.ndarray, adjacency: np.ndarray)
 
 
 def _cache_path(cache_dir, sources: dict[str, str]) -> str:
-    root = (
-        os.path.expanduser(os.fspath(cache_dir)) if cache_dir is not None else default_cache_dir()
-    )
+    root = cache_root(cache_dir)
     sizes = "_".join(str(os.path.getsize(sources[f.name])) for f in FILES[:2])
     return os.path.join(root, SUBDIR, f"qm9_parsed_v{_CACHE_VERSION}_{sizes}.npz")
 
