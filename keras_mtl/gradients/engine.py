@@ -245,16 +245,17 @@ class GradientEngine:
             denominators = tf.unstack(tf.maximum(counts, 1.0))
             task_local = [s / d for s, d in zip(sums, denominators, strict=True)]
             local = tf.stack(task_local)
-            reg = model.regularization_loss() / replicas
+            regularization = model.regularization_loss()
+            reg = regularization / replicas
+            # Checked only where layers add losses; otherwise it is a constant 0.
+            reg_check = reg if model.losses else None
             losses = tf.stop_gradient(_all_reduce(ctx, local, replicas))
             # Graph mode orders an assertion before nothing it does not feed:
             # the balancer reads `losses` through the identity, and the
             # update waits for every check.
             checks = []
             if self.nonfinite == "raise":
-                checks = _check_losses_and_rate(
-                    losses, model.task_names, optimizer, reg if model.losses else None
-                )
+                checks = _check_losses_and_rate(losses, model.task_names, optimizer, reg_check)
                 with tf.control_dependencies(checks):
                     losses = tf.identity(losses)
             # Everything differentiated later must be computed under the tape.
@@ -310,10 +311,7 @@ class GradientEngine:
             grads = [by_id[id(v)] for v in variables]
         del tape, step  # release the persistent tape's resources before the update
 
-        regularization = model.regularization_loss()
-        finite = self._apply(
-            model, grads, variables, losses, weights, state, checks, reg if model.losses else None
-        )
+        finite = self._apply(model, grads, variables, losses, weights, state, checks, reg_check)
         return {
             "losses": losses,
             "weights": weights,
