@@ -97,11 +97,13 @@ class GateMonitor(keras.callbacks.Callback):
 
     Raises:
         ValueError: at construction, for an invalid argument; from the start
-            of training, when the model has no gated layer or an entry of
-            `layers` matches none of them; when computing the statistics,
-            also when `task_names` does not match a layer's number of tasks,
-            a monitored layer runs more than once per call of the model, or
-            every position of `validation_data` is padding.
+            of training, when the model has no gated layer, an entry of
+            `layers` matches none of them, `task_names` does not match a
+            layer's number of tasks, or a monitored layer runs more than once
+            per call of a functional or `Sequential` model; when computing
+            the statistics, also when a monitored layer of a subclassed model
+            runs more than once per call of the model, or every position of
+            `validation_data` is padding.
 
     Example:
 
@@ -220,11 +222,7 @@ class GateMonitor(keras.callbacks.Callback):
                     # Each call of a shared layer has its own gate weights; reporting
                     # one of them would misattribute it to every task head.
                     if len(recorded) != 1:
-                        raise ValueError(
-                            f"GateMonitor reports one call of each gated layer, but layer "
-                            f"'{layer.name}' ran {len(recorded)} times in one call of the model. "
-                            "Use one layer per call site, or leave this layer out with `layers`."
-                        )
+                        raise _runs_error(layer, len(recorded))
                     weights, masks = recorded[0]
                     collected[id(layer)].append(
                         [_unpadded(w, mask) for w, mask in zip(weights, masks, strict=True)]
@@ -253,9 +251,17 @@ class GateMonitor(keras.callbacks.Callback):
         return stats
 
     def on_train_begin(self, logs=None):
-        # Fails on a bad `layers` selection before training rather than after
-        # the first epoch.
-        self._layers()
+        # Fails on a bad `layers` selection, `task_names` of the wrong length
+        # or a layer run several times per call before training rather than
+        # after the first epoch. The runs are read from the graph of
+        # functional and Sequential models; in a subclassed model they are
+        # only seen by `compute`.
+        layers = self._layers()
+        for layer in layers:
+            self._keys(layer, layer.num_tasks, single=len(layers) == 1)
+            runs = runs_per_call(self.model, layer)
+            if runs is not None and runs > 1:
+                raise _runs_error(layer, runs)
 
     def on_epoch_end(self, epoch, logs=None):
         stats = self.compute()
@@ -282,6 +288,64 @@ class GateMonitor(keras.callbacks.Callback):
             }
             for key in self._weights
         }
+
+
+def runs_per_call(model, layer) -> int | None:
+    """How many times `layer` runs in one call of `model`, read from its graph.
+
+    A functional model runs each node of its graph once per call, and a
+    `Sequential` model each of its layers; nested models count as many times
+    as they run.
+
+    Args:
+        model: a Keras model or layer.
+        layer: a layer of `model`.
+
+    Returns:
+        The number of runs, or `None` when only a call can tell: `layer` is
+        inside a subclassed model or layer, whose `call` may run it any
+        number of times.
+
+    Example:
+
+    >>> import keras, keras_mtl
+    >>> from keras_mtl.callbacks.gate_monitor import runs_per_call
+    >>> u, v = keras.Input((4,)), keras.Input((4,))
+    >>> mmoe = keras_mtl.layers.MMoE(num_tasks=2, num_experts=2, expert_units=(4,))
+    >>> runs_per_call(keras.Model([u, v], [*mmoe(u), *mmoe(v)]), mmoe)
+    2
+    >>> runs_per_call(keras.Sequential([keras.Input((4,)), mmoe]), mmoe)
+    1
+    """
+    if model is layer:
+        return 1
+    if not isinstance(model, keras.layers.Layer) or all(
+        sub is not layer for sub in model._flatten_layers(include_self=False, recursive=True)
+    ):
+        return 0
+    if isinstance(model, keras.Sequential):
+        parts = model.layers
+    elif isinstance(getattr(model, "_nodes_by_depth", None), dict):  # functional
+        parts = [node.operation for nodes in model._nodes_by_depth.values() for node in nodes]
+    else:
+        return None
+    total = 0
+    for part in parts:
+        runs = runs_per_call(part, layer)
+        if runs is None:
+            return None
+        total += runs
+    return total
+
+
+def _runs_error(layer, runs: int) -> ValueError:
+    # Each call of a shared layer has its own gate weights; reporting one of
+    # them would misattribute it to every task head.
+    return ValueError(
+        f"GateMonitor reports one call of each gated layer, but layer '{layer.name}' ran {runs} "
+        "times in one call of the model. Use one layer per call site, or leave this layer out "
+        "with `layers`."
+    )
 
 
 def _unpadded(weights, mask) -> np.ndarray:

@@ -101,6 +101,96 @@ def check_one_input(layer, inputs, hint: str = "") -> None:
         raise ValueError(f"{message} {hint}" if hint else message)
 
 
+def mixed_shape(experts_shape) -> tuple:
+    """The shape of `mix_experts`'s output for experts of shape `experts_shape`.
+
+    Args:
+        experts_shape: `(batch, ..., E, units)`.
+
+    Returns:
+        `(batch, ..., units)`.
+
+    Example:
+
+    >>> from keras_mtl.layers.cgc import mixed_shape
+    >>> mixed_shape((None, 7, 3, 4))
+    (None, 7, 4)
+    """
+    shape = tuple(experts_shape)
+    return shape[:-2] + shape[-1:]
+
+
+def check_expert_shape(layer, input_shape, experts_shape) -> None:
+    """Validates that a mixture layer's experts keep their input's leading axes.
+
+    The gate weights `(batch, ..., E)` keep every axis of the input but the
+    last, and are broadcast against the experts' outputs. An expert that
+    drops or resizes an axis (an RNN that returns its last state) would be
+    broadcast wrongly: silently for a batch of one, or one as long as the
+    sequence.
+
+    Args:
+        layer: the layer being built, named in the message.
+        input_shape: the shape the experts and the gate read.
+        experts_shape: the expert bank's output shape for it,
+            `(batch, ..., E, units)`.
+
+    Raises:
+        ValueError: when the experts' leading axes differ from the input's.
+
+    Example:
+
+    >>> import keras_mtl
+    >>> from keras_mtl.layers.cgc import check_expert_shape
+    >>> layer = keras_mtl.layers.MMoE(2, 2, name="mmoe")
+    >>> check_expert_shape(layer, (None, 7, 5), (None, 7, 2, 4))
+    >>> check_expert_shape(layer, (None, 7, 5), (None, 2, 4))
+    Traceback (most recent call last):
+    ...
+    ValueError: Received an invalid value for `expert`, expected a layer that keeps the axes of its input but the last, (None, 7), as the gates of `MMoE` (layer 'mmoe') do. Received: an expert with output shape (None, 4) for inputs of shape (None, 7, 5)
+    """
+    leading, kept = tuple(input_shape)[:-1], tuple(experts_shape)[:-2]
+    if len(kept) != len(leading) or any(
+        a is not None and b is not None and a != b for a, b in zip(leading, kept, strict=True)
+    ):
+        raise ValueError(
+            "Received an invalid value for `expert`, expected a layer that keeps the axes of its "
+            f"input but the last, {leading}, as the gates of `{type(layer).__name__}` (layer "
+            f"'{layer.name}') do. Received: an expert with output shape {mixed_shape(experts_shape)} "
+            f"for inputs of shape {tuple(input_shape)}"
+        )
+
+
+def mixture_output_spec(output_shape, dtype, return_gate_weights: bool):
+    """Symbolic outputs of a mixture layer (MMoE, CGC) from its output shape.
+
+    Keras's default `compute_output_spec` would give every output the layer's
+    compute dtype; the mixed outputs have the experts' dtype (which a user
+    `expert` layer sets) and the gate weights are float32.
+
+    Args:
+        output_shape: the layer's `compute_output_shape` result: a list of
+            output shapes, or the pair `(output shapes, gate weight shapes)`.
+        dtype: the experts' output dtype.
+        return_gate_weights: whether `output_shape` is such a pair.
+
+    Returns:
+        The same structure with a `keras.KerasTensor` for each shape.
+
+    Example:
+
+    >>> from keras_mtl.layers.cgc import mixture_output_spec
+    >>> outputs, weights = mixture_output_spec(([(None, 4)], [(None, 3)]), "float16", True)
+    >>> outputs[0].dtype, weights[0].dtype, tuple(weights[0].shape)
+    ('float16', 'float32', (None, 3))
+    """
+    if return_gate_weights:
+        shapes, weight_shapes = output_shape
+        weights = [keras.KerasTensor(shape, dtype="float32") for shape in weight_shapes]
+        return [keras.KerasTensor(shape, dtype=dtype) for shape in shapes], weights
+    return [keras.KerasTensor(shape, dtype=dtype) for shape in output_shape]
+
+
 @keras.saving.register_keras_serializable(package="keras_mtl")
 class CGC(keras.layers.Layer):
     """Customized Gate Control: shared experts plus experts owned by each task.
@@ -156,7 +246,9 @@ class CGC(keras.layers.Layer):
     Raises:
         ValueError: for non-positive task or expert counts, a
             `num_task_experts` list whose length is not `num_tasks`, bad
-            expert or gate arguments, or a list input of the wrong length.
+            expert or gate arguments (an unknown `gate_kwargs` entry
+            included), a list input of the wrong length, or (when called) an
+            `expert` that does not keep the input's axes but the last.
 
     Example:
 
@@ -255,10 +347,15 @@ class CGC(keras.layers.Layer):
             task_shapes, shared_shape = self._split(list(input_shape))
         else:
             task_shapes, shared_shape = [input_shape] * self.num_tasks, input_shape
-        self.shared_experts.build(tuple(shared_shape))
+        shared_shape = tuple(shared_shape)
+        self.shared_experts.build(shared_shape)
+        check_expert_shape(
+            self, shared_shape, self.shared_experts.compute_output_shape(shared_shape)
+        )
         for shape, bank, gate in zip(task_shapes, self.task_experts, self.gates, strict=True):
             bank.build(tuple(shape))
             gate.build(tuple(shape))
+            check_expert_shape(self, shape, bank.compute_output_shape(tuple(shape)))
         if self.shared_gate is not None:
             self.shared_gate.build(tuple(shared_shape))
 
@@ -284,6 +381,35 @@ class CGC(keras.layers.Layer):
         if self.return_gate_weights:
             return outputs, weights
         return outputs
+
+    def compute_output_shape(self, input_shape):
+        if _is_shape_list(input_shape):
+            task_shapes, shared_shape = self._split([tuple(s) for s in input_shape])
+        else:
+            task_shapes, shared_shape = [tuple(input_shape)] * self.num_tasks, tuple(input_shape)
+        outputs = [
+            mixed_shape(bank.compute_output_shape(shape))
+            for bank, shape in zip(self.task_experts, task_shapes, strict=True)
+        ]
+        weights = [
+            gate.compute_output_shape(shape)
+            for gate, shape in zip(self.gates, task_shapes, strict=True)
+        ]
+        if self.shared_gate is not None:
+            outputs.append(mixed_shape(self.shared_experts.compute_output_shape(shared_shape)))
+            weights.append(self.shared_gate.compute_output_shape(shared_shape))
+        return (outputs, weights) if self.return_gate_weights else outputs
+
+    def compute_output_spec(self, inputs, training=None, mask=None):
+        _, shared_input = self._split(inputs)
+        dtype = self.shared_experts.compute_output_spec(shared_input).dtype
+        if isinstance(inputs, list | tuple):
+            shape = [tuple(x.shape) for x in inputs]
+        else:
+            shape = tuple(inputs.shape)
+        return mixture_output_spec(
+            self.compute_output_shape(shape), dtype, self.return_gate_weights
+        )
 
     def compute_mask(self, inputs, mask=None):
         # Acts per position: task t's outputs keep task t's input mask, the

@@ -127,6 +127,15 @@ class CustomizedSharing(keras.layers.Layer):
             for count in self.num_task_experts
         ]
 
+    def compute_output_spec(self, inputs, training=None):
+        # The outputs have the experts' dtype (a user expert's own policy).
+        check_one_input(self, inputs)
+        dtype = self.shared_experts.compute_output_spec(inputs).dtype
+        return [
+            keras.KerasTensor(shape, dtype=dtype)
+            for shape in self.compute_output_shape(inputs.shape)
+        ]
+
     def get_config(self):
         config = super().get_config()
         bank = self.shared_experts.get_config()

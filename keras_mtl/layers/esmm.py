@@ -7,8 +7,13 @@ import numpy as np
 from keras import ops
 
 from keras_mtl._validation import check_bool, check_rate, check_units
+from keras_mtl.layers.cgc import check_one_input
 from keras_mtl.layers.expert_bank import fresh_initializer
 from keras_mtl.layers.shared_bottom import SharedBottom
+
+_ONE_INPUT_HINT = (
+    "Concatenate the features (e.g. with `keras.layers.Concatenate`) into one tensor first."
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -54,7 +59,8 @@ class ESMM(keras.layers.Layer):
         `"ctcvr"` and, with `return_cvr=True`, `"cvr"`.
 
     Raises:
-        ValueError: for bad `tower_units`, `shared_units` or `dropout`.
+        ValueError: for bad `tower_units`, `shared_units` or `dropout`, or
+            (when called) a list of inputs.
 
     Example:
 
@@ -133,12 +139,22 @@ class ESMM(keras.layers.Layer):
         Returns:
             `{"ctr": click, "ctcvr": click * conversion}` as float32 arrays
             of shape `(num_impressions, 1)`.
+
+        Raises:
+            ValueError: when `click` and `conversion` do not have the same
+                number of labels (NumPy would broadcast a single label).
         """
         click = np.asarray(click, dtype="float32").reshape(-1, 1)
         conversion = np.asarray(conversion, dtype="float32").reshape(-1, 1)
+        if conversion.shape != click.shape:
+            raise ValueError(
+                "Received an invalid value for `conversion`, expected one label per impression, "
+                f"as many as `click` ({len(click)}). Received: {len(conversion)} labels"
+            )
         return {"ctr": click, "ctcvr": click * conversion}
 
     def build(self, input_shape):
+        check_one_input(self, input_shape, _ONE_INPUT_HINT)
         shape = tuple(input_shape)
         if self.trunk is not None:
             self.trunk.build(shape)
@@ -148,6 +164,7 @@ class ESMM(keras.layers.Layer):
             head.build(tower.compute_output_shape(shape))
 
     def call(self, inputs, training=None):
+        check_one_input(self, inputs, _ONE_INPUT_HINT)
         h = inputs if self.trunk is None else self.trunk(inputs, training=training)
         ctr = self.ctr_head(self.ctr_tower(h, training=training))
         cvr = self.cvr_head(self.cvr_tower(h, training=training))
@@ -163,10 +180,16 @@ class ESMM(keras.layers.Layer):
         names = ("ctr", "ctcvr", "cvr") if self.return_cvr else ("ctr", "ctcvr")
         return dict.fromkeys(names, mask)
 
-    def compute_output_spec(self, inputs, training=None):
-        shape = tuple(inputs.shape)[:-1] + (1,)
+    def compute_output_shape(self, input_shape):
+        check_one_input(self, input_shape, _ONE_INPUT_HINT)
+        shape = tuple(input_shape)[:-1] + (1,)
         names = ("ctr", "ctcvr", "cvr") if self.return_cvr else ("ctr", "ctcvr")
-        return {name: keras.KerasTensor(shape, dtype="float32") for name in names}
+        return dict.fromkeys(names, shape)
+
+    def compute_output_spec(self, inputs, training=None):
+        check_one_input(self, inputs, _ONE_INPUT_HINT)
+        shapes = self.compute_output_shape(inputs.shape)
+        return {name: keras.KerasTensor(shape, dtype="float32") for name, shape in shapes.items()}
 
     def get_config(self):
         config = super().get_config()

@@ -289,6 +289,15 @@ class ExpertBank(keras.layers.Layer):
             return tuple(out[:-1]) + (self.num_experts, out[-1])
         return shape[:-1] + (self.num_experts, self.units[-1])
 
+    def compute_output_spec(self, inputs, training=None):
+        # A user expert computes in its own dtype policy, not the bank's,
+        # which Keras's default spec would give the output.
+        if not self.experts:
+            return keras.KerasTensor(self.compute_output_shape(inputs.shape), self.compute_dtype)
+        out = self.experts[0].compute_output_spec(inputs)
+        shape = tuple(out.shape[:-1]) + (self.num_experts, out.shape[-1])
+        return keras.KerasTensor(shape, dtype=out.dtype)
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import numpy as np
 from keras import ops
@@ -190,6 +192,39 @@ def make_gate(gate: str, num_experts: int, gate_kwargs: dict | None, name: str, 
     )
 
 
+def gate_arguments(gate: str) -> list[str]:
+    """The arguments that `gate_kwargs` may set for the gate named `gate`.
+
+    They are the gate class's constructor arguments and those of
+    `keras.layers.Layer` (e.g. `trainable`), less the ones the layer sets
+    itself (`num_experts`, `name`, `dtype`).
+
+    Args:
+        gate: `"softmax"` or `"dselect_k"`.
+
+    Returns:
+        The argument names, the gate's own first.
+
+    Example:
+
+    >>> from keras_mtl.layers.gate import gate_arguments
+    >>> gate_arguments("softmax")[:5]
+    ['temperature', 'dropout', 'use_bias', 'kernel_initializer', 'kernel_regularizer']
+    """
+    if gate == "dselect_k":
+        from keras_mtl.layers.dselect_k import DSelectK as gate_class
+    else:
+        gate_class = Gate
+    names = []
+    for init in (gate_class.__init__, keras.layers.Layer.__init__):
+        for parameter in inspect.signature(init).parameters.values():
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            if parameter.name not in ("self", *GATE_RESERVED_ARGS, *names):
+                names.append(parameter.name)
+    return names
+
+
 def check_gate(gate, gate_kwargs) -> tuple[str, dict]:
     """Validates a `gate` name and its `gate_kwargs` (used by MMoE, CGC, PLE).
 
@@ -204,7 +239,8 @@ def check_gate(gate, gate_kwargs) -> tuple[str, dict]:
     Raises:
         ValueError: for an unknown `gate`, `gate_kwargs` that is not a dict,
             that sets an argument the layer sets itself (`num_experts`,
-            `name`, `dtype`), or `"dselect_k"` without `k`.
+            `name`, `dtype`) or one the gate does not have (see
+            `gate_arguments`), or `"dselect_k"` without `k`.
 
     Example:
 
@@ -219,6 +255,10 @@ def check_gate(gate, gate_kwargs) -> tuple[str, dict]:
     Traceback (most recent call last):
     ...
     ValueError: Received an invalid value for `gate_kwargs`, expected gate arguments without ['num_experts'], which the layer sets itself. Received: gate_kwargs={'num_experts': 4}
+    >>> check_gate("softmax", {"temprature": 2.0})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Received an invalid value for `gate_kwargs`, expected arguments of the 'softmax' gate among ['temperature', ...]. Unknown: ['temprature']. Received: gate_kwargs={'temprature': 2.0}
     """
     if gate not in GATE_TYPES:
         raise ValueError(
@@ -239,6 +279,15 @@ def check_gate(gate, gate_kwargs) -> tuple[str, dict]:
         raise ValueError(
             f"Received an invalid value for `gate_kwargs`, expected gate arguments without "
             f"{reserved}, which the layer sets itself. Received: gate_kwargs={gate_kwargs!r}"
+        )
+    # Caught here rather than by Keras when the gates are built, whose message
+    # names neither the layer's argument nor the valid keys.
+    valid = gate_arguments(gate)
+    unknown = [key for key in kwargs if key not in valid]
+    if unknown:
+        raise ValueError(
+            f"Received an invalid value for `gate_kwargs`, expected arguments of the {gate!r} "
+            f"gate among {valid}. Unknown: {unknown}. Received: gate_kwargs={gate_kwargs!r}"
         )
     if gate == "dselect_k" and "k" not in kwargs:
         raise ValueError(

@@ -5,7 +5,13 @@ from __future__ import annotations
 import keras
 
 from keras_mtl._validation import check_bool, check_positive_int, check_rate, check_units
-from keras_mtl.layers.cgc import PER_TASK_HINT, check_one_input
+from keras_mtl.layers.cgc import (
+    PER_TASK_HINT,
+    check_expert_shape,
+    check_one_input,
+    mixed_shape,
+    mixture_output_spec,
+)
 from keras_mtl.layers.expert_bank import ExpertBank, mix_experts
 from keras_mtl.layers.gate import check_gate, make_gate
 
@@ -57,8 +63,9 @@ class MMoE(keras.layers.Layer):
 
     Raises:
         ValueError: for non-positive `num_tasks` or `num_experts`, bad expert
-            arguments, an unknown `gate`, gate arguments such as `k > E`, or
-            (when called) a list of inputs.
+            arguments, an unknown or misspelt `gate` or `gate_kwargs` entry,
+            gate arguments such as `k > E`, or (when called) a list of inputs
+            or an `expert` that does not keep the input's axes but the last.
 
     Example:
 
@@ -115,6 +122,7 @@ class MMoE(keras.layers.Layer):
     def build(self, input_shape):
         check_one_input(self, input_shape, PER_TASK_HINT)
         self.experts.build(tuple(input_shape))
+        check_expert_shape(self, input_shape, self.experts.compute_output_shape(tuple(input_shape)))
         for gate in self.gates:
             gate.build(tuple(input_shape))
 
@@ -128,6 +136,21 @@ class MMoE(keras.layers.Layer):
         if self.return_gate_weights:
             return outputs, weights
         return outputs
+
+    def compute_output_shape(self, input_shape):
+        check_one_input(self, input_shape, PER_TASK_HINT)
+        shape = tuple(input_shape)
+        outputs = [mixed_shape(self.experts.compute_output_shape(shape))] * self.num_tasks
+        if self.return_gate_weights:
+            return outputs, [gate.compute_output_shape(shape) for gate in self.gates]
+        return outputs
+
+    def compute_output_spec(self, inputs, training=None, mask=None):
+        check_one_input(self, inputs, PER_TASK_HINT)
+        dtype = self.experts.compute_output_spec(inputs).dtype
+        return mixture_output_spec(
+            self.compute_output_shape(inputs.shape), dtype, self.return_gate_weights
+        )
 
     def compute_mask(self, inputs, mask=None):
         # Acts per position: every output keeps the input's padding mask.

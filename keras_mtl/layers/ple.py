@@ -63,8 +63,9 @@ class PLE(keras.layers.Layer):
     Raises:
         ValueError: for non-positive `num_tasks`, `num_levels` or expert
             counts, a `num_task_experts` list whose length is not
-            `num_tasks`, bad expert or gate arguments, or (when called) a
-            list of inputs.
+            `num_tasks`, bad expert or gate arguments (an unknown
+            `gate_kwargs` entry included), or (when called) a list of inputs
+            or an `expert` that does not keep the input's axes but the last.
 
     Example:
 
@@ -147,6 +148,20 @@ class PLE(keras.layers.Layer):
         if self.return_gate_weights:
             return h, weights
         return h
+
+    def compute_output_shape(self, input_shape):
+        check_one_input(self, input_shape, PER_TASK_HINT)
+        shape = tuple(input_shape)
+        for level in self.levels:
+            shape, weights = level.compute_output_shape(shape)
+        return (shape, weights) if self.return_gate_weights else shape
+
+    def compute_output_spec(self, inputs, training=None, mask=None):
+        check_one_input(self, inputs, PER_TASK_HINT)
+        h = inputs
+        for level in self.levels:
+            h, weights = level.compute_output_spec(h)
+        return (h, weights) if self.return_gate_weights else h
 
     def compute_mask(self, inputs, mask=None):
         # Acts per position: every output keeps the input's padding mask.
