@@ -16,6 +16,9 @@ Rows:
     plain                Keras functional model, losses summed by Keras
     bare_loop            plain Keras with a hand-written train_step: T tape.gradient calls, summed,
                          no Jacobian, no balancer, no masking: the floor under any per-task mode
+    bare_jacobian        bare_loop, but the trunk's per-task gradients become the (T, P) matrix the
+                         Balancer contract asks for, and its column sums w^T J the trunk's update:
+                         the floor under the "loop" mode
     bare_vectorized      the same per-task gradients, with the T trunk backward passes vectorised
                          (tf.vectorized_map over the gradients of the trunk output): larger matmuls
     ew                   MultiTaskModel with balancer="ew" (one backward pass)
@@ -52,6 +55,7 @@ import keras_mtl  # noqa: E402
 from keras_mtl.balancers import Balancer, BalanceResult  # noqa: E402
 from keras_mtl.balancers.base import weighted_direction  # noqa: E402
 from keras_mtl.demo import StepTimer  # noqa: E402
+from keras_mtl.gradients.flatten import jacobian_rows, unflatten  # noqa: E402
 
 
 class LinearJacobian(Balancer):
@@ -81,6 +85,25 @@ class BareLoop(keras.Model):
         per_task = [tape.gradient(loss, variables) for loss in losses]
         grads = _summed(per_task)
         self.optimizer.apply(grads, variables)
+        self._loss_tracker.update_state(tf.add_n(losses))
+        return {"loss": self._loss_tracker.result()}
+
+
+class BareJacobian(keras.Model):
+    """`BareLoop` with the trunk's gradients as a Jacobian matrix: the floor under `"loop"`."""
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape(persistent=True) as tape:
+            pred = self(x, training=True)
+            losses = [ops.mean(ops.square(pred[k] - y[k])) for k in sorted(pred)]
+        trunk = [v for v in self.trainable_variables if v.path.startswith("trunk_")]
+        towers = [v for v in self.trainable_variables if not v.path.startswith("trunk_")]
+        per_task = [tape.gradient(loss, trunk + towers) for loss in losses]
+        jacobian = jacobian_rows([g[: len(trunk)] for g in per_task], trunk)
+        direction = tf.matmul(tf.ones((1, len(losses))), jacobian)[0]
+        grads = unflatten(direction, trunk) + _summed([g[len(trunk) :] for g in per_task])
+        self.optimizer.apply(grads, trunk + towers)
         self._loss_tracker.update_state(tf.add_n(losses))
         return {"loss": self._loss_tracker.result()}
 
@@ -132,7 +155,8 @@ def build(num_tasks: int, plain: bool, width: int, input_dim: int, cls=None):
 
 
 def configs(num_tasks: int, balancers: list[str], modes: list[str], rep_balancers: list[str]):
-    rows = [("plain", None, None), ("bare_loop", None, None), ("bare_vectorized", None, None)]
+    bare = ["bare_loop", "bare_jacobian", "bare_vectorized"]
+    rows = [("plain", None, None)] + [(name, None, None) for name in bare]
     rows += [("ew", "ew", "auto")]
     rows += [(mode, "linear", mode) for mode in modes]
     rows += [(b, b, "auto") for b in balancers]
@@ -142,7 +166,11 @@ def configs(num_tasks: int, balancers: list[str], modes: list[str], rep_balancer
 
 def make(num_tasks, name, balancer, mode, width, input_dim):
     keras.utils.set_random_seed(0)
-    bare = {"bare_loop": BareLoop, "bare_vectorized": BareVectorized}.get(name)
+    bare = {
+        "bare_loop": BareLoop,
+        "bare_jacobian": BareJacobian,
+        "bare_vectorized": BareVectorized,
+    }.get(name)
     model = build(
         num_tasks,
         plain=name == "plain" or bare is not None,

@@ -48,6 +48,7 @@ def test_quick_run_prints_every_row_and_the_matmul_line(capsys):
         "plain matmuls",
         "bare_loop",
         "bare_loop matmuls",
+        "bare_jacobian",
         "bare_vectorized",
         "ew",
         "loop",
@@ -79,18 +80,20 @@ def test_matmul_replay_runs_the_given_shapes_and_transposes():
         step_time.MatmulReplay([(a, b, False, False)])
 
 
-def test_the_vectorised_bare_step_takes_the_bare_loop_step():
-    # The same update, the trunk's per-task backward passes vectorised; the extra "rep" output
-    # of the vectorised model holds no variables, so the weight lists line up.
+@pytest.mark.parametrize("name", ["bare_jacobian", "bare_vectorized"])
+def test_the_other_bare_steps_take_the_bare_loop_step(name):
+    # The same update, through the Jacobian matrix or with the trunk's per-task backward passes
+    # vectorised; the extra "rep" output of the vectorised model holds no variables, so the
+    # weight lists line up.
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 12)).astype("float32")
     y = {f"t{t}": rng.normal(size=(8, 1)).astype("float32") for t in range(3)}
     after = {}
-    for name in ("bare_loop", "bare_vectorized"):
-        model = step_time.make(3, name, None, None, 16, 12)
+    for config in ("bare_loop", name):
+        model = step_time.make(3, config, None, None, 16, 12)
         before = [np.array(v) for v in model.trainable_variables]
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
-        after[name] = [np.array(v) for v in model.trainable_variables]
-        assert not any(np.allclose(a, b) for a, b in zip(before, after[name], strict=True))
-    for a, b in zip(after["bare_loop"], after["bare_vectorized"], strict=True):
+        after[config] = [np.array(v) for v in model.trainable_variables]
+        assert not any(np.allclose(a, b) for a, b in zip(before, after[config], strict=True))
+    for a, b in zip(after["bare_loop"], after[name], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
