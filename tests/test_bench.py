@@ -279,10 +279,11 @@ def test_stl_cache_key_changes_with_every_setting(monkeypatch):
     from keras_mtl.bench import runner
     from keras_mtl.bench.runner import _stl_key
 
+    data = "0" * 32  # a data fingerprint
     base = BenchConfig(dataset="synthetic", max_train=100, max_eval=50)
-    key = _stl_key(base, "mmoe", "a", 0)
+    key = _stl_key(base, "mmoe", "a", 0, data)
     assert key == _stl_key(
-        BenchConfig(dataset="synthetic", max_train=100, max_eval=50), "mmoe", "a", 0
+        BenchConfig(dataset="synthetic", max_train=100, max_eval=50), "mmoe", "a", 0, data
     )
     changed = {
         "dataset": "census_income",
@@ -294,13 +295,15 @@ def test_stl_cache_key_changes_with_every_setting(monkeypatch):
     }
     for field, value in changed.items():
         other = BenchConfig(**{**vars(base), field: value})
-        assert _stl_key(other, "mmoe", "a", 0) != key, field
-    assert _stl_key(base, "shared_bottom", "a", 0) != key
-    assert _stl_key(base, "mmoe", "b", 0) != key
-    assert _stl_key(base, "mmoe", "a", 1) != key
+        assert _stl_key(other, "mmoe", "a", 0, data) != key, field
+    assert _stl_key(base, "shared_bottom", "a", 0, data) != key
+    assert _stl_key(base, "mmoe", "b", 0, data) != key
+    assert _stl_key(base, "mmoe", "a", 1, data) != key
+    # Other data (another data_dir, a changed file) is another key.
+    assert _stl_key(base, "mmoe", "a", 0, "1" * 32) != key
     # A new cache version (a change to how baselines train) retires old entries.
     monkeypatch.setattr(runner, "CACHE_VERSION", runner.CACHE_VERSION + 1)
-    assert _stl_key(base, "mmoe", "a", 0) != key
+    assert _stl_key(base, "mmoe", "a", 0, data) != key
 
 
 def test_problem_task_specs_and_metric_directions(monkeypatch):

@@ -85,7 +85,10 @@ def test_a_diverging_run_is_recorded_as_failed_and_the_others_are_kept(tmp_path,
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r.get("error", "") != "" for r in saved["runs"]] == [False, True, False]
     assert saved["runs"][0]["metrics"] == {"a": 1.0, "b": 1.0}
-    assert math.isnan(saved["runs"][1]["metrics"]["a"])
+    # Strict JSON: the failed run's scores are null, read back as NaN.
+    assert saved["runs"][1]["metrics"]["a"] is None
+    loaded = report.read_results(str(tmp_path / "out" / "results.json"))
+    assert math.isnan(loaded["runs"][1]["metrics"]["a"])
     table = report.table(results)
     assert "| shared_bottom | uw | failed: Non-finite task loss |" in table
     assert (

@@ -239,8 +239,10 @@ def write(results: dict, out_dir: str, plot: bool = True) -> list[str]:
     """Writes results.json, results.csv and pareto.png into `out_dir`.
 
     Each file is replaced whole, so that rewriting them after every run
-    never leaves a truncated file. Without matplotlib the plot is skipped
-    with a warning.
+    never leaves a truncated file. results.json is strict JSON: a NaN or
+    infinite number (a failed run, an undefined score) is written as `null`,
+    which `read_results` reads back as NaN. Without matplotlib the plot is
+    skipped with a warning.
 
     Args:
         results: the dict returned by `summarize`.
@@ -277,7 +279,7 @@ def write(results: dict, out_dir: str, plot: bool = True) -> list[str]:
     mmoe,ew,0,0.88,0.45,2.0,
     mmoe,mgda,0,0.72,0.55,3.0,
     """
-    replace_file(os.path.join(out_dir, "results.json"), json.dumps(results, indent=2))
+    replace_file(os.path.join(out_dir, "results.json"), to_json(results, indent=2))
     tasks = list(results["tasks"])
     lines = io.StringIO()
     writer = csv.writer(lines)
@@ -307,6 +309,96 @@ def write(results: dict, out_dir: str, plot: bool = True) -> list[str]:
                 stacklevel=2,
             )
     return written
+
+
+def to_json(value, **kwargs) -> str:
+    """`json.dumps` of `value` as strict JSON: NaN and infinities become `null`.
+
+    Python's default writes `NaN` and `Infinity`, which are not JSON and
+    which strict parsers (JavaScript's `JSON.parse`, `jq`, many others)
+    reject. Path objects are written as their string.
+
+    Args:
+        value: dicts, lists, tuples, strings, numbers, bools, `None` and
+            `os.PathLike`s.
+        **kwargs: further arguments of `json.dumps` (`indent`, ...).
+
+    Returns:
+        The JSON text.
+
+    Raises:
+        TypeError: for a value JSON cannot hold.
+
+    Example:
+
+    >>> from keras_mtl.bench.report import to_json
+    >>> to_json({"a": float("nan"), "b": (1.5, float("inf"))})
+    '{"a": null, "b": [1.5, null]}'
+    """
+    return json.dumps(_strict(value), allow_nan=False, **kwargs)
+
+
+def _strict(value):
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def read_results(path: str) -> dict:
+    """Reads a results.json written by `write`, its `null` scores back as NaN.
+
+    The scores, Δm and epoch times of the runs, rows and STL baselines that
+    were NaN (or infinite) when written are `null` in the file and NaN
+    here, so the dict can be passed to `table` and `plot_pareto` as
+    `summarize` returned it (pairs come back as lists). `time_vs_ew` stays
+    `None` where it was. Files of older versions, with `NaN` literals, are
+    read as well.
+
+    Args:
+        path: the results.json file.
+
+    Returns:
+        The results dict.
+
+    Raises:
+        OSError: when the file cannot be read.
+        ValueError: when it is not JSON.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> from keras_mtl.bench.report import read_results, replace_file, to_json
+    >>> path = os.path.join(tempfile.mkdtemp(), "results.json")
+    >>> replace_file(path, to_json({"tasks": {"a": {}}, "stl": {}, "rows": [],
+    ...     "runs": [{"metrics": {"a": float("nan")}, "epoch_seconds": float("nan")}]}))
+    >>> read_results(path)["runs"]
+    [{'metrics': {'a': nan}, 'epoch_seconds': nan}]
+    """
+    with open(path, encoding="utf-8") as f:
+        results = json.load(f)
+    tasks = list(results.get("tasks", ()))
+
+    def number(value):
+        return math.nan if value is None else value
+
+    for run in results.get("runs", ()):
+        run["metrics"] = {t: number(v) for t, v in run.get("metrics", {}).items()}
+        if "epoch_seconds" in run:
+            run["epoch_seconds"] = number(run["epoch_seconds"])
+    for row in results.get("rows", ()):
+        for key in [*tasks, "delta_m"]:
+            if isinstance(row.get(key), list):
+                row[key] = [number(v) for v in row[key]]
+        if "epoch_seconds" in row:
+            row["epoch_seconds"] = number(row["epoch_seconds"])
+    results["stl"] = {k: [number(v) for v in pair] for k, pair in results.get("stl", {}).items()}
+    return results
 
 
 def replace_file(path: str, text: str) -> None:

@@ -20,7 +20,8 @@ from keras_mtl.bench.architectures import ARCHITECTURES, build_model
 from keras_mtl.bench.problems import LOADERS, Problem, load_problem
 from keras_mtl.bench.scores import score
 
-CACHE_VERSION = 1
+# 2: the key holds a fingerprint of the data (`data_fingerprint`).
+CACHE_VERSION = 2
 # A job's progress line waits this long after its previous one.
 PROGRESS_SECONDS = 10.0
 
@@ -225,9 +226,55 @@ def train_one(
     return {"metrics": metrics, "epoch_seconds": statistics.median(steady)}
 
 
-def _stl_key(config: BenchConfig, arch: str, task: str, seed: int) -> str:
+def data_fingerprint(problem: Problem) -> str:
+    """A hash of every array of `problem`'s splits: shapes, dtypes and bytes.
+
+    Part of the STL cache key: a baseline trained on other data (another
+    `data_dir`, a changed file, another loader version) is not reused. It
+    reads each array once (about a second for the 600 MB of Census-Income).
+
+    Args:
+        problem: the loaded problem (after any `max_train` / `max_eval`
+            subsampling).
+
+    Returns:
+        32 hexadecimal digits.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.bench.problems import Problem, TaskSpec
+    >>> from keras_mtl.bench.runner import data_fingerprint
+    >>> spec = TaskSpec(1, None, "mse", "mse", False)
+    >>> x, y = np.zeros((4, 2), "float32"), {"a": np.ones((4, 1), "float32")}
+    >>> one = data_fingerprint(Problem("toy", {"a": spec}, (x, y), None, (x, y), "mlp"))
+    >>> other = data_fingerprint(Problem("toy", {"a": spec}, (x + 1, y), None, (x, y), "mlp"))
+    >>> len(one), one == other
+    (32, False)
+    """
+    digest = hashlib.blake2b(digest_size=16)
+
+    def add(value):
+        if isinstance(value, dict):
+            for key in sorted(value):
+                digest.update(f"<{key}>".encode())
+                add(value[key])
+            return
+        array = np.ascontiguousarray(value)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.reshape(-1).view("uint8") if array.size else b"")
+
+    for name, split in (("train", problem.train), ("val", problem.val), ("test", problem.test)):
+        digest.update(f"[{name}]".encode())
+        if split is not None:
+            add({"x": split[0], "y": split[1]})
+    return digest.hexdigest()
+
+
+def _stl_key(config: BenchConfig, arch: str, task: str, seed: int, fingerprint: str) -> str:
     fields = {
         "v": CACHE_VERSION,
+        "data": fingerprint,
         "dataset": config.dataset,
         "arch": arch,
         "task": task,
@@ -259,8 +306,11 @@ def run_bench(config: BenchConfig, print_fn=print) -> dict:
     A job that diverges (a non-finite loss or update) is recorded as a
     failed run with NaN metrics and its error, and the bench goes on.
     results.json and results.csv are rewritten after every job, so that an
-    interruption keeps the finished runs. STL baselines are cached in
-    `config.cache_dir`; a damaged cache file is reported and retrained.
+    interruption keeps the finished runs; NaN is written to results.json as
+    `null` (strict JSON; `report.read_results` reads it back as NaN). STL
+    baselines are cached in `config.cache_dir`, keyed by the configuration
+    and a fingerprint of the data (`data_fingerprint`); a damaged cache
+    file is reported and retrained.
 
     Returns:
         The results dict also written to `results.json`.
@@ -309,9 +359,10 @@ def run_bench(config: BenchConfig, print_fn=print) -> dict:
         print_fn(f"    {line}")
 
     stl: dict = {}
+    fingerprint = data_fingerprint(problem) if stl_jobs else ""
     for arch, task, seed in stl_jobs:
         done += 1
-        path = os.path.join(cache, f"stl_{_stl_key(config, arch, task, seed)}.json")
+        path = os.path.join(cache, f"stl_{_stl_key(config, arch, task, seed, fingerprint)}.json")
         value = _read_cached(path, print_fn) if os.path.exists(path) else None
         source = "cached"
         if value is None:
@@ -323,7 +374,8 @@ def run_bench(config: BenchConfig, print_fn=print) -> dict:
                 value, source = math.nan, f"failed: {_message(error)}"
             else:
                 # Whole or not at all: a truncated file would be read by every later bench.
-                report.replace_file(path, json.dumps(value))
+                # Strict JSON: an undefined score (NaN) is written as null.
+                report.replace_file(path, report.to_json(value))
                 source = "trained"
         stl[(arch, task, seed)] = value
         print_fn(
@@ -386,7 +438,10 @@ def _writable_dir(name: str, path: str) -> str:
 
 
 def _read_cached(path: str, print_fn) -> float | None:
-    """The cached STL score in `path`, or `None` (with a warning) when the file is unreadable."""
+    """The cached STL score in `path`, or `None` (with a warning) when the file is unreadable.
+
+    `null` is an undefined score (NaN), as `report.to_json` writes it.
+    """
     try:
         with open(path) as f:
             value = json.load(f)
@@ -394,6 +449,8 @@ def _read_cached(path: str, print_fn) -> float | None:
         # ValueError: a truncated or otherwise damaged file (JSONDecodeError, bad UTF-8).
         print_fn(f"Warning: ignoring the unreadable STL cache file {path} ({error}); retraining.")
         return None
+    if value is None:
+        return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         print_fn(
             f"Warning: ignoring the STL cache file {path}: expected a number, "

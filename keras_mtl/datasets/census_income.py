@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from keras_mtl._validation import check_numpy_seed
+from keras_mtl._validation import check_numpy_seed, check_positive_int, is_integer
 from keras_mtl.datasets.data_files import (
     DataFile,
     gunzip,
@@ -123,6 +123,8 @@ def _read(path: str, data_file: DataFile) -> list[list[str]]:
     ncol = len(COLUMNS)
     with reading(path, data_file):
         lines = [line for line in text.splitlines() if line]
+        if not lines:
+            raise ValueError("the file has no rows")
         # Fast path: the UCI files separate fields by exactly ", " and no value
         # contains a comma, so one split and strided slices give the columns.
         flat = ", ".join(lines).split(", ")
@@ -137,7 +139,34 @@ def _read(path: str, data_file: DataFile) -> list[list[str]]:
                 f"expected {ncol} comma-separated columns per row, row {bad[0]} has "
                 f"{len(rows[bad[0]])}"
             )
-    return [list(c) for c in zip(*rows, strict=True)]
+        cols = [list(c) for c in zip(*rows, strict=True)]
+        # Any other label would silently read as income <= 50K.
+        labels = ("- 50000.", "50000+.")
+        unknown = [i for i, v in enumerate(cols[-1]) if v.strip() not in labels]
+        if unknown:
+            raise ValueError(
+                f"column 'income', row {unknown[0]}: {cols[-1][unknown[0]]!r} is not one of "
+                f"{list(labels)}"
+            )
+    return cols
+
+
+def _numbers(values: list[str], column: str, path: str, data_file: DataFile) -> np.ndarray:
+    """A continuous column as float64; a field that is not a finite number is a corrupt file."""
+    with reading(path, data_file):
+        try:
+            numbers = np.asarray(values, dtype="float64")
+        except ValueError:
+            numbers = None
+        if numbers is None or not np.isfinite(numbers).all():
+            for row, value in enumerate(values):
+                try:
+                    if np.isfinite(float(value)):
+                        continue
+                except ValueError:
+                    pass
+                raise ValueError(f"column {column!r}, row {row}: {value!r} is not a finite number")
+    return numbers
 
 
 def load_data(
@@ -187,9 +216,12 @@ def load_data(
         as a fourth element when `return_info`.
 
     Raises:
-        ValueError: for an unknown `group`, an invalid `seed`, or a
-            truncated or corrupt file (the message names it and its
-            official SHA-256).
+        ValueError: for an unknown `group`, an invalid `seed` or
+            `batch_size` (checked before the files are read), or a
+            truncated or corrupt file: one that is not gzip, has rows of
+            the wrong width, an unknown income label or a continuous field
+            that is not a finite number (the message names the file, the
+            column and value where there is one, and its official SHA-256).
         FileNotFoundError: when `data_dir` does not exist, or the files are
             missing and cannot be downloaded.
 
@@ -203,13 +235,15 @@ def load_data(
         Ma et al., "Modeling Task Relationships in Multi-task Learning with
         Multi-gate Mixture-of-Experts", KDD 2018.
     """
-    if group not in TASK_GROUPS:
+    # `True == 1` and `1.0 == 1`: without the type check they would pass as group 1.
+    if not is_integer(group) or group not in TASK_GROUPS:
         raise ValueError(
             "Received an invalid value for `group`, expected one of "
             f"{sorted(TASK_GROUPS)}. Received: group={group!r}"
         )
     seed = check_numpy_seed(seed)
-    tasks = TASK_GROUPS[group]
+    batch_size = check_positive_int("batch_size", batch_size)
+    tasks = TASK_GROUPS[int(group)]
     paths = locate_files(SUBDIR, FILES, data_dir=data_dir, download=download, cache_dir=cache_dir)
     train_file, test_file = FILES
     train_cols = _read(paths[train_file.name], train_file)
@@ -225,8 +259,10 @@ def load_data(
     categorical = [c for c in features if c not in NUMERIC]
 
     n_train, n_rest = len(train_cols[0]), len(test_cols[0])
-    num_train = np.stack([np.asarray(train_cols[col[c]], dtype="float64") for c in numeric], 1)
-    num_rest = np.stack([np.asarray(test_cols[col[c]], dtype="float64") for c in numeric], 1)
+    num_train, num_rest = (
+        np.stack([_numbers(cols[col[c]], c, paths[f.name], f) for c in numeric], 1)
+        for cols, f in ((train_cols, train_file), (test_cols, test_file))
+    )
     mean = num_train.mean(axis=0)
     std = num_train.std(axis=0)
     std = np.where(std > 0, std, 1.0)

@@ -418,18 +418,23 @@ def to_tf_dataset(
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def read_numeric_csv(path: str) -> tuple[list[str], np.ndarray]:
+def read_numeric_csv(path: str, data_file: DataFile | None = None) -> tuple[list[str], np.ndarray]:
     """Reads a headed CSV of numbers (no quoting) into its column names and a float64 array.
 
     Args:
         path: the file.
+        data_file: its `DataFile`, or `None`. When given, a file that cannot
+            be decoded or parsed raises `corrupt_file_error` (naming the
+            file, its official SHA-256 and the remedy) instead of the bare
+            error.
 
     Returns:
         `(names, values)` with `values` of shape `(rows, len(names))`.
 
     Raises:
-        ValueError: when a row has the wrong number of fields or a field is
-            not a number.
+        OSError: when the file cannot be opened.
+        ValueError: when the file is empty or not UTF-8 text, a row has the
+            wrong number of fields or a field is not a number.
 
     Example:
 
@@ -446,8 +451,19 @@ def read_numeric_csv(path: str) -> tuple[list[str], np.ndarray]:
     ...
     ValueError: ...t.csv: row 2 has 1 fields, expected 2.
     """
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f if line.strip()]
+    # Opened outside `reading`: a file that cannot be opened is not corrupt.
+    with open(path, "rb") as f:
+        raw = f.read()
+    if data_file is None:
+        return _parse_numeric_csv(path, raw)
+    with reading(path, data_file):
+        return _parse_numeric_csv(path, raw)
+
+
+def _parse_numeric_csv(path: str, raw: bytes) -> tuple[list[str], np.ndarray]:
+    lines = [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path}: the file is empty, expected a header row of column names.")
     names = lines[0].split(",")
     rows = [line.split(",") for line in lines[1:]]
     for i, r in enumerate(rows):

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from keras_mtl._validation import check_number, check_numpy_seed
-from keras_mtl.datasets.data_files import DataFile, locate_files, to_tf_dataset
+from keras_mtl._validation import check_number, check_numpy_seed, check_positive_int
+from keras_mtl.datasets.data_files import DataFile, locate_files, reading, to_tf_dataset
 
 SUBDIR = "multilabel"
 FILES = (
@@ -23,7 +23,9 @@ NUM_FEATURES = 72
 NUM_LABELS = 6
 
 
-def read_arff(path: str) -> tuple[list[tuple[str, str]], np.ndarray]:
+def read_arff(
+    path: str, data_file: DataFile | None = None
+) -> tuple[list[tuple[str, str]], np.ndarray]:
     """Reads a numeric ARFF file (dense or sparse rows).
 
     Nominal attributes must have numeric values (as MULAN's `{0,1}` labels);
@@ -31,12 +33,16 @@ def read_arff(path: str) -> tuple[list[tuple[str, str]], np.ndarray]:
 
     Args:
         path: the `.arff` file.
+        data_file: its `DataFile`, or `None`. When given, a malformed file
+            raises `corrupt_file_error` (naming the file and the remedy)
+            instead of the bare error.
 
     Returns:
         `(attributes, data)`: a list of `(name, type)` and a float64 array
         `(rows, len(attributes))`.
 
     Raises:
+        OSError: when the file cannot be opened.
         ValueError: for a malformed file.
 
     Example:
@@ -51,41 +57,57 @@ def read_arff(path: str) -> tuple[list[tuple[str, str]], np.ndarray]:
     >>> attrs, data.tolist()
     ([('a', 'numeric'), ('b c', '{0,1}')], [[1.5, 1.0], [2.0, 0.0]])
     """
+    # Opened outside `reading`: a file that cannot be opened is not corrupt.
+    with open(path, "rb") as f:
+        raw = f.read()
+    if data_file is None:
+        return _parse_arff(path, raw)
+    with reading(path, data_file):
+        return _parse_arff(path, raw)
+
+
+def _parse_arff(path: str, raw: bytes) -> tuple[list[tuple[str, str]], np.ndarray]:
     attributes: list[tuple[str, str]] = []
     rows: list[list[float]] = []
     in_data = False
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line or line.startswith("%"):
-                continue
-            if not in_data:
-                key = line.split(None, 1)[0].lower()
-                if key == "@attribute":
+    for number, text in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        line = text.strip()
+        if not line or line.startswith("%"):
+            continue
+        if not in_data:
+            key = line.split(None, 1)[0].lower()
+            if key == "@attribute":
+                try:
                     rest = line.split(None, 1)[1].strip()
                     if rest[0] in "'\"":
                         end = rest.index(rest[0], 1)
                         name, kind = rest[1:end], rest[end + 1 :].strip()
                     else:
                         name, kind = rest.split(None, 1)
-                    attributes.append((name, kind.strip()))
-                elif key == "@data":
-                    in_data = True
-                continue
-            try:
-                if line.startswith("{"):
-                    row = [0.0] * len(attributes)
-                    for item in line.strip("{}").split(","):
-                        if item.strip():
-                            index, value = item.split()
-                            row[int(index)] = float("nan") if value == "?" else float(value)
-                else:
-                    row = [float("nan") if v.strip() == "?" else float(v) for v in line.split(",")]
-            except ValueError as e:
-                raise ValueError(f"{path}:{number}: cannot read the data row ({e}).") from e
-            if len(row) != len(attributes):
-                raise ValueError(f"{path}:{number}: {len(row)} values, expected {len(attributes)}.")
-            rows.append(row)
+                except (IndexError, ValueError) as e:
+                    raise ValueError(f"{path}:{number}: malformed @attribute line {line!r}.") from e
+                attributes.append((name, kind.strip()))
+            elif key == "@data":
+                in_data = True
+            continue
+        try:
+            if line.startswith("{"):
+                row = [0.0] * len(attributes)
+                for item in line.strip("{}").split(","):
+                    if item.strip():
+                        index, value = item.split()
+                        if not 0 <= int(index) < len(attributes):
+                            raise ValueError(
+                                f"attribute index {index} out of range [0, {len(attributes)})"
+                            )
+                        row[int(index)] = float("nan") if value == "?" else float(value)
+            else:
+                row = [float("nan") if v.strip() == "?" else float(v) for v in line.split(",")]
+        except ValueError as e:
+            raise ValueError(f"{path}:{number}: cannot read the data row ({e}).") from e
+        if len(row) != len(attributes):
+            raise ValueError(f"{path}:{number}: {len(row)} values, expected {len(attributes)}.")
+        rows.append(row)
     if not in_data:
         raise ValueError(f"{path}: no @data section.")
     return attributes, np.asarray(rows, dtype="float64").reshape(len(rows), len(attributes))
@@ -129,8 +151,9 @@ def load_data(
         info dict when `return_info`.
 
     Raises:
-        ValueError: for an invalid `test_fraction` or `seed`, or a malformed
-            file.
+        ValueError: for an invalid `test_fraction`, `seed` or `batch_size`
+            (checked before the file is read), or a truncated or malformed
+            file (the message names it and the remedy).
         FileNotFoundError: when `data_dir` does not exist or the file is
             missing.
 
@@ -148,13 +171,26 @@ def load_data(
         "test_fraction", test_fraction, "a float in [0, 1)", lambda v: not 0 <= v < 1
     )
     seed = check_numpy_seed(seed)
+    batch_size = check_positive_int("batch_size", batch_size)
     paths = locate_files(SUBDIR, FILES, data_dir=data_dir, download=download, cache_dir=cache_dir)
-    attributes, data = read_arff(paths["emotions.arff"])
-    if len(attributes) != NUM_FEATURES + NUM_LABELS:
-        raise ValueError(
-            f"emotions.arff: expected {NUM_FEATURES + NUM_LABELS} attributes, "
-            f"found {len(attributes)}."
-        )
+    (data_file,) = FILES
+    path = paths[data_file.name]
+    attributes, data = read_arff(path, data_file)
+    with reading(path, data_file):
+        if len(attributes) != NUM_FEATURES + NUM_LABELS:
+            raise ValueError(
+                f"expected {NUM_FEATURES + NUM_LABELS} attributes, found {len(attributes)}"
+            )
+        if len(data) == 0:
+            raise ValueError("no data rows")
+        labels = data[:, NUM_FEATURES:]
+        bad = ~np.isin(labels, (0.0, 1.0))
+        if bad.any():
+            row, column = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"label {attributes[NUM_FEATURES + column][0]!r} of data row {row + 1} is "
+                f"{float(labels[row, column])!r}, expected 0 or 1"
+            )
     tasks = tuple(name.replace("-", "_") for name, _ in attributes[NUM_FEATURES:])
     x_all = data[:, :NUM_FEATURES]
     y_all = data[:, NUM_FEATURES:]

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from keras_mtl._validation import check_integer, check_numpy_seed
+from keras_mtl._validation import check_integer, check_numpy_seed, check_positive_int
 from keras_mtl.datasets.data_files import DataFile, gunzip, locate_files, reading, to_tf_dataset
 
 TASKS = ("left", "right")
@@ -277,8 +277,9 @@ def load_data(
         `return_info`.
 
     Raises:
-        ValueError: for an unknown variant, an invalid `seed`, or a
-            truncated or corrupt source file.
+        ValueError: for an unknown variant, an invalid `seed`,
+            `right_offset` or `batch_size` (checked before the files are
+            read), or a truncated or corrupt source file.
         FileNotFoundError: when `data_dir` does not exist or the source
             files are missing.
 
@@ -299,6 +300,14 @@ def load_data(
             f"Received: variant={variant!r}"
         )
     seed = check_numpy_seed(seed)
+    # Checked before the source files are read and decoded (seconds), not after.
+    check_integer(
+        "right_offset",
+        right_offset,
+        f"an integer in [0, {CANVAS - SIZE}]",
+        lambda v: not 0 <= v <= CANVAS - SIZE,
+    )
+    batch_size = check_positive_int("batch_size", batch_size)
     left_name, right_name = {
         "mnist": ("mnist", "mnist"),
         "fashion": ("fashion", "fashion"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 
@@ -236,8 +237,12 @@ def descriptors(types: np.ndarray, positions: np.ndarray, adjacency: np.ndarray)
 
 def _cache_path(cache_dir, sources: dict[str, str]) -> str:
     root = cache_root(cache_dir)
-    sizes = "_".join(str(os.path.getsize(sources[f.name])) for f in FILES[:2])
-    return os.path.join(root, SUBDIR, f"qm9_parsed_v{_CACHE_VERSION}_{sizes}.npz")
+    stats = [os.stat(sources[f.name]) for f in FILES[:2]]
+    sizes = "_".join(str(st.st_size) for st in stats)
+    # Sizes alone would reuse the arrays of a file edited or replaced in place
+    # with one of the same size; the modification times tell them apart.
+    stamp = hashlib.sha256(" ".join(str(st.st_mtime_ns) for st in stats).encode()).hexdigest()
+    return os.path.join(root, SUBDIR, f"qm9_parsed_v{_CACHE_VERSION}_{sizes}_{stamp[:12]}.npz")
 
 
 def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict[str, np.ndarray]:
@@ -246,7 +251,9 @@ def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict
     Args:
         paths: file name -> path, as returned by `locate_files`.
         cache_dir: cache root; the parsed arrays go to
-            `cache_dir/qm9/qm9_parsed_v1_<sizes>.npz` (default root
+            `cache_dir/qm9/qm9_parsed_v1_<sizes>_<stamp>.npz`, named by the
+            two tables' sizes and modification times, so that a changed
+            table is parsed again (default root
             `~/.keras/datasets/keras_mtl`).
         use_cache: read and write the cache.
 
@@ -391,8 +398,9 @@ def load_data(
         info dict when `return_info`.
 
     Raises:
-        ValueError: for unknown `features` or `targets`, or truncated,
-            corrupt or inconsistent files.
+        ValueError: for unknown `features` or `targets`, an invalid
+            `num_train` or `batch_size` (checked before the files are read),
+            or truncated, corrupt or inconsistent files.
         FileNotFoundError: when `data_dir` does not exist or the files are
             missing.
 
@@ -420,6 +428,7 @@ def load_data(
             f"{tuple(TARGETS)}. Received: targets={targets!r}"
         )
     num_train = check_positive_int("num_train", num_train, allow_none=True)
+    batch_size = check_positive_int("batch_size", batch_size)
     paths = locate_files(SUBDIR, FILES, data_dir=data_dir, download=download, cache_dir=cache_dir)
     data = parse(paths, cache_dir=cache_dir, use_cache=use_cache)
     n = len(data["mol_id"])

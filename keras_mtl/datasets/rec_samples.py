@@ -7,7 +7,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from keras_mtl.datasets.data_files import DataFile, locate_files, read_numeric_csv, to_tf_dataset
+from keras_mtl._validation import check_positive_int
+from keras_mtl.datasets.data_files import (
+    DataFile,
+    locate_files,
+    read_numeric_csv,
+    reading,
+    to_tf_dataset,
+)
 
 SUBDIR = "rec_samples"
 
@@ -52,8 +59,13 @@ def load_splits(
 
     Raises:
         FileNotFoundError: when a file is missing.
-        ValueError: when the tables' columns differ, a label column is
-            missing, or a field is not a number.
+        ValueError: for an invalid `batch_size` (checked before any file is
+            read); when the tables' columns differ or a label column is
+            missing; or when a table is truncated or corrupt: not UTF-8
+            text, no header, no data row, a field that is not a number, a
+            sparse id that is not a non-negative integer or a label that is
+            not 0, 1 or NaN (the message names the file, its official
+            SHA-256 and the remedy).
 
     Example:
 
@@ -72,8 +84,9 @@ def load_splits(
     >>> info["vocabulary_sizes"]  # the largest id over both splits, plus one
     {'id': 10}
     """
+    batch_size = check_positive_int("batch_size", batch_size)
     paths = locate_files(SUBDIR, files, data_dir=data_dir, download=download, cache_dir=cache_dir)
-    tables = [read_numeric_csv(paths[f.name]) for f in files]
+    tables = [read_numeric_csv(paths[f.name], f) for f in files]
     names = tables[0][0]
     for f, (other, _) in zip(files, tables, strict=True):
         if other != names:
@@ -84,6 +97,9 @@ def load_splits(
     sparse = [c for c in names if is_sparse(c)]
     dense = [c for c in names if is_dense(c)]
     col = {c: i for i, c in enumerate(names)}
+    for f, (_, values) in zip(files, tables, strict=True):
+        with reading(paths[f.name], f):
+            _check_values(values, sparse, tasks, col)
     out = []
     for _, values in tables:
         x = {
@@ -109,3 +125,26 @@ def load_splits(
         }
         return (*result, info)
     return result
+
+
+def _check_values(values: np.ndarray, sparse, tasks, col) -> None:
+    """Raises `ValueError` for a table without rows, a sparse id that is not a
+    non-negative integer, or a label that is not 0, 1 or NaN (a missing label)."""
+    if len(values) == 0:
+        raise ValueError("no data rows below the header")
+    for c in sparse:
+        v = values[:, col[c]]
+        bad = ~(np.isfinite(v) & (v >= 0) & (v == np.floor(v)) & (v <= np.iinfo("int32").max))
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(
+                f"column {c!r}, data row {row + 1}: {float(v[row])!r} is not a non-negative integer id"
+            )
+    for t in tasks:
+        v = values[:, col[t]]
+        bad = ~(np.isnan(v) | (v == 0) | (v == 1))
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(
+                f"label column {t!r}, data row {row + 1}: {float(v[row])!r} is not 0 or 1"
+            )
