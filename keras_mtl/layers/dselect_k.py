@@ -60,13 +60,16 @@ class DSelectK(keras.layers.Layer):
         weights = sum_i softmax(alpha)_i r(z^(i)),
 
     with at most k non-zero entries once saturated. In training the layer
-    adds `entropy_reg` times the per-example entropy of the selectors (summed
-    over selectors, averaged over examples) to the model losses, pushing each
-    selector to a single expert. When E is not a power of 2 the codes
-    E..2^m-1 are unreachable and a selector may put mass on them, so the
-    weights sum to at most 1; as in the authors' code a penalty
-    `1 / sum_j r_j` per selector (averaged over examples) is then added in
-    training, and the sum is 1 once the selectors have left those codes.
+    adds `entropy_reg` times the entropy `-sum_j r_j log(r_j + 1e-6)` of the
+    selectors, summed over the selectors and over the examples of the batch
+    (not averaged: as in the authors' `EntropyRegularizer`, so the values of
+    `entropy_reg` tuned there carry over, and the pull towards one-hot
+    selectors grows with the batch size), to the model losses. When E is not
+    a power of 2 the codes E..2^m-1 are unreachable and a selector may put
+    mass on them, so the weights sum to at most 1; as in the authors' code a
+    penalty `1 / sum_j r_j` per selector, summed over selectors and examples,
+    is then added in training, and the sum is 1 once the selectors have left
+    those codes.
     A selector that saturates on an unused code (possible with a small
     `gamma` or large initial logits) gives every expert weight 0 and an
     infinite penalty with zero gradient, from which it cannot leave;
@@ -80,7 +83,9 @@ class DSelectK(keras.layers.Layer):
         k: number of selectors (the maximal number of non-zero weights), an
             integer in `[1, E]`.
         gamma: positive width of the smooth-step's cubic region.
-        entropy_reg: non-negative weight of the entropy regulariser.
+        entropy_reg: non-negative weight of the entropy regulariser (on its
+            sum over the batch); a constant, where the authors'
+            `EntropyRegularizer` (default 1e-6) also takes a schedule.
         z_initializer: initializer of the selector logits' kernel and bias;
             default uniform on `[-gamma/100, gamma/100]`, as in the paper's
             code, so that training starts in the smooth region.
@@ -91,7 +96,7 @@ class DSelectK(keras.layers.Layer):
     Call arguments:
         inputs: tensor of shape `(batch, ..., features)`; its padding mask,
             if any, is passed on to every output and leaves the padded
-            positions out of the regularisers' averages.
+            positions out of the regularisers' sums.
         training: whether to add the regularisers.
         mask: optional boolean padding mask of shape `(batch, ...)`.
 
@@ -195,19 +200,20 @@ class DSelectK(keras.layers.Layer):
         return weights
 
     def _add_regularisers(self, selectors, mask):
-        def mean(per_example):
-            # Over the examples (positions), padded positions left out.
+        # Summed, not averaged, over the examples (positions), as the authors'
+        # code sums over the whole batch (dselect_k_moe.py: reduce_sum with no
+        # axis); padded positions are left out.
+        def total(per_example):
             if mask is None:
-                return ops.mean(per_example)
+                return ops.sum(per_example)
             keep = ops.broadcast_to(ops.cast(mask, "bool"), ops.shape(per_example))
-            total = ops.sum(ops.where(keep, per_example, 0.0))
-            return total / ops.maximum(ops.sum(ops.cast(keep, "float32")), 1.0)
+            return ops.sum(ops.where(keep, per_example, 0.0))
 
         if self.entropy_reg > 0:
             entropy = -ops.sum(selectors * ops.log(selectors + _EPSILON), axis=(-2, -1))
-            self.add_loss(self.entropy_reg * mean(entropy))
+            self.add_loss(self.entropy_reg * total(entropy))
         if self.num_experts != 2**self.num_binary:
-            self.add_loss(mean(ops.sum(1.0 / ops.sum(selectors, axis=-1), axis=-1)))
+            self.add_loss(total(ops.sum(1.0 / ops.sum(selectors, axis=-1), axis=-1)))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-1] + (self.num_experts,)
