@@ -45,6 +45,9 @@ class AlignedMTL(GramianBalancer):
         Learning", CVPR 2023.
     """
 
+    # `sqrt(s / l)` is a ratio of the Gramian's eigenvalues.
+    scale_invariant = True
+
     def __init__(self, scale_mode: str = "min", name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)
         if scale_mode not in SCALE_MODES:
@@ -57,6 +60,11 @@ class AlignedMTL(GramianBalancer):
     def gramian_weights(self, gram, losses):
         num = self.num_tasks
         gram = ops.cast(solvers.normalize_gramian(gram), "float64")
+        # TensorFlow's eigh raises on a NaN or infinity, in a graph too: the
+        # training step would fail instead of giving the non-finite update
+        # that `nonfinite="skip"` skips. Such a Gramian gets NaN weights.
+        finite = ops.all(ops.isfinite(gram))
+        gram = ops.where(finite, gram, ops.eye(num, dtype="float64"))
         values, vectors = ops.eigh(gram)  # ascending
         tol = ops.max(values) * num * float(np.finfo(np.float32).eps)
         kept = values > tol
@@ -75,7 +83,8 @@ class AlignedMTL(GramianBalancer):
         factors = ops.where(kept, ops.sqrt(ops.maximum(scale, 0.0) / safe), 0.0)
         weights_matrix = ops.matmul(vectors * factors[None, :], ops.transpose(vectors))
         weights = ops.sum(weights_matrix, axis=1)
-        return ops.cast(ops.where(rank > 0, weights, 0.0), "float32")
+        weights = ops.where(rank > 0, weights, 0.0)
+        return ops.cast(ops.where(finite, weights, np.nan), "float32")
 
     def get_config(self) -> dict:
         return {**super().get_config(), "scale_mode": self.scale_mode}

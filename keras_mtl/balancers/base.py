@@ -9,6 +9,9 @@ import keras
 import numpy as np
 from keras import ops
 
+# Private in Keras 3: whether the code runs inside a TensorFlow graph.
+from keras.src.utils.backend_utils import in_tf_graph
+
 # Private in Keras 3: the snake-case class name Keras gives unnamed layers.
 from keras.src.utils.naming import to_snake_case
 
@@ -218,13 +221,22 @@ class Balancer(keras.layers.Layer):
                 `jacobian` holds gradients with respect to it (representation
                 gradient mode); methods such as GradDrop read it.
 
+        Called eagerly, a balancer with state (moving averages, learned
+        weights, counters) refuses non-finite inputs before writing any state,
+        so that one bad call does not leave NaN in its state for good. Inside
+        a graph (the training step of `MultiTaskModel`) there is no such
+        check: the model's `nonfinite` option decides, and restores the state
+        of a skipped step.
+
         Returns:
             A `BalanceResult(direction, weights)`; `direction` is `None` when
             `jacobian` is `None`.
 
         Raises:
             ValueError: if `losses` is not a vector, if the Jacobian is missing
-                for a method that needs it, or if the shapes disagree.
+                for a method that needs it, or if the shapes disagree; when
+                called eagerly on a balancer with state, if `losses` or
+                `jacobian` holds a NaN or an infinity.
         """
         losses = ops.convert_to_tensor(losses, dtype="float32")
         if len(losses.shape) != 1:
@@ -259,7 +271,33 @@ class Balancer(keras.layers.Layer):
                 f"This balancer was built for {self.num_tasks} tasks. Received: "
                 f"losses with {num_tasks} entries"
             )
+        if not in_tf_graph() and self._has_state():
+            self._check_finite(losses=losses, jacobian=jacobian)
         return self.compute(jacobian, losses, representation)
+
+    def _has_state(self) -> bool:
+        """Whether `compute` may write state variables (its own or those of
+        wrapped balancers); seed generators' states do not count (advancing
+        them loses nothing)."""
+        seeds = {
+            id(generator.state)
+            for layer in self._flatten_layers()
+            for generator in layer._seed_generators
+        }
+        return any(id(v) not in seeds for v in self.non_trainable_variables)
+
+    def _check_finite(self, **tensors) -> None:
+        """Raises `ValueError` naming the first (eager) tensor with a NaN or
+        an infinity; `None` values are skipped."""
+        for argument, value in tensors.items():
+            if value is None or bool(ops.all(ops.isfinite(value))):
+                continue
+            raise ValueError(
+                f"Expected finite `{argument}`: `{type(self).__name__}` keeps state (moving "
+                "averages, task weights) that a NaN or infinity would spoil for every later "
+                "call, so nothing was computed and the state is unchanged. Received: "
+                f"{argument} with non-finite values {_nonfinite_preview(value)}"
+            )
 
     def compute(self, jacobian, losses, representation=None) -> BalanceResult:
         """The method itself; called by `aggregate` with validated inputs.
@@ -339,6 +377,17 @@ class Balancer(keras.layers.Layer):
         raise NotImplementedError(
             "Call `aggregate(jacobian, losses)` on a balancer, not the balancer itself."
         )
+
+
+def _nonfinite_preview(value, limit: int = 5) -> str:
+    """`at (i, j): v, ...` for the first `limit` non-finite entries."""
+    array = np.asarray(ops.convert_to_numpy(value))
+    where = np.argwhere(~np.isfinite(array))
+    shown = ", ".join(
+        f"{tuple(int(i) for i in index)}: {array[tuple(index)]}" for index in where[:limit]
+    )
+    more = f" and {len(where) - limit} more" if len(where) > limit else ""
+    return f"at {shown}{more}"
 
 
 def weighted_direction(weights, jacobian):

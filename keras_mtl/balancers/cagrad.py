@@ -91,7 +91,8 @@ class CAGrad(Balancer):
 
     def compute(self, jacobian, losses, representation=None):
         num = self.num_tasks
-        raw = solvers.gramian(jacobian)
+        # J J^T = s^2 raw; s = 1 unless J J^T would overflow (or underflow).
+        raw, s = solvers.scaled_gramian(jacobian)
         gram = solvers.normalize_gramian(raw)
         w = solvers.cagrad_weights(gram, self.c)
         if self.solver == "cvxpy":
@@ -106,7 +107,7 @@ class CAGrad(Balancer):
         # leave the ball |d - g0| <= c |g0| by orders of magnitude.
         vectors = ops.einsum("kt,tp->kp", basis, jacobian)
         # On the scale of the normalised Gramian, as the guard below assumes.
-        norms = solvers.row_norms(vectors) / ops.sqrt(solvers.gramian_scale(raw))
+        norms = solvers.row_norms(vectors) / (s * ops.sqrt(solvers.gramian_scale(raw)))
         g0_norm, gw_norm = norms[0], norms[1]
         # The official code's 1e-8 guard, on the normalised scale.
         lam = self.c * g0_norm / (gw_norm + 1e-8)

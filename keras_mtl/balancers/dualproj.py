@@ -18,6 +18,13 @@ class DualProj(GramianBalancer):
     The weights are `v = argmin_{v >= 1/T} v^T G v`, so `<d, g_t> >= 0` for
     every task. The Gramian is normalised and regularised as in `UPGrad`.
 
+    Difference from torchjd (as for `UPGrad`): torchjd zeroes a Gramian whose
+    trace is below `norm_eps = 1e-4` and then returns the mean weights `1/T`
+    (the plain average, conflicts included); here the Gramian is divided by
+    its trace at every scale, so `J` and `1e-6 J` give the same weights and
+    small gradients are still projected. Only a zero Jacobian gives the mean
+    weights.
+
     Args:
         reg_eps: ridge added to the normalised Gramian.
         name: name of the balancer.
@@ -34,6 +41,9 @@ class DualProj(GramianBalancer):
         Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization",
         2024 (arXiv:2406.16232).
     """
+
+    # The Gramian is divided by its trace at every scale (see above).
+    scale_invariant = True
 
     def __init__(self, reg_eps: float = 1e-4, name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from keras_mtl.balancers import solvers
 from keras_mtl.balancers.base import (
     Balancer,
     BalanceResult,
@@ -108,7 +109,8 @@ class GradNorm(Balancer):
         self.initialized.assign(initialized)
 
         weights = ops.copy(self.weights_state)
-        norms = ops.sqrt(ops.sum(jacobian * jacobian, axis=1))
+        # Not sqrt(sum(J^2)), which overflows float32 for norms above ~1.8e19.
+        norms = solvers.row_norms(jacobian)
         ratios = ops.where(initialized > 0.0, losses / ops.maximum(initial, 1e-30), 1.0)
         # A negative loss (e.g. a log-loss below 0 when wrapped) has rate 0, so
         # that `rates ** alpha` stays real.

@@ -55,6 +55,9 @@ class GradVac(GramianBalancer):
         Optimization in Massively Multilingual Models", ICLR 2021.
     """
 
+    # The weights depend on the Gramian only through the normalised one.
+    scale_invariant = True
+
     def __init__(
         self, beta: float = 0.01, seed: int | None = None, name: str | None = None, **kwargs
     ):

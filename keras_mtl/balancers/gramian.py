@@ -16,6 +16,13 @@ class GramianBalancer(Balancer):
     on full vectors is about 30x slower at `T = 40`, see PERF_NOTES.md).
     Subclasses implement `gramian_weights`.
 
+    Subclasses whose weights are invariant to a common scale of the
+    gradients (`G -> c G` leaves `w` unchanged) set `scale_invariant = True`:
+    they then receive the Gramian of `J / s`, with `s` the power of two of
+    `solvers.scaled_gramian`, which is 1 (so exactly `J J^T`) unless `J J^T`
+    would overflow float32 (gradient norms above about 1.8e19) or underflow,
+    and still give finite weights there. The others receive `J J^T`.
+
     Args:
         name: name of the balancer.
         **kwargs: other `Balancer` arguments.
@@ -34,12 +41,14 @@ class GramianBalancer(Balancer):
     """
 
     requires_jacobian = True
+    scale_invariant: bool = False
 
     def gramian_weights(self, gram, losses):
         """Task weights from the Gramian.
 
         Args:
-            gram: `(T, T)` float32 Gramian `J J^T`.
+            gram: `(T, T)` float32 Gramian `J J^T` (of `J / s` when
+                `scale_invariant`, see the class docstring).
             losses: `(T,)` task losses.
 
         Returns:
@@ -48,5 +57,9 @@ class GramianBalancer(Balancer):
         raise NotImplementedError(f"{type(self).__name__} must implement `gramian_weights`.")
 
     def compute(self, jacobian, losses, representation=None):
-        weights = self.gramian_weights(solvers.gramian(jacobian), losses)
+        if self.scale_invariant:
+            gram, _ = solvers.scaled_gramian(jacobian)
+        else:
+            gram = solvers.gramian(jacobian)
+        weights = self.gramian_weights(gram, losses)
         return BalanceResult(weighted_direction(weights, jacobian), weights)

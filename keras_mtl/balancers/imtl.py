@@ -55,6 +55,9 @@ class IMTL(GramianBalancer):
         Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021.
     """
 
+    # IMTL-G's conditions are homogeneous in the gradients.
+    scale_invariant = True
+
     def __init__(self, mode: str = "hybrid", name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)
         if mode not in MODES:

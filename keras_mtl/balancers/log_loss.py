@@ -14,6 +14,9 @@ from keras_mtl.balancers.base import (
     serialize,
     weighted_direction,
 )
+from keras_mtl.balancers.imtl import IMTL
+from keras_mtl.balancers.imtl_l import IMTLL
+from keras_mtl.balancers.uncertainty_weighting import UncertaintyWeighting
 
 
 class _LossTransform(Balancer):
@@ -105,6 +108,19 @@ class _LossTransform(Balancer):
         return cls(**config)
 
 
+def _loss_scale_learner(balancer):
+    """The balancer in `balancer` or its chain of wrapped (`inner`) balancers
+    that learns loss scales whose objective is unbounded below for negative
+    losses (uncertainty weighting, IMTL-L, hybrid IMTL), or `None`."""
+    while balancer is not None:
+        if isinstance(balancer, UncertaintyWeighting | IMTLL):
+            return balancer
+        if isinstance(balancer, IMTL) and balancer.mode == "hybrid":
+            return balancer
+        balancer = getattr(balancer, "inner", None)
+    return None
+
+
 @register_balancer("log", "log_loss")
 class LogLoss(_LossTransform):
     """Loss-scale balancing of DB-MTL: optimise `log(L_t + epsilon)`.
@@ -131,6 +147,19 @@ class LogLoss(_LossTransform):
     `L_t + epsilon < 1`. A loss of exactly 0 (a batch without the task's
     labels) is passed to the inner balancer as 0, its sign of no labels.
 
+    Balancers that learn a scale per task from the losses themselves cannot
+    be wrapped: uncertainty weighting (`exp(-s_t) L_t + s_t`), IMTL-L
+    (`exp(s_t) L_t - s_t`) and IMTL in its default `"hybrid"` mode. Their
+    objectives have a minimum in `s_t` only for a positive loss; a log-loss
+    is negative as soon as `L_t + epsilon < 1`, the scales' gradient then
+    never vanishes and the weights grow without bound (`exp(-s_t)` or
+    `exp(s_t)` exponentially in the number of steps), so `LogLoss` refuses
+    them, also nested in another wrapper. DB-MTL shows that the log
+    transform is what IMTL-L converges to, so `LogLoss()` alone is the
+    bounded form of that combination; DB-MTL combines the log transform with
+    gradient methods (PCGrad, GradVac, IMTL-G, CAGrad, Nash-MTL,
+    Aligned-MTL), which work with any sign of loss.
+
     Args:
         inner: `None`, or the balancer to wrap (an instance, a name or a
             config dict).
@@ -138,7 +167,8 @@ class LogLoss(_LossTransform):
         name: name of the balancer.
 
     Raises:
-        ValueError: for a non-positive `epsilon` or an invalid `inner`.
+        ValueError: for a non-positive `epsilon`, an invalid `inner`, or an
+            `inner` that learns loss scales (see above).
 
     Example:
 
@@ -160,6 +190,16 @@ class LogLoss(_LossTransform):
         check_number("epsilon", epsilon, "a positive float", lambda v: v <= 0)
         super().__init__(inner=inner, name=name, **kwargs)
         self.epsilon = float(epsilon)
+        learner = _loss_scale_learner(self.inner)
+        if learner is not None:
+            raise ValueError(
+                f"Received an invalid value for `inner`: `{type(learner).__name__}` learns a "
+                "scale per task whose objective has no minimum when the loss is negative, and "
+                "log-losses are negative once L + epsilon < 1, so its weights would grow without "
+                "bound. Use LogLoss() alone (the limit of IMTL-L, as DB-MTL shows), the inner "
+                "balancer alone, or LogLoss around a gradient method (e.g. IMTL(mode='gradient'))"
+                f". Received: inner={self.inner.name!r} ({type(learner).__name__})"
+            )
 
     def _transform(self, losses):
         shifted = losses + self.epsilon

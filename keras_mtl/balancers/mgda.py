@@ -61,6 +61,9 @@ class MGDA(GramianBalancer):
         for multiobjective optimization", 2012.
     """
 
+    # Every normalisation divides the Gramian by its mean diagonal.
+    scale_invariant = True
+
     def __init__(
         self, normalization: str = "none", solver: str = "graph", name: str | None = None, **kwargs
     ):
@@ -95,7 +98,18 @@ class MGDA(GramianBalancer):
             scale = ops.ones_like(losses)
         # A zero normaliser (zero gradient or loss) leaves that gradient as is.
         scale = ops.where(ops.logical_and(scale > 0, ops.isfinite(scale)), scale, 1.0)
-        normalized = solvers.normalize_gramian(gram / (scale[:, None] * scale[None, :]))
+        if self.normalization == "none":
+            normalized = solvers.normalize_gramian(gram)
+        else:
+            # Only the normalisers' ratios matter (the Gramian is normalised
+            # next); in float64, so that tiny ones (two losses of 1e-25: their
+            # product is 0 in float32) or ones far apart give no inf or NaN.
+            scale = ops.cast(scale, "float64")
+            scale = scale / ops.max(scale)
+            ratio = ops.cast(gram, "float64") / (scale[:, None] * scale[None, :])
+            mean = ops.mean(ops.diagonal(ratio))
+            mean = ops.where(ops.logical_and(mean > 0, ops.isfinite(mean)), mean, 1.0)
+            normalized = solvers.normalize_gramian(ratio / mean)
         # A zero gradient (a task without labels in the batch) constrains no
         # direction, <0, d> = 0 for all d; kept in the hull it would be the
         # min-norm point and stop every task.

@@ -101,9 +101,11 @@ class NashMTL(Balancer):
         self.step = self.add_state("step", ())
         self.solver_failures = self.add_state("solver_failures", ())
 
-    def _solve(self, gram, frobenius):
-        # `gram` is G / n (n = |G|_F); alpha for G is alpha for G / n over sqrt(n).
-        root = ops.sqrt(frobenius)
+    def _solve(self, gram, frobenius, scale):
+        # `gram` is G / n (n = s^2 |G / s^2|_F, `frobenius` = |G / s^2|_F, s a
+        # power of two that is 1 unless G overflows); alpha for G is alpha
+        # for G / n over sqrt(n).
+        root = scale * ops.sqrt(frobenius)
         previous = ops.convert_to_tensor(self.alpha)
         # (nash_weights rescales its warm start, so the raw previous alpha will do.)
         alpha, ok = solvers.nash_weights(gram, init=previous)
@@ -112,25 +114,28 @@ class NashMTL(Balancer):
         failed = 1.0 - ops.cast(ok, "float32")
         if self.solver == "cvxpy":
             # The official problem: G / n in the objective, n in the constraint.
-            def host(g, a, n):
-                return solvers.nash_weights_cvxpy(g, a, self.optim_niter, normalization=float(n))
+            def host(g, a, n, s):
+                # n s^2 in float64: it can exceed float32's range.
+                n = float(n) * float(s) ** 2
+                return solvers.nash_weights_cvxpy(g, a, self.optim_niter, normalization=n)
 
-            alpha, failed = solvers.cvxpy_or_fallback(host, alpha, gram, previous, frobenius)
+            alpha, failed = solvers.cvxpy_or_fallback(host, alpha, gram, previous, frobenius, scale)
         return alpha, failed
 
     def compute(self, jacobian, losses, representation=None):
-        gram = solvers.gramian(jacobian)
+        # G = s^2 gram: s = 1 unless G overflows float32 (|g| above ~1.8e19).
+        gram, scale = solvers.scaled_gramian(jacobian)
         # Frobenius norm without overflow (|G|^2 overflows float32 from |g| ~ 1e10).
         frobenius = solvers.row_norms(ops.reshape(gram, (1, -1)))[0]
         frobenius = ops.where(ops.isfinite(frobenius), frobenius, 0.0)
         gram = gram / ops.where(frobenius > 0, frobenius, 1.0)
         update = ops.equal(ops.mod(self.step, float(self.update_every)), 0.0)
         if self.update_every == 1:
-            alpha, failed = self._solve(gram, frobenius)
+            alpha, failed = self._solve(gram, frobenius, scale)
         else:
             alpha, failed = ops.cond(
                 update,
-                lambda: self._solve(gram, frobenius),
+                lambda: self._solve(gram, frobenius, scale),
                 lambda: (ops.convert_to_tensor(self.alpha), ops.zeros(())),
             )
         self.alpha.assign(alpha)

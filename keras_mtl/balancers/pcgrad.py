@@ -65,6 +65,9 @@ class PCGrad(GramianBalancer):
         Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020.
     """
 
+    # The weights depend on the Gramian only through the normalised one.
+    scale_invariant = True
+
     def __init__(self, seed: int | None = None, name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)
         self.seed = check_seed(seed)

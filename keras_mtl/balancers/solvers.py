@@ -96,6 +96,63 @@ def gramian(jacobian):
     return ops.sum(ops.diagonal(blocks, axis1=1, axis2=3), axis=-1)
 
 
+# `scaled_gramian` rescales a Jacobian whose Gramian has a diagonal entry
+# above float32's range or every diagonal entry below this (the products
+# of the entries are then near or in float32's subnormal range).
+_TINY_GRAMIAN = 2.0**-100
+
+
+def scaled_gramian(jacobian):
+    """The Gramian of `J / s`, with `s` a power of two chosen so that it is
+    neither infinite nor lost to underflow, and `s`.
+
+    `J J^T` overflows float32 for gradient rows of norm above about 1.8e19
+    (and the methods then give NaN), and underflows to 0 below about 1e-19.
+    The Gramian is formed once, as by `gramian`; only when its diagonal is
+    not finite, or all of it is below `2^-100`, is it formed again from `J`
+    divided by the power of two nearest below `max |J|`: exact (a power of
+    two only shifts exponents), and `s = 1` otherwise, so the usual path
+    costs one Gramian and its values are `gramian`'s. `J J^T = s^2 G`:
+    methods whose weights are invariant to a common scale of the gradients
+    use `G` as is; the others multiply what needs the absolute scale by `s`.
+
+    Args:
+        jacobian: `(T, P)` tensor.
+
+    Returns:
+        `(G, s)`: the `(T, T)` float32 Gramian of `J / s` and the float32
+        scalar `s` (a power of two between `2^-126` and `2^126`; 1 when no
+        rescaling was needed). A non-finite `J` gives a non-finite `G`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_mtl.balancers.solvers import scaled_gramian
+    >>> jac = np.array([[3e20, 4e20], [0.0, 1e20]], "float32")
+    >>> gram, scale = scaled_gramian(jac)
+    >>> float(scale) == 2.0**68
+    True
+    >>> (np.asarray(gram, dtype=float) * float(scale) ** 2 / 1e40).round(4).tolist()
+    [[25.0, 4.0], [4.0, 1.0]]
+    >>> gram, scale = scaled_gramian(np.array([[1.0, 2.0]], "float32"))
+    >>> np.asarray(gram).tolist(), float(scale)
+    ([[5.0]], 1.0)
+    """
+    jacobian = ops.cast(ops.convert_to_tensor(jacobian), "float32")
+    gram = gramian(jacobian)
+    diag = ops.diagonal(gram)
+    fine = ops.logical_and(ops.all(ops.isfinite(diag)), ops.max(diag) >= _TINY_GRAMIAN)
+
+    def rescaled():
+        peak = ops.max(ops.abs(jacobian))
+        # 2^e <= peak, with 2^-e a normal float32 (no flush to zero).
+        exponent = ops.clip(ops.floor(ops.log2(peak)), -126.0, 126.0)
+        exponent = ops.where(peak > 0, exponent, 0.0)
+        return gramian(jacobian * ops.power(2.0, -exponent)), ops.power(2.0, exponent)
+
+    return ops.cond(fine, lambda: (gram, ops.ones((), "float32")), rescaled)
+
+
 def _column_blocks(num_tasks: int, num_params: int, block_bytes: int = 2**18) -> int:
     """How many column blocks `gramian` cuts a float32 `(T, P)` Jacobian into
     under oneDNN: 1 for T <= 3 (one product is fastest there), else about

@@ -12,8 +12,8 @@ from keras_mtl.balancers.gramian import GramianBalancer
 def dual_cone_gramian(gram, reg_eps: float):
     """torchjd's preprocessing: `G / trace(G) + reg_eps I` (zero `G` stays
     zero before the ridge). Dividing by the trace for every scale (torchjd
-    zeroes Gramians whose trace is below `1e-4`) keeps the projection exact
-    for tiny gradients.
+    zeroes Gramians whose trace is below `1e-4`, which gives the mean
+    weights; see `UPGrad`) keeps the projection exact for tiny gradients.
 
     Args:
         gram: `(T, T)` Gramian.
@@ -79,6 +79,18 @@ class UPGrad(GramianBalancer):
     `<d, g_t> >= 0` for every task. As torchjd, the Gramian is normalised by
     its trace and regularised by `reg_eps` (1e-4) before the projections.
 
+    Difference from torchjd: torchjd replaces a Gramian whose trace (the sum
+    of the squared gradient norms) is below `norm_eps = 1e-4` by zero, so
+    that for such small gradients its projections do nothing and the weights
+    are the mean weights `1/T` (plain averaging, conflicts included). Here
+    the Gramian is divided by its trace at every scale: the weights depend
+    only on the directions and relative norms of the gradients (`J` and
+    `1e-6 J` give the same weights), and the update stays non-conflicting
+    when the gradients are small, as late in training. Only a zero Jacobian
+    gives the mean weights (as in torchjd). Gradients whose Gramian
+    overflows float32 (norms above about 1.8e19) are handled by a
+    power-of-two rescaling (`GramianBalancer`), with the same weights.
+
     Args:
         reg_eps: ridge added to the normalised Gramian.
         name: name of the balancer.
@@ -95,6 +107,9 @@ class UPGrad(GramianBalancer):
         Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization",
         2024 (arXiv:2406.16232).
     """
+
+    # The Gramian is divided by its trace at every scale (see above).
+    scale_invariant = True
 
     def __init__(self, reg_eps: float = 1e-4, name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)

@@ -33,6 +33,23 @@ class _Normalize(Balancer):
         return BalanceResult(ops.matmul(weights[None], jacobian)[0], weights)
 
 
+class _LearnedScale(Balancer):
+    """A loss method with trainable log-weights `s` and auxiliary loss
+    `sum_t s_t L_t` (LogLoss refuses uncertainty weighting, whose objective
+    is unbounded for negative log-losses)."""
+
+    def build(self, num_tasks):
+        super().build(num_tasks)
+        self.s = self.add_weight(name="s", shape=(num_tasks,), initializer="zeros")
+
+    def compute(self, jacobian, losses, representation=None):
+        weights = ops.exp(ops.convert_to_tensor(self.s))
+        return BalanceResult(None if jacobian is None else weights @ jacobian, weights)
+
+    def auxiliary_loss(self, losses):
+        return ops.sum(ops.convert_to_tensor(self.s) * ops.convert_to_tensor(losses))
+
+
 THETA = np.array([0.5, -1.0, 2.0], "float32")
 
 
@@ -83,17 +100,22 @@ def test_wrapping_a_loss_method():
 
 
 def test_hooks_and_auxiliary_loss_are_forwarded():
-    uw = UncertaintyWeighting()
-    b = LogLoss(uw, epsilon=1e-8)
+    learned = _LearnedScale()
+    b = LogLoss(learned, epsilon=1e-8)
     losses = np.array([2.0, 0.5], "float32")
     b.build(2)
-    uw.log_variances.assign([0.5, -0.5])
-    assert b.trainable_variables == [uw.log_variances]
-    expected = np.sum(np.exp([-0.5, 0.5]) * np.log(losses) + [0.5, -0.5])
+    learned.s.assign([0.5, -0.5])
+    assert b.trainable_variables == [learned.s]
+    expected = np.sum(np.array([0.5, -0.5]) * np.log(losses))
     np.testing.assert_allclose(float(b.auxiliary_loss(losses)), expected, rtol=1e-5)
     np.testing.assert_allclose(
-        b.aggregate(None, losses).weights, np.exp([-0.5, 0.5]) / losses, rtol=1e-5
+        b.aggregate(None, losses).weights, np.exp([0.5, -0.5]) / losses, rtol=1e-5
     )
+    # Around a positive transform, uncertainty weighting's objective is bounded.
+    uw = UncertaintyWeighting()
+    normalized = InitialLossNormalization(uw)
+    normalized.build(2)
+    assert normalized.trainable_variables == [uw.log_variances]
 
     dwa = LogLoss(DWA())
     dwa.build(2)
@@ -114,16 +136,16 @@ def test_hooks_and_auxiliary_loss_are_forwarded():
 
 def test_a_task_without_labels_stays_at_loss_zero_for_the_inner_balancer():
     # Loss 0 is how balancers recognise a batch without a task's labels; the
-    # inner one saw log(1e-8) = -18.4 and, e.g., uncertainty weighting's
-    # objective for the absent task became -18.4 exp(-s) + s.
+    # inner one saw log(1e-8) = -18.4 and, e.g., an inner objective for the
+    # absent task got a -18.4 term.
     jac = np.array([[1.0, 0.0], [0.0, 0.0]], "float32")
     LogLoss(_Normalize()).aggregate(jac, [2.0, 0.0])
     np.testing.assert_allclose(_Normalize.seen[1], [np.log(2.0), 0.0], rtol=1e-6)
-    uw = UncertaintyWeighting()
-    b = LogLoss(uw)
+    learned = _LearnedScale()
+    b = LogLoss(learned)
     b.build(2)
-    uw.log_variances.assign([0.5, -0.5])
-    expected = np.exp(-0.5) * np.log(2.0) + 0.5  # the absent task adds nothing
+    learned.s.assign([0.5, -0.5])
+    expected = 0.5 * np.log(2.0)  # the absent task adds nothing
     np.testing.assert_allclose(float(b.auxiliary_loss([2.0, 0.0])), expected, rtol=1e-5)
 
 

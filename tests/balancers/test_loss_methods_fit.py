@@ -26,7 +26,10 @@ def _all_methods():
         "log": lambda: balancers.LogLoss(),
         "log_gradnorm": lambda: balancers.LogLoss(balancers.GradNorm()),
         "log_pcgrad": lambda: balancers.LogLoss(balancers.PCGrad(seed=0)),
-        "log_uw": lambda: balancers.LogLoss(balancers.UncertaintyWeighting()),
+        # (LogLoss refuses uncertainty weighting: log-losses can be negative.)
+        "initial_loss_uw": lambda: balancers.InitialLossNormalization(
+            balancers.UncertaintyWeighting()
+        ),
         "initial_loss": lambda: balancers.InitialLossNormalization(),
         "initial_loss_famo": lambda: balancers.InitialLossNormalization(balancers.FAMO()),
         "famo": lambda: balancers.FAMO(),
@@ -155,7 +158,7 @@ FIT_METHODS = [
     "log",
     "log_gradnorm",
     "log_pcgrad",
-    "log_uw",
+    "initial_loss_uw",
     "initial_loss",
     "initial_loss_famo",
     "famo",
