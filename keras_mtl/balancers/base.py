@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
 from typing import Any, NamedTuple
 
@@ -50,6 +52,36 @@ class BalanceResult(NamedTuple):
 
     direction: Any
     weights: Any
+
+
+# True inside a training step of MultiTaskModel, where the model's `nonfinite`
+# option decides what non-finite inputs do and restores the state of a
+# skipped step, also when the step runs eagerly (`run_eagerly=True`).
+_IN_MODEL_STEP = contextvars.ContextVar("keras_mtl_in_model_step", default=False)
+
+
+@contextlib.contextmanager
+def model_step():
+    """Marks the calls of `aggregate` made by a `MultiTaskModel` training step.
+
+    An eager `aggregate` on a balancer with state refuses non-finite inputs,
+    so that a standalone call cannot spoil the state. In the model's step the
+    model's `nonfinite` option decides instead ("skip" restores the state),
+    eager or not, so the check is left out there.
+
+    Example:
+
+    >>> import numpy as np, keras_mtl
+    >>> from keras_mtl.balancers.base import model_step
+    >>> b = keras_mtl.balancers.get("dwa")
+    >>> with model_step():
+    ...     weights = b.aggregate(None, np.array([np.nan, 1.0])).weights
+    """
+    token = _IN_MODEL_STEP.set(True)
+    try:
+        yield
+    finally:
+        _IN_MODEL_STEP.reset(token)
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -224,9 +256,9 @@ class Balancer(keras.layers.Layer):
         Called eagerly, a balancer with state (moving averages, learned
         weights, counters) refuses non-finite inputs before writing any state,
         so that one bad call does not leave NaN in its state for good. Inside
-        a graph (the training step of `MultiTaskModel`) there is no such
-        check: the model's `nonfinite` option decides, and restores the state
-        of a skipped step.
+        a graph, or in the training step of `MultiTaskModel` (see
+        `model_step`), there is no such check: the model's `nonfinite` option
+        decides, and restores the state of a skipped step.
 
         Returns:
             A `BalanceResult(direction, weights)`; `direction` is `None` when
@@ -271,7 +303,7 @@ class Balancer(keras.layers.Layer):
                 f"This balancer was built for {self.num_tasks} tasks. Received: "
                 f"losses with {num_tasks} entries"
             )
-        if not in_tf_graph() and self._has_state():
+        if not (_IN_MODEL_STEP.get() or in_tf_graph()) and self._has_state():
             self._check_finite(losses=losses, jacobian=jacobian)
         return self.compute(jacobian, losses, representation)
 

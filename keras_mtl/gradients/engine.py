@@ -128,11 +128,18 @@ class GradientEngine:
         else:
             indices = [i for i in range(len(variables)) if sum(r[i] for r in reach) > 1]
         if not indices:
+            frozen = _frozen_layers(model)
             raise ValueError(
                 f"The balancer `{type(model.balancer).__name__}` needs per-task gradients of "
                 "shared variables, but no trainable variable receives gradient from more than "
                 "one task. Share a trunk between the task outputs, pass "
                 "`compile(shared_layers=[...])`, or use a loss-weighting balancer such as 'ew'."
+                + (
+                    f" The model's frozen layers (trainable=False), whose variables take no "
+                    f"gradient: {frozen}."
+                    if frozen
+                    else ""
+                )
             )
         self.shared_variable_paths = [variables[i].path for i in indices]
         return indices
@@ -604,6 +611,21 @@ def _layers_named(model, name: str) -> list:
             for child in parent._flatten_layers(include_self=False, recursive=False)
             if child.name == part
         ]
+    return found
+
+
+def _frozen_layers(model) -> list[str]:
+    """Names of the outermost layers of `model` with variables and `trainable=False`."""
+    found = []
+
+    def visit(parent):
+        for layer in parent._flatten_layers(include_self=False, recursive=False):
+            if not layer.trainable and layer.weights:
+                found.append(layer_path(model, layer))
+            elif layer.trainable:
+                visit(layer)
+
+    visit(model)
     return found
 
 

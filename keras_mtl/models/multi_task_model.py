@@ -13,6 +13,7 @@ from keras.src.losses.loss import squeeze_or_expand_to_same_rank
 from keras.src.models.functional import Functional
 
 from keras_mtl import balancers as balancers_module
+from keras_mtl.balancers.base import model_step
 from keras_mtl.gradients.engine import GradientEngine, layer_path, resolve_shared_layers
 
 
@@ -119,6 +120,9 @@ class MultiTaskModel(keras.Model):
         run_eagerly: bool = False,
         steps_per_execution: int = 1,
         jit_compile="auto",
+        auto_scale_loss: bool = True,
+        loss_weights=None,
+        weighted_metrics=None,
     ) -> None:
         """Configures the model for training.
 
@@ -126,7 +130,12 @@ class MultiTaskModel(keras.Model):
             optimizer: a Keras optimizer or its name.
             loss: a dict `{task_name: loss}` with one loss per task (names or
                 `keras.losses.Loss` instances), or a single loss used for
-                every task.
+                every task. Every output is a task: `None` is refused (for
+                an output that is only predicted, such as an embedding, use
+                a second `keras.Model` on the same layers). Losses with `reduction="sum_over_batch_size"` (Keras's default) or
+                `"mean"` average over the labelled examples,
+                `"mean_with_sample_weight"` divides the weighted sum by the
+                sum of the weights, as in Keras; `"sum"` is refused.
             balancer: a balancer name (see `keras_mtl.balancers.available()`),
                 a config dict, or a `keras_mtl.balancers.Balancer`.
             metrics: a dict `{task_name: [metrics]}`; unlabelled examples
@@ -147,12 +156,32 @@ class MultiTaskModel(keras.Model):
                 multi-step loop fails (plain `keras.Model` too).
             jit_compile: as in `keras.Model.compile`; forced off for balancers
                 that cannot run under XLA.
+            auto_scale_loss: as in `keras.Model.compile`.
+            loss_weights: not supported (refused when given): the balancer
+                sets the task weights; fixed weights are
+                `balancer=keras_mtl.balancers.StaticWeighting({...})`.
+            weighted_metrics: not supported (refused when given): `metrics`
+                already leave out unlabelled examples.
 
         Raises:
             ValueError: if the loss keys do not match the task outputs, for
-                an unknown balancer, gradient mode or `nonfinite` value, or
-                for `steps_per_execution > 1` with several replicas.
+                an unknown balancer, gradient mode or `nonfinite` value, a
+                loss with `reduction="sum"`, `loss_weights` or
+                `weighted_metrics`, or for `steps_per_execution > 1` with
+                several replicas.
         """
+        if loss_weights is not None:
+            raise ValueError(
+                "`loss_weights` is not supported by MultiTaskModel: the balancer sets the task "
+                "weights. For fixed weights pass `balancer=keras_mtl.balancers."
+                f"StaticWeighting({loss_weights!r})`. Received: loss_weights={loss_weights!r}"
+            )
+        if weighted_metrics is not None:
+            raise ValueError(
+                "`weighted_metrics` is not supported by MultiTaskModel: pass the metrics as "
+                "`metrics={task: [...]}`, which leave out unlabelled examples (sample weight 0 "
+                f"or a NaN label). Received: weighted_metrics={weighted_metrics!r}"
+            )
         replicas = self.distribute_strategy.num_replicas_in_sync
         if steps_per_execution > 1 and replicas > 1:
             # keras-team/keras#19246: the loop over steps then dies in graph
@@ -179,6 +208,9 @@ class MultiTaskModel(keras.Model):
                 )
             losses = {name: loss for name in task_names}
         loss_fns = [_loss_fn(name, losses[name]) for name in task_names]
+        by_weight = [
+            _reduction(name, losses[name]) == "mean_with_sample_weight" for name in task_names
+        ]
         metrics = self._check_task_dict("metrics", metrics, task_names, required=False)
         _check_metrics(metrics)
         shared_names = None
@@ -209,7 +241,8 @@ class MultiTaskModel(keras.Model):
         self._tracker.unlock()
         try:
             previous = self.balancer
-            if previous is not None and previous is not balancer:
+            replaced = previous is not None and previous is not balancer
+            if replaced:
                 # Keras untracks only variables on `del`; the old balancer's
                 # variables would otherwise stay in the model's weights.
                 self._tracker.untrack(previous)
@@ -218,6 +251,8 @@ class MultiTaskModel(keras.Model):
             self.task_names = task_names
             self._losses_config = losses
             self._loss_fns = loss_fns
+            self._weighted_means = by_weight
+            self._auto_scale_loss = auto_scale_loss
             # Untracked: a tracked dict of metric objects would add them to
             # `metrics` a second time, logged without the task prefix.
             object.__setattr__(self, "_metrics_config", metrics)
@@ -233,6 +268,7 @@ class MultiTaskModel(keras.Model):
                 run_eagerly=run_eagerly,
                 steps_per_execution=steps_per_execution,
                 jit_compile=jit_compile,
+                auto_scale_loss=auto_scale_loss,
             )
             # Replaces Keras's mean of the per-batch losses, which missing
             # labels bias (see `_LossMeans`).
@@ -241,7 +277,12 @@ class MultiTaskModel(keras.Model):
             # `compile` does not track it); tracked, it would be listed twice.
             self._tracker.untrack(self._loss_tracker)
             self._task_weight_tracker = _TaskWeightMeans(task_names)
-            self._make_state_variables(len(task_names))
+            made = self._make_state_variables(len(task_names))
+            if replaced and not made:
+                # The last weights belong to the balancer that gave them:
+                # `evaluate` after recompiling with another weighs as before
+                # any training.
+                self._last_task_weights.assign(np.ones(len(task_names), "float32"))
             if isinstance(balancer, balancers_module.StaticWeighting):
                 # Known now: `evaluate` before `fit` weighs by them too.
                 fixed = balancer.aggregate(None, np.ones(len(task_names), "float32"))
@@ -250,10 +291,11 @@ class MultiTaskModel(keras.Model):
             if locked:
                 self._tracker.lock()
 
-    def _make_state_variables(self, num_tasks: int) -> None:
+    def _make_state_variables(self, num_tasks: int) -> bool:
+        """Makes the model's state for `num_tasks` tasks; whether it made it."""
         existing = getattr(self, "_last_task_weights", None)
         if existing is not None and existing.shape == (num_tasks,):
-            return
+            return False
         # Model-level state, saved with the weights: the weights of the last
         # training step (used by `evaluate`) and the count of skipped steps.
         self._last_task_weights = self.add_weight(
@@ -270,6 +312,7 @@ class MultiTaskModel(keras.Model):
             name="skipped_steps",
             aggregation="only_first_replica",
         )
+        return True
 
     def _resolve_task_names(self, loss) -> list[str]:
         structure = getattr(self, "_outputs_struct", None)
@@ -326,7 +369,9 @@ class MultiTaskModel(keras.Model):
 
         Returns:
             `(sums, counts, y_clean, masks)`: lists of `T` scalars, the
-            weighted loss sums and the numbers of labelled examples, the labels with NaN replaced by 0,
+            weighted loss sums and the numbers of labelled examples (the sums
+            of their weights for `reduction="mean_with_sample_weight"`), the
+            labels with NaN replaced by 0,
             and `{task: (batch,) mask}` (1 where the label is present and its
             weight is positive).
 
@@ -355,7 +400,7 @@ class MultiTaskModel(keras.Model):
         elif sample_weight is not None:
             self._check_task_dict("sample_weight", sample_weight, names, required=False)
         sums, counts, y_clean, masks = [], [], {}, {}
-        for name, fn in zip(names, self._loss_fns, strict=True):
+        for name, fn, by_weight in zip(names, self._loss_fns, self._weighted_means, strict=True):
             pred = ops.cast(y_pred[name], "float32")
             target = ops.convert_to_tensor(y[name])
             if _is_keras_loss(self._losses_config[name]):
@@ -419,7 +464,12 @@ class MultiTaskModel(keras.Model):
                 labelled = ops.cast(valid, "float32")
                 weighted = values if sw is None else values * sw
                 sums.append(ops.sum(ops.where(valid, weighted, 0.0)))
-                counts.append(ops.sum(labelled))
+                # `reduction="mean_with_sample_weight"`: divided by the
+                # weights' sum (0 where unlabelled), as Keras does.
+                if by_weight and sw is not None:
+                    counts.append(ops.sum(ops.where(valid, sw, 0.0)))
+                else:
+                    counts.append(ops.sum(labelled))
             y_clean[name] = target
             masks[name] = labelled
         return sums, counts, y_clean, masks
@@ -453,7 +503,8 @@ class MultiTaskModel(keras.Model):
     def train_step(self, data):
         self._check_compiled()
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        out = self._engine.train_step(self, x, y, sample_weight)
+        with model_step():
+            out = self._engine.train_step(self, x, y, sample_weight)
         keep = 1.0
         if self._engine.nonfinite == "skip":
             # A skipped step adds nothing to the logs: its non-finite values
@@ -489,9 +540,12 @@ class MultiTaskModel(keras.Model):
             # the last step; with several replicas that averages each
             # replica's partial metrics, so `_BalancerEpochHook` adds these
             # at the end of the epoch instead.
-            logs.update(self.balancer.logs())
+            # Tensors, not variables: eagerly (`run_eagerly=True`) Keras
+            # cannot pass a variable out of the step (`convert_to_tensor`
+            # returns a backend variable as it is; a copy is a tensor).
+            logs.update({k: ops.copy(v) for k, v in self.balancer.logs().items()})
         if self._engine.nonfinite == "skip":
-            logs["skipped_steps"] = self._skipped_steps.value
+            logs["skipped_steps"] = ops.copy(self._skipped_steps)
         return logs
 
     def test_step(self, data):
@@ -539,13 +593,7 @@ class MultiTaskModel(keras.Model):
         """
         self._check_compiled()
         _check_y_argument(y)
-        if kwargs.get("class_weight") is not None:
-            # Keras applies class weights to single-output models only.
-            raise ValueError(
-                "`class_weight` is not supported by MultiTaskModel: pass per-example weights "
-                "with `sample_weight={task: weights}` instead. Received: "
-                f"class_weight={kwargs['class_weight']!r}"
-            )
+        _check_class_weight(kwargs.get("class_weight"))
         if "sample_weight" in kwargs:
             kwargs["sample_weight"] = self._complete_sample_weight(x, kwargs["sample_weight"])
         validation = kwargs.get("validation_data")
@@ -566,6 +614,25 @@ class MultiTaskModel(keras.Model):
             verbose=verbose,
             callbacks=callbacks,
             **kwargs,
+        )
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
+        """`keras.Model.train_on_batch`, with the checks of `fit`.
+
+        Args and Returns: as `keras.Model.train_on_batch`.
+
+        Raises:
+            ValueError: for `y` that is not a dict, or `class_weight` (use
+                `sample_weight`).
+        """
+        self._check_compiled()
+        _check_y_argument(y)
+        _check_class_weight(class_weight)
+        return super().train_on_batch(
+            x,
+            y,
+            sample_weight=self._complete_sample_weight(x, sample_weight),
+            return_dict=return_dict,
         )
 
     def evaluate(
@@ -636,6 +703,7 @@ class MultiTaskModel(keras.Model):
             "run_eagerly": self.run_eagerly,
             "steps_per_execution": self.steps_per_execution,
             "jit_compile": self.jit_compile,
+            "auto_scale_loss": self._auto_scale_loss,
         }
 
     def compile_from_config(self, config):
@@ -764,30 +832,76 @@ class _BalancerEpochHook(keras.callbacks.Callback):
             )
 
 
-def _loss_fn(task: str, identifier):
-    """Returns a function giving per-example (unreduced) losses."""
+def _resolve_loss(task: str, identifier):
+    """The `keras.losses.Loss` or function that `identifier` names."""
     if isinstance(identifier, keras.losses.Loss):
-        return identifier.call
+        return identifier
+    if identifier is None:
+        # Keras leaves such an output out of training; here every output is
+        # a task (its name is the output's key).
+        raise ValueError(
+            f"Received loss None for task '{task}', expected a loss: every output of a "
+            "MultiTaskModel is a task. For an output that is only predicted (an embedding, "
+            "gate weights), build a second `keras.Model` on the same layers. Received: "
+            f"loss={{'{task}': None}}"
+        )
     try:
         fn = keras.losses.get(identifier)
     except (ValueError, TypeError):
         fn = None
-    if isinstance(fn, keras.losses.Loss):
-        return fn.call
     if fn is None:
         raise ValueError(
             f"Received an invalid loss for task '{task}', expected a loss name, function or "
             f"keras.losses.Loss. Received: loss={{'{task}': {identifier!r}}}"
         )
+    return fn
+
+
+def _loss_fn(task: str, identifier):
+    """Returns a function giving per-example (unreduced) losses."""
+    fn = _resolve_loss(task, identifier)
+    if isinstance(fn, keras.losses.Loss):
+        loss = fn
+
+        def converted(y_true, y_pred):
+            # As `Loss.__call__`: labels and predictions in the loss's dtype
+            # (integer labels included), which a loss written with `tf` ops
+            # relies on.
+            return loss.call(
+                ops.convert_to_tensor(y_true, dtype=loss.dtype),
+                ops.convert_to_tensor(y_pred, dtype=loss.dtype),
+            )
+
+        return converted
 
     def aligned(y_true, y_pred):
-        # As plain Keras does for loss functions: labels of shape (batch,)
-        # against predictions (batch, 1) would otherwise broadcast to
-        # (batch, batch) in some losses (hinge, Poisson, KL) and fail in others.
-        y_true, y_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
+        # As plain Keras does for loss functions (its `LossFunctionWrapper`):
+        # both in the default float type, and labels of shape (batch,)
+        # against predictions (batch, 1) brought to one rank, which would
+        # otherwise broadcast to (batch, batch) in some losses (hinge,
+        # Poisson, KL) and fail in others.
+        dtype = keras.config.floatx()
+        y_true, y_pred = squeeze_or_expand_to_same_rank(
+            ops.convert_to_tensor(y_true, dtype=dtype), ops.convert_to_tensor(y_pred, dtype=dtype)
+        )
         return fn(y_true, y_pred)
 
     return aligned
+
+
+def _reduction(task: str, identifier) -> str:
+    """The reduction of a task's loss, checked: each task's loss is a mean."""
+    reduction = getattr(_resolve_loss(task, identifier), "reduction", None)
+    if reduction == "sum":
+        raise ValueError(
+            f"Received a loss with reduction='sum' for task '{task}', expected a mean "
+            "('sum_over_batch_size', 'mean' or 'mean_with_sample_weight'): a task's loss is "
+            "averaged over its labelled examples, so that examples without a label do not "
+            "change its scale. Scale the task with `balancer=keras_mtl.balancers."
+            "StaticWeighting({...})` or the learning rate instead. Received: "
+            f"loss={{'{task}': {identifier!r}}}"
+        )
+    return reduction or "sum_over_batch_size"
 
 
 def _is_keras_loss(identifier) -> bool:
@@ -819,6 +933,17 @@ def _check_label_width(task: str, labels, predictions) -> None:
             f"Expected the labels of task '{task}' to have a last dimension of {allowed}, "
             f"like its predictions of shape {tuple(predictions)}. Received: y['{task}'] with "
             f"shape {tuple(labels)}"
+        )
+
+
+def _check_class_weight(class_weight) -> None:
+    if class_weight is not None:
+        # Keras applies class weights to single-output models only (its
+        # `train_on_batch` fails on a dict `y` with an IndexError).
+        raise ValueError(
+            "`class_weight` is not supported by MultiTaskModel: pass per-example weights "
+            "with `sample_weight={task: weights}` instead. Received: "
+            f"class_weight={class_weight!r}"
         )
 
 
