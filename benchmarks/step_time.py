@@ -73,42 +73,48 @@ def _summed(per_task):
     return [tf.add_n([g for g in gs if g is not None]) for gs in zip(*per_task, strict=True)]
 
 
-class BareLoop(keras.Model):
-    """T `tape.gradient` calls and their sum: the bare cost of per-task gradients."""
+class _BareStep(keras.Model):
+    """A hand-written train_step: forward pass, T MSE losses, `gradients`, plain update."""
 
     def train_step(self, data):
         x, y = data
         with tf.GradientTape(persistent=True) as tape:
-            pred = self(x, training=True)
+            pred = dict(self(x, training=True))
+            rep = pred.pop("rep", None)
             losses = [ops.mean(ops.square(pred[k] - y[k])) for k in sorted(pred)]
-        variables = self.trainable_variables
-        per_task = [tape.gradient(loss, variables) for loss in losses]
-        grads = _summed(per_task)
+        grads, variables = self.gradients(tape, losses, rep)
         self.optimizer.apply(grads, variables)
         self._loss_tracker.update_state(tf.add_n(losses))
         return {"loss": self._loss_tracker.result()}
 
-
-class BareJacobian(keras.Model):
-    """`BareLoop` with the trunk's gradients as a Jacobian matrix: the floor under `"loop"`."""
-
-    def train_step(self, data):
-        x, y = data
-        with tf.GradientTape(persistent=True) as tape:
-            pred = self(x, training=True)
-            losses = [ops.mean(ops.square(pred[k] - y[k])) for k in sorted(pred)]
+    def split(self):
+        """`(trunk variables, tower variables)`."""
         trunk = [v for v in self.trainable_variables if v.path.startswith("trunk_")]
         towers = [v for v in self.trainable_variables if not v.path.startswith("trunk_")]
+        return trunk, towers
+
+
+class BareLoop(_BareStep):
+    """T `tape.gradient` calls and their sum: the bare cost of per-task gradients."""
+
+    def gradients(self, tape, losses, rep):
+        variables = self.trainable_variables
+        return _summed([tape.gradient(loss, variables) for loss in losses]), variables
+
+
+class BareJacobian(_BareStep):
+    """`BareLoop` with the trunk's gradients as a Jacobian matrix: the floor under `"loop"`."""
+
+    def gradients(self, tape, losses, rep):
+        trunk, towers = self.split()
         per_task = [tape.gradient(loss, trunk + towers) for loss in losses]
         jacobian = jacobian_rows([g[: len(trunk)] for g in per_task], trunk)
         direction = tf.matmul(tf.ones((1, len(losses))), jacobian)[0]
         grads = unflatten(direction, trunk) + _summed([g[len(trunk) :] for g in per_task])
-        self.optimizer.apply(grads, trunk + towers)
-        self._loss_tracker.update_state(tf.add_n(losses))
-        return {"loss": self._loss_tracker.result()}
+        return grads, trunk + towers
 
 
-class BareVectorized(keras.Model):
+class BareVectorized(_BareStep):
     """Per-task gradients of the trunk output, then one vectorised trunk backward pass for all.
 
     `tf.vectorized_map` over the T output gradients of `tape.gradient(trunk output, trunk
@@ -116,23 +122,15 @@ class BareVectorized(keras.Model):
     the trunk output as an extra output `"rep"`.
     """
 
-    def train_step(self, data):
-        x, y = data
-        with tf.GradientTape(persistent=True) as tape:
-            pred = dict(self(x, training=True))
-            rep = pred.pop("rep")
-            losses = [ops.mean(ops.square(pred[k] - y[k])) for k in sorted(pred)]
-        trunk = [v for v in self.trainable_variables if v.path.startswith("trunk_")]
-        towers = [v for v in self.trainable_variables if not v.path.startswith("trunk_")]
+    def gradients(self, tape, losses, rep):
+        trunk, towers = self.split()
         per_task = [tape.gradient(loss, [rep] + towers) for loss in losses]
         rows = tf.vectorized_map(
             lambda c: tape.gradient(rep, trunk, output_gradients=c),
             tf.stack([g[0] for g in per_task]),
         )
         grads = [tf.reduce_sum(r, 0) for r in rows] + _summed([g[1:] for g in per_task])
-        self.optimizer.apply(grads, trunk + towers)
-        self._loss_tracker.update_state(tf.add_n(losses))
-        return {"loss": self._loss_tracker.result()}
+        return grads, trunk + towers
 
 
 def build(num_tasks: int, plain: bool, width: int, input_dim: int, cls=None):

@@ -353,6 +353,39 @@ def reading(path: str, data_file: DataFile) -> Iterator[None]:
         raise corrupt_file_error(path, data_file, err) from err
 
 
+def parse_whole(path: str, data_file: DataFile | None, parse):
+    """Reads the file `path` in one go and returns `parse(path, content)`.
+
+    Args:
+        path: the file.
+        data_file: its `DataFile`, or `None` for a file of the user's own.
+        parse: a function of the path and the bytes.
+
+    Returns:
+        What `parse` returns.
+
+    Raises:
+        OSError: when the file cannot be opened.
+        ValueError: from `parse`; with `data_file`, any of
+            `CORRUPT_FILE_ERRORS` becomes `corrupt_file_error`.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.txt")
+    >>> _ = open(path, "wb").write(b"abc")
+    >>> parse_whole(path, None, lambda p, raw: raw.upper())
+    b'ABC'
+    """
+    # Opened outside `reading`: a file that cannot be opened is not corrupt.
+    with open(path, "rb") as f:
+        raw = f.read()
+    if data_file is None:
+        return parse(path, raw)
+    with reading(path, data_file):
+        return parse(path, raw)
+
+
 def gunzip(path: str, data_file: DataFile) -> bytes:
     """The decompressed content of the gzip file `path`, read in one go
     (several times faster than streaming lines).
@@ -451,13 +484,7 @@ def read_numeric_csv(path: str, data_file: DataFile | None = None) -> tuple[list
     ...
     ValueError: ...t.csv: row 2 has 1 fields, expected 2.
     """
-    # Opened outside `reading`: a file that cannot be opened is not corrupt.
-    with open(path, "rb") as f:
-        raw = f.read()
-    if data_file is None:
-        return _parse_numeric_csv(path, raw)
-    with reading(path, data_file):
-        return _parse_numeric_csv(path, raw)
+    return parse_whole(path, data_file, _parse_numeric_csv)
 
 
 def _parse_numeric_csv(path: str, raw: bytes) -> tuple[list[str], np.ndarray]:

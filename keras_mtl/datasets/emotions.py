@@ -7,7 +7,13 @@ import os
 import numpy as np
 
 from keras_mtl._validation import check_number, check_numpy_seed, check_positive_int
-from keras_mtl.datasets.data_files import DataFile, locate_files, reading, to_tf_dataset
+from keras_mtl.datasets.data_files import (
+    DataFile,
+    locate_files,
+    parse_whole,
+    reading,
+    to_tf_dataset,
+)
 
 SUBDIR = "multilabel"
 FILES = (
@@ -57,13 +63,7 @@ def read_arff(
     >>> attrs, data.tolist()
     ([('a', 'numeric'), ('b c', '{0,1}')], [[1.5, 1.0], [2.0, 0.0]])
     """
-    # Opened outside `reading`: a file that cannot be opened is not corrupt.
-    with open(path, "rb") as f:
-        raw = f.read()
-    if data_file is None:
-        return _parse_arff(path, raw)
-    with reading(path, data_file):
-        return _parse_arff(path, raw)
+    return parse_whole(path, data_file, _parse_arff)
 
 
 def _parse_arff(path: str, raw: bytes) -> tuple[list[tuple[str, str]], np.ndarray]:
