@@ -74,8 +74,14 @@ def model_step():
     >>> import numpy as np, keras_mtl
     >>> from keras_mtl.balancers.base import model_step
     >>> b = keras_mtl.balancers.get("dwa")
+    >>> b.aggregate(None, np.array([np.nan, 1.0]))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected finite `losses`: `DWA` keeps state ...
     >>> with model_step():
     ...     weights = b.aggregate(None, np.array([np.nan, 1.0])).weights
+    >>> tuple(weights.shape)
+    (2,)
     """
     token = _IN_MODEL_STEP.set(True)
     try:
