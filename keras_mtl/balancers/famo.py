@@ -31,7 +31,9 @@ class FAMO(Balancer):
     gradient is `J_softmax(xi)^T delta = z * (delta - z . delta)`, applied
     with Adam (learning rate 0.025, betas 0.9 / 0.999, epsilon 1e-8) and L2
     weight decay 1e-3 added to the gradient, as the authors' code does with
-    `torch.optim.Adam`. The authors' code measures the new losses by a second
+    `torch.optim.Adam`. (Their `backward` also clips the norm of the shared
+    parameters' gradient to `max_norm=1`; that clip is the optimizer's job
+    here, e.g. `keras.optimizers.Adam(clipnorm=1.0)`.) The authors' code measures the new losses by a second
     forward pass on the same batch after the model update; this balancer
     keeps the O(1) cost of one forward and one backward pass by comparing
     the losses of consecutive steps instead: at step `k` the logits are first
@@ -48,8 +50,9 @@ class FAMO(Balancer):
     Args:
         learning_rate: Adam learning rate of the logits (0.025).
         weight_decay: L2 weight decay of the logits (1e-3, the authors' QM9
-            runs; their `FAMO` class defaults to 0.01, as their CelebA runs
-            use, and LibMTL to 1e-5).
+            runs and LibMTL's default; the `FAMO` class of the authors'
+            `famo.py` defaults to 0.01, as their CelebA runs use, and the
+            one in their `methods/weight_methods.py` to 1e-5).
         min_losses: `None` (zeros) or a list with one lower bound per task.
         epsilon: offset of the shifted losses, a positive float (1e-8).
         name: name of the balancer.

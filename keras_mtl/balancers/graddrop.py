@@ -28,6 +28,10 @@ class GradDrop(Balancer):
     task `t`'s gradient is kept where `(P > U and g_t > 0)` or
     `(P < U and g_t < 0)` and dropped elsewhere; the update is the sum of the
     kept gradients. A leak `l_t` keeps `l_t g_t + (1 - l_t) mask_t g_t`.
+    `P` is computed without LibMTL's `1e-7` added to `sum_t |g_t|` (as in
+    the paper and torchjd), so the masks do not change with the scale of the
+    gradients (LibMTL's `P` drifts to 1/2 for gradients below about 1e-7);
+    an activation where every gradient is 0 gets `P = 1/2`.
 
     How it maps onto the engine: GradDrop prefers
     `gradient_mode="representation"`, where `J` holds the gradients with

@@ -26,7 +26,10 @@ class RLW(Balancer):
 
     - `"uniform"`: `softmax(u)` with `u ~ U(0, 1)^T`;
     - `"dirichlet"`: `w ~ Dirichlet(concentration)`, drawn as normalised
-      Gamma(concentration) variables.
+      Gamma(concentration) variables. The authors' earlier multi-distribution
+      code (LibMTL) passed the Dirichlet draw through a softmax as well,
+      which keeps every weight within a factor `e` of the others; here the
+      draw itself is the weight vector.
 
     The draws come from a `keras.random.SeedGenerator` whose state is a
     variable of the balancer: a seeded balancer gives the same sequence of
