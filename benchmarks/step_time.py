@@ -109,7 +109,7 @@ class BareJacobian(_BareStep):
         trunk, towers = self.split()
         per_task = [tape.gradient(loss, trunk + towers) for loss in losses]
         jacobian = jacobian_rows([g[: len(trunk)] for g in per_task], trunk)
-        direction = tf.matmul(tf.ones((1, len(losses))), jacobian)[0]
+        direction = weighted_direction(tf.ones((len(losses),)), jacobian)
         grads = unflatten(direction, trunk) + _summed([g[len(trunk) :] for g in per_task])
         return grads, trunk + towers
 

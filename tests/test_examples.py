@@ -169,6 +169,74 @@ def test_public_object_has_an_example_that_checks_output(name, obj):
     assert any(example.want.strip() for example in test.examples), name
 
 
+# The documentation whose commands, options and paths the tests below check.
+DOCS = ["README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
+# `keras-mtl <command>` or `python <script>` and what follows it on the line (continuations joined).
+_COMMAND = re.compile(
+    r"(keras-mtl (?:bench|demo)|python3? (?:benchmarks|examples)/\w+\.py)\b([^`\n]*)"
+)
+
+
+def _doc_text(name):
+    return (ROOT / name).read_text().replace("\\\n", " ")
+
+
+def _documented_commands():
+    """`(doc, program, options)` for every command the docs spell out."""
+    found = []
+    for name in DOCS:
+        for program, rest in _COMMAND.findall(_doc_text(name)):
+            options = re.findall(r"(?<!\S)--[\w-]+", rest)
+            found.append((name, program.replace("python3 ", "python "), options))
+    return found
+
+
+def _help(monkeypatch, capsys, program):
+    """The `--help` text of `keras-mtl <command>` or of a script."""
+    if program.startswith("keras-mtl"):
+        import keras_mtl_cli
+
+        with pytest.raises(SystemExit):
+            keras_mtl_cli.parser().parse_args([program.split()[1], "--help"])
+    else:
+        script = program.split()[-1]
+        monkeypatch.setattr(sys, "argv", [script, "--help"])
+        with pytest.raises(SystemExit):
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_readme_opens_with_the_demo_and_the_ci_test_commands():
+    blocks = re.findall(r"```(\w*)\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)
+    venv = "python3 -m venv .venv && . .venv/bin/activate && "
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci == venv + "pip install -e '.[dev]' && pytest"
+    assert blocks[:2] == [("bash", venv + "pip install . && keras-mtl demo"), ("bash", ci)]
+
+
+def test_documented_command_options_exist(monkeypatch, capsys):
+    commands = _documented_commands()
+    # The scan sees the commands of README.md and every page under docs/.
+    assert {doc for doc, _, _ in commands} >= {"README.md", "docs/benchmarks.md"}
+    helps = {}
+    for doc, program, options in commands:
+        if program not in helps:
+            helps[program] = _help(monkeypatch, capsys, program)
+        unknown = [o for o in options if not re.search(rf"(?<![\w-]){o}(?![\w-])", helps[program])]
+        assert not unknown, f"{doc}: `{program}` has no option {unknown}"
+
+
+def test_documented_paths_exist():
+    for name in DOCS:
+        text = _doc_text(name)
+        paths = re.findall(
+            r"\b(?:benchmarks|tests|examples|docs|keras_mtl)/[\w/]+\.(?:py|md)", text
+        )
+        images = [f"docs/{p}" for p in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)]
+        missing = [p for p in paths + images if not (ROOT / p).exists()]
+        assert not missing, f"{name} names missing files: {missing}"
+
+
 def test_pytest_runs_the_docstring_examples():
     options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     assert "--doctest-modules" in options["addopts"].split()

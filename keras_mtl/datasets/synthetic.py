@@ -37,7 +37,8 @@ def generate(
     (standard deviation 0.1): the tasks are then nearly linear and easy to
     learn. `param_std=1.0`, as public reimplementations use, makes the sines
     matter: the label correlation then falls well below `correlation` and the
-    architectures differ (`benchmarks/mmoe_synthetic.py` uses it).
+    architectures differ (`benchmarks/mmoe_synthetic.py --sinusoids random
+    --param-std 1.0`; the script's default is `sinusoids="index"`).
     The cosine of w1 and w2 is exactly `correlation`; the label correlation
     is lower because of the sines.
 

@@ -355,7 +355,9 @@ class MultiTaskModel(keras.Model):
 
     @property
     def shared_variable_paths(self) -> list[str] | None:
-        """Paths of the variables treated as shared (known after the first step)."""
+        """Paths of the variables treated as shared: known after the first
+        step for balancers that need per-task gradients, `None` for
+        loss-weighting ones (they need no shared variables)."""
         return None if self._engine is None else self._engine.shared_variable_paths
 
     # ------------------------------------------------------------------ losses
