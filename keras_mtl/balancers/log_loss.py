@@ -198,7 +198,9 @@ class LogLoss(_LossTransform):
                 "log-losses are negative once L + epsilon < 1, so its weights would grow without "
                 "bound. Use LogLoss() alone (the limit of IMTL-L, as DB-MTL shows), the inner "
                 "balancer alone, or LogLoss around a gradient method (e.g. IMTL(mode='gradient'))"
-                f". Received: inner={self.inner.name!r} ({type(learner).__name__})"
+                ". A model saved with this combination by an earlier version loads with "
+                "`keras.saving.load_model(path, compile=False)` (then compile it with another "
+                f"balancer). Received: inner={self.inner.name!r} ({type(learner).__name__})"
             )
 
     def _transform(self, losses):

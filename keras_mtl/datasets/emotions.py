@@ -12,6 +12,7 @@ from keras_mtl.datasets.data_files import (
     locate_files,
     parse_whole,
     reading,
+    text_lines,
     to_tf_dataset,
 )
 
@@ -70,7 +71,7 @@ def _parse_arff(path: str, raw: bytes) -> tuple[list[tuple[str, str]], np.ndarra
     attributes: list[tuple[str, str]] = []
     rows: list[list[float]] = []
     in_data = False
-    for number, text in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+    for number, text in enumerate(text_lines(raw.decode("utf-8", errors="replace")), 1):
         line = text.strip()
         if not line or line.startswith("%"):
             continue

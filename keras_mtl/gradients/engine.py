@@ -249,7 +249,10 @@ class GradientEngine:
             # One scalar per task, never sliced from a stacked vector: the
             # gradient of a slice is structurally connected to every task,
             # which would hide which variables a task reaches.
-            denominators = tf.unstack(tf.maximum(counts, 1.0))
+            # Counts are label counts, or sums of sample weights (possibly
+            # below 1) for `reduction="mean_with_sample_weight"`; 0 (no
+            # labels) divides by 1, the sum being 0 too.
+            denominators = tf.unstack(tf.where(counts > 0, counts, 1.0))
             task_local = [s / d for s, d in zip(sums, denominators, strict=True)]
             local = tf.stack(task_local)
             regularization = model.regularization_loss()

@@ -176,7 +176,7 @@ class MultiTaskModel(keras.Model):
                 "weights. For fixed weights pass `balancer=keras_mtl.balancers."
                 f"StaticWeighting({loss_weights!r})`. Received: loss_weights={loss_weights!r}"
             )
-        if weighted_metrics is not None:
+        if weighted_metrics:  # Keras's default None, or an empty list, asks for nothing
             raise ValueError(
                 "`weighted_metrics` is not supported by MultiTaskModel: pass the metrics as "
                 "`metrics={task: [...]}`, which leave out unlabelled examples (sample weight 0 "
@@ -556,7 +556,8 @@ class MultiTaskModel(keras.Model):
         y_pred = self(x, training=False)
         sums, counts, y_clean, masks = self.task_loss_terms(y, y_pred, sample_weight)
         counts = ops.stack(counts)
-        losses = ops.stack(sums) / ops.maximum(counts, 1.0)
+        # As in the engine: weight sums below 1 are divisors too.
+        losses = ops.stack(sums) / ops.where(counts > 0, counts, 1.0)
         weights = ops.convert_to_tensor(self._last_task_weights)
         return self._update_metrics(
             x, losses, weights, counts, self.regularization_loss(), y_clean, y_pred, masks
@@ -755,7 +756,8 @@ class _LossMeans(keras.metrics.Metric):
     """`loss` and `<task>_loss` over the batches seen since the last reset.
 
     `<task>_loss` is the mean over the task's labelled examples: each batch's
-    loss counts with its number of labels. Keras's mean over batches would
+    loss counts with its number of labels (with the sum of their weights for
+    `reduction="mean_with_sample_weight"`). Keras's mean over batches would
     count a batch without labels for the task as a loss of 0 for a whole
     batch, which makes `evaluate` depend on `batch_size`. `loss` adds the
     tasks' weighted losses, averaged the same way, and the regularisation,
