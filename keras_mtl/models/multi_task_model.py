@@ -519,17 +519,25 @@ class MultiTaskModel(keras.Model):
                 for k, v in out.items()
                 if k != "finite"
             }
+        # Non-finite weights reach this point only with a loss scale optimizer
+        # (elsewhere the step raises or is skipped above): the overflowing
+        # step it skips (CAGrad and Aligned-MTL give NaN weights on an
+        # overflowed Jacobian). They are logged and kept as the last weights
+        # of an applied step, so the epoch's `loss` and `evaluate` stay finite.
+        weights = ops.where(
+            ops.all(ops.isfinite(out["weights"])), out["weights"], self._last_task_weights
+        )
         # A task without labels in the batch keeps its last weight: what a
         # balancer gives it there moves nothing (its loss and gradient are 0)
         # and may be meaningless (DB-MTL's 1 / L_t is 1e8 at L_t = 0).
         # (A skipped step's counts are zeroed above.)
         self._last_task_weights.assign(
-            ops.where(out["counts"] > 0, out["weights"], self._last_task_weights)
+            ops.where(out["counts"] > 0, weights, self._last_task_weights)
         )
         logs = self._update_metrics(
             x,
             out["losses"],
-            out["weights"],
+            weights,
             out["counts"],
             out["regularization"],
             out["y_true"],

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 from tests.models.helpers import TASKS, build, data
 
@@ -49,3 +50,24 @@ def test_log_loss_refusal_tells_how_to_load_an_older_saved_model():
     with pytest.raises(ValueError, match=r"compile=False") as info:
         keras_mtl.balancers.deserialize(config)
     assert "UncertaintyWeighting" in str(info.value)
+
+
+@pytest.mark.parametrize("balancer", ["cagrad", "aligned_mtl"])
+def test_overflowing_mixed_precision_steps_keep_the_logs_finite(balancer):
+    # The loss scale optimizer skips steps whose scaled gradients overflow;
+    # CAGrad and Aligned-MTL give NaN weights there, which made the epoch's
+    # `loss`, the `<task>_weight` logs and `evaluate` NaN.
+    x, y = data(n=64)
+    y = {k: v * 30.0 for k, v in y.items()}
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile(optimizer="sgd", loss={"task_1": "mse", "task_2": "mse"}, balancer=balancer)
+    history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
+    assert float(model.optimizer.dynamic_scale.numpy()) < 2.0**15  # steps did overflow
+    for key in ("loss", "task_1_weight", "task_2_weight"):
+        assert np.all(np.isfinite(history[key])), (key, history[key])
+    assert np.all(np.isfinite(np.array(model._last_task_weights)))
+    assert np.isfinite(model.evaluate(x, y, verbose=0, return_dict=True)["loss"])
