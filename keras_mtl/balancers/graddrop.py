@@ -52,7 +52,10 @@ class GradDrop(Balancer):
 
     Args:
         leak: a float in `[0, 1]` for every task, or a list with one per task.
-        seed: seed of the dropout draws (`None`: unseeded).
+        seed: seed of the dropout draws (`None`: unseeded). A seeded
+            balancer draws the same masks eagerly and in `tf.function`; under
+            XLA TensorFlow's random algorithm differs, so the masks differ
+            from those without XLA (each sequence is reproducible).
         name: name of the balancer.
 
     Raises:

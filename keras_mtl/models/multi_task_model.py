@@ -154,8 +154,9 @@ class MultiTaskModel(keras.Model):
             steps_per_execution: as in `keras.Model.compile`; 1 under a
                 distribution strategy with several replicas, where Keras 3's
                 multi-step loop fails (plain `keras.Model` too).
-            jit_compile: as in `keras.Model.compile`; forced off for balancers
-                that cannot run under XLA.
+            jit_compile: as in `keras.Model.compile`; `"auto"` leaves XLA off
+                for balancers that cannot run under it (`supports_jit=False`,
+                e.g. cvxpy solvers), `True` is refused for them.
             auto_scale_loss: as in `keras.Model.compile`.
             loss_weights: not supported (refused when given): the balancer
                 sets the task weights; fixed weights are
@@ -167,8 +168,9 @@ class MultiTaskModel(keras.Model):
             ValueError: if the loss keys do not match the task outputs, for
                 an unknown balancer, gradient mode or `nonfinite` value, a
                 loss with `reduction="sum"`, `loss_weights` or
-                `weighted_metrics`, or for `steps_per_execution > 1` with
-                several replicas.
+                `weighted_metrics`, for `steps_per_execution > 1` with
+                several replicas, or for `jit_compile=True` with a balancer
+                that cannot run under XLA.
         """
         if loss_weights is not None:
             raise ValueError(
