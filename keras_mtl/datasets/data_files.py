@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import os
 import zipfile
 import zlib
@@ -386,28 +387,6 @@ def parse_whole(path: str, data_file: DataFile | None, parse):
         return parse(path, raw)
 
 
-def text_lines(text: str) -> list[str]:
-    """The lines of `text` as a file opened in text mode reads them.
-
-    Only `\\n`, `\\r\\n` and `\\r` end a line, unlike `str.splitlines`,
-    which also splits at form feeds, `\\x1c`-`\\x1e`, `\\x85` and the
-    Unicode line separators that a comment or a quoted name may hold.
-
-    Args:
-        text: the decoded content.
-
-    Returns:
-        The lines, without their line endings.
-
-    Example:
-
-    >>> text_lines("a\\x0cb\\r\\nc\\u2028d\\re\\n")
-    ['a\\x0cb', 'c\\u2028d', 'e']
-    """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    return lines[:-1] if lines and not lines[-1] else lines
-
-
 def gunzip(path: str, data_file: DataFile) -> bytes:
     """The decompressed content of the gzip file `path`, read in one go
     (several times faster than streaming lines).
@@ -510,7 +489,10 @@ def read_numeric_csv(path: str, data_file: DataFile | None = None) -> tuple[list
 
 
 def _parse_numeric_csv(path: str, raw: bytes) -> tuple[list[str], np.ndarray]:
-    lines = [line.strip() for line in text_lines(raw.decode("utf-8")) if line.strip()]
+    # Universal newlines, as a file opened in text mode: `str.splitlines`
+    # would also split at form feeds and Unicode line separators.
+    text = io.StringIO(raw.decode("utf-8"), newline=None)
+    lines = [line.strip() for line in text if line.strip()]
     if not lines:
         raise ValueError(f"{path}: the file is empty, expected a header row of column names.")
     names = lines[0].split(",")

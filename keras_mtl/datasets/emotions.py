@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -12,7 +13,6 @@ from keras_mtl.datasets.data_files import (
     locate_files,
     parse_whole,
     reading,
-    text_lines,
     to_tf_dataset,
 )
 
@@ -71,7 +71,9 @@ def _parse_arff(path: str, raw: bytes) -> tuple[list[tuple[str, str]], np.ndarra
     attributes: list[tuple[str, str]] = []
     rows: list[list[float]] = []
     in_data = False
-    for number, text in enumerate(text_lines(raw.decode("utf-8", errors="replace")), 1):
+    # Universal newlines, as a file opened in text mode (see `read_numeric_csv`).
+    lines = io.StringIO(raw.decode("utf-8", errors="replace"), newline=None)
+    for number, text in enumerate(lines, 1):
         line = text.strip()
         if not line or line.startswith("%"):
             continue
