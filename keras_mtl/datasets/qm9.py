@@ -72,6 +72,9 @@ DESCRIPTOR_NAMES = (
     + ("radius_of_gyration", "gyration_eig_0", "gyration_eig_1", "gyration_eig_2")
 )
 _CACHE_VERSION = 1
+# Parse caches kept in the cache folder: each is named by its tables' sizes and
+# modification times, so a table edited or copied anew leaves the old one behind.
+_CACHES_KEPT = 3
 
 
 def _parse_targets(path: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -245,6 +248,26 @@ def _cache_path(cache_dir, sources: dict[str, str]) -> str:
     return os.path.join(root, SUBDIR, f"qm9_parsed_v{_CACHE_VERSION}_{sizes}_{stamp[:12]}.npz")
 
 
+def _mark_used(cache: str) -> None:
+    # The modification time orders the caches by last use for `_prune_caches`.
+    try:
+        os.utime(cache)
+    except OSError:
+        pass  # a read-only cache stays usable
+
+
+def _prune_caches(folder: str, keep: int) -> None:
+    """Removes all but the `keep` most recently used parse caches in `folder`."""
+    caches = [
+        os.path.join(folder, name)
+        for name in os.listdir(folder)
+        if name.startswith("qm9_parsed_v") and name.endswith(".npz") and ".tmp." not in name
+    ]
+    caches.sort(key=os.path.getmtime, reverse=True)
+    for stale in caches[keep:]:
+        os.remove(stale)
+
+
 def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict[str, np.ndarray]:
     """Parses (or reads from the `.npz` cache) the two QM9 tables.
 
@@ -254,7 +277,8 @@ def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict
             `cache_dir/qm9/qm9_parsed_v1_<sizes>_<stamp>.npz`, named by the
             two tables' sizes and modification times, so that a changed
             table is parsed again (default root
-            `~/.keras/datasets/keras_mtl`).
+            `~/.keras/datasets/keras_mtl`). The three most recently used
+            parse caches are kept there; older ones are removed.
         use_cache: read and write the cache.
 
     Returns:
@@ -300,6 +324,7 @@ def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict
             with np.load(cache, allow_pickle=False) as f:
                 data = {k: f[k] for k in f.files}
             data["adjacency"] = np.unpackbits(data.pop("adjacency_bits"), axis=-1)[..., :MAX_ATOMS]
+            _mark_used(cache)
             return data
         except (OSError, ValueError, KeyError) as e:
             warnings.warn(f"Ignoring the unreadable QM9 cache {cache}: {e}", stacklevel=2)
@@ -323,6 +348,7 @@ def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict
             tmp = cache + ".tmp.npz"
             np.savez(tmp, adjacency_bits=np.packbits(adjacency, axis=-1), **data)
             os.replace(tmp, cache)
+            _prune_caches(os.path.dirname(cache), keep=_CACHES_KEPT)
         except OSError as e:
             warnings.warn(f"Could not write the QM9 cache {cache}: {e}", stacklevel=2)
     data["adjacency"] = adjacency

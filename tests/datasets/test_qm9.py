@@ -308,3 +308,28 @@ def test_a_geometry_row_cut_short_is_reported_as_corrupt(tmp_path):
         ValueError, match=r"qm9_geometry\.csv\.gz.*truncated or corrupt \(IndexError"
     ):
         qm9.parse({f.name: str(tmp_path / f.name) for f in qm9.FILES}, use_cache=False)
+
+
+def test_stale_parse_caches_are_pruned_and_the_last_used_ones_kept(tmp_path):
+    _write_tables(tmp_path)
+    paths = {f.name: str(tmp_path / f.name) for f in qm9.FILES}
+    folder = tmp_path / "cache" / "qm9"
+
+    def parse_at(mtime):
+        # Another modification time of the tables names another cache.
+        for path in paths.values():
+            os.utime(path, ns=(mtime, mtime))
+        qm9.parse(paths, cache_dir=tmp_path / "cache")
+        return qm9._cache_path(tmp_path / "cache", paths)
+
+    first = parse_at(10**18)
+    second = parse_at(10**18 + 10**9)
+    for name in os.listdir(folder):
+        # Written long ago: without the refresh on reading, `first` would be pruned next.
+        os.utime(folder / name, (1, 1))
+    assert parse_at(10**18) == first  # read from the cache, which marks it used
+    others = [parse_at(10**18 + i * 10**9) for i in (2, 3)]
+    kept = sorted(os.listdir(folder))
+    # Four caches were written; the least recently used one, `second`, is gone.
+    assert kept == sorted(os.path.basename(p) for p in [first, *others])
+    assert os.path.basename(second) not in kept
