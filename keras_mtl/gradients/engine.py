@@ -20,7 +20,11 @@ then, by mode:
 
 Under `tf.distribute`, losses and `J` are all-reduced before the balancer runs,
 so every replica computes the update of the global batch; the optimizer sums
-what the replicas apply, hence the division by the number of replicas.
+what the replicas apply, hence the division by the number of replicas. In
+representation mode the rows of `J` are per example: they are gathered, not
+summed, and each replica backpropagates its own examples' part of the
+direction. Whether a step is skipped (`nonfinite="skip"`, loss scaling) is
+decided alike on every replica.
 """
 
 from __future__ import annotations
@@ -101,10 +105,8 @@ class GradientEngine:
         if balancer.jacobian_scope == "last_shared_layer":
             return "scoped"
         if self.mode == "auto":
-            if (
-                balancer.preferred_gradient_mode == "representation"
-                and model.distribute_strategy.num_replicas_in_sync == 1
-                and representation_layer(model, required=False)
+            if balancer.preferred_gradient_mode == "representation" and representation_layer(
+                model, required=False
             ):
                 return "representation"
             if balancer.preferred_gradient_mode in ("loop", "jacobian"):
@@ -206,17 +208,6 @@ class GradientEngine:
         ctx = tf.distribute.get_replica_context()
         replicas = ctx.num_replicas_in_sync if ctx is not None else 1
         mode = self.resolve_mode(model)
-        if replicas > 1 and mode == "representation":
-            raise ValueError(
-                "gradient_mode='representation' is not supported under a tf.distribute strategy "
-                "with several replicas (representation gradients are per example). Use "
-                "gradient_mode='loop'."
-            )
-        if replicas > 1 and self.nonfinite == "skip":
-            raise ValueError(
-                "nonfinite='skip' is not supported with several replicas yet; use "
-                "nonfinite='raise'."
-            )
         rep_layer = representation_layer(model, required=True) if mode == "representation" else None
         # Loss scaling (mixed precision): gradients are taken of scaled losses,
         # the balancer sees unscaled ones, the optimizer unscales what it gets.
@@ -321,7 +312,9 @@ class GradientEngine:
             grads = [by_id[id(v)] for v in variables]
         del tape, step  # release the persistent tape's resources before the update
 
-        finite = self._apply(model, grads, variables, losses, weights, state, checks, reg_check)
+        finite = self._apply(
+            model, grads, variables, losses, weights, state, checks, reg_check, ctx, replicas
+        )
         return {
             "losses": losses,
             "weights": weights,
@@ -382,9 +375,20 @@ class GradientEngine:
         trunk_grads = tape.gradient(rep, model_vars)
         trunk = [i for i, g in enumerate(trunk_grads) if g is not None]
         if not trunk:
+            # With several replicas, also when the tensor is another replica's: the layer
+            # records it in one attribute for all of them, and a collective after it (in
+            # a tower) lets another replica's forward pass overwrite it.
             raise ValueError(
                 "gradient_mode='representation' needs trainable variables before the "
                 "SharedRepresentation layer; the model has none."
+                + (
+                    " With several replicas this is also the message when a layer after the "
+                    "SharedRepresentation communicates across replicas (e.g. "
+                    "BatchNormalization(synchronized=True)), which representation mode does "
+                    "not support; use gradient_mode='loop'."
+                    if step.replicas > 1
+                    else ""
+                )
             )
         self.shared_variable_paths = [model_vars[i].path for i in trunk]
         others = [i for i in range(len(model_vars)) if i not in set(trunk)]
@@ -393,12 +397,19 @@ class GradientEngine:
         # A task that does not reach the representation has a zero row.
         rows = [[tf.zeros_like(rep) if gs[0] is None else gs[0]] for gs in per_task]
         jac = _unscale(jacobian_rows(rows, [rep]), step.scale)
-        result = _aggregate(step, jac, representation=tf.stop_gradient(tf.cast(rep, tf.float32)))
+        value = tf.stop_gradient(tf.cast(rep, tf.float32))
+        if step.replicas > 1:
+            jac, value, own_rows = _gather_examples(step.ctx, jac, value)
+        result = _aggregate(step, jac, representation=value)
         weights = tf.stop_gradient(result.weights)
         other_grads = _weighted_sum([gs[1:] for gs in per_task], weights)
-        rep_grad = tf.cast(
-            tf.reshape(_rescale(result.direction, step.scale), tf.shape(rep)), rep.dtype
-        )
+        direction = result.direction
+        if step.replicas > 1:
+            # Not divided by the replicas: each backpropagates only its own
+            # examples' rows, and the optimizer's sum over the replicas puts
+            # the global backward pass together.
+            direction = own_rows(direction)
+        rep_grad = tf.cast(tf.reshape(_rescale(direction, step.scale), tf.shape(rep)), rep.dtype)
         trunk_vars = [model_vars[i] for i in trunk]
         grads = _place([None] * len(model_vars), others, other_grads)
         trunk_grads = tape.gradient(rep, trunk_vars, output_gradients=rep_grad)
@@ -416,7 +427,7 @@ class GradientEngine:
         return tf.stop_gradient(_aggregate(step, jac).weights)
 
     # ------------------------------------------------------------------ apply
-    def _apply(self, model, grads, variables, losses, weights, state, checks, reg=None):
+    def _apply(self, model, grads, variables, losses, weights, state, checks, reg, ctx, replicas):
         optimizer = model.optimizer
         pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
         applied_grads = [g for g, _ in pairs]
@@ -427,7 +438,11 @@ class GradientEngine:
         # what the balancer wrote into its state from the overflowing
         # Jacobian would stay and spoil every later step (DB-MTL's moving
         # averages, GradNorm's weights).
-        no_overflow = _all_finite(applied_grads) if scaled_loss and state else None
+        no_overflow = None
+        if scaled_loss and (state or replicas > 1):
+            no_overflow = _agree(ctx, _all_finite(applied_grads), replicas)
+            if replicas > 1:
+                applied_grads = _poison(applied_grads, no_overflow)
         if self.nonfinite == "raise" and not scaled_loss:
             # The loss scale optimizer skips overflowing steps by itself.
             checks = checks + _assertion(
@@ -462,8 +477,34 @@ class GradientEngine:
             _all_finite([losses, _learning_rate(optimizer)] + ([] if reg is None else [reg])),
             tf.constant(True) if scaled_loss else _all_finite(applied_grads),
         )
+        # Each replica checks its own gradients (the task-specific ones are
+        # its share of the global sum): the step is skipped everywhere if any
+        # replica finds one non-finite.
+        finite = _agree(ctx, finite, replicas)
         _restore(state, finite if no_overflow is None else tf.logical_and(finite, no_overflow))
-        tf.cond(finite, update, lambda: tf.constant(False))
+        if replicas == 1 or tf.__internal__.distribute.strategy_supports_no_merge_call():
+            tf.cond(finite, update, lambda: tf.constant(False))
+            return finite
+        if not optimizer.built:
+            optimizer.build(applied_vars)
+
+        def apply(grads, weights):
+            with tf.control_dependencies([weights]):
+                optimizer.apply(grads, applied_vars)
+
+        def skip_or_apply(distribution, finite, grads, weights):
+            # A strategy cannot run a `tf.cond` in replica context whose
+            # branch makes a `merge_call` (the optimizer's update does): the
+            # branch is taken in cross-replica context, as Keras's loss scale
+            # optimizer does. `finite` is the same on every replica.
+            def run():
+                distribution.extended.call_for_each_replica(apply, args=(grads, weights))
+                return tf.constant(True)
+
+            first = distribution.experimental_local_results(finite)[0]
+            tf.cond(first, run, lambda: tf.constant(False))
+
+        ctx.merge_call(skip_or_apply, args=(finite, applied_grads, weights))
         return finite
 
 
@@ -712,6 +753,75 @@ def _all_reduce(ctx, value, replicas):
     if replicas == 1:
         return value
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _agree(ctx, flag, replicas):
+    """`flag` of every replica, and-ed: the same boolean on all of them."""
+    if replicas == 1:
+        return flag
+    failed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(flag, tf.float32))
+    return tf.equal(failed, 0.0)
+
+
+def _poison(grads, keep):
+    """`grads` with a NaN added to one of them unless `keep`.
+
+    Under a strategy with merge calls, the loss scale optimizer decides to
+    skip from the first replica's gradients alone, but the task-specific
+    ones are each replica's own share: an overflow that another replica
+    alone sees would be summed into the update. Added to the smallest dense
+    gradient, where it costs least.
+    """
+    if not grads:
+        return grads
+
+    def cost(g):
+        sparse = isinstance(g, tf.IndexedSlices)
+        size = (g.values if sparse else g).shape.num_elements()
+        return (sparse, float("inf") if size is None else size)
+
+    i = min(range(len(grads)), key=lambda k: cost(grads[k]))
+    g = grads[i]
+    values = g.values if isinstance(g, tf.IndexedSlices) else g
+    nan = tf.where(keep, tf.constant(0.0, values.dtype), tf.constant(float("nan"), values.dtype))
+    grads = list(grads)
+    if isinstance(g, tf.IndexedSlices):
+        grads[i] = tf.IndexedSlices(values + nan, g.indices, g.dense_shape)
+    else:
+        grads[i] = values + nan
+    return grads
+
+
+def _gather_examples(ctx, jacobian, representation):
+    """Representation-mode rows of the global batch, from every replica's own.
+
+    Args:
+        ctx: the replica context.
+        jacobian: `(T, b * d)`, gradients with respect to this replica's `b`
+            examples of the representation.
+        representation: `(b, ...)`, this replica's representation.
+
+    Returns:
+        The `(T, B * d)` Jacobian and `(B, ...)` representation of the global
+        batch (replicas in order; local batches may differ in size), and a
+        function taking a `(B * d,)` direction to this replica's `(b * d,)`
+        part.
+    """
+    local = tf.shape(representation)[0]
+    features = tf.reduce_prod(tf.shape(representation)[1:])
+    num_tasks = jacobian.shape[0]
+    rows = tf.reshape(jacobian, [num_tasks, local, features])
+    rows = ctx.all_gather(rows, axis=1)
+    gathered, sizes = ctx.all_gather([representation, tf.reshape(local, [1])], axis=0)
+    # Balancers read the feature shape statically (GradDrop).
+    gathered.set_shape([None, *representation.shape[1:]])
+    # As TensorFlow's own gradient of `all_gather` finds a replica's rows.
+    start = tf.reduce_sum(sizes[: ctx.replica_id_in_sync_group])
+
+    def own_rows(direction):
+        return tf.reshape(tf.reshape(direction, [-1, features])[start : start + local], [-1])
+
+    return tf.reshape(rows, [num_tasks, -1]), gathered, own_rows
 
 
 def _assertion(condition, message) -> list:

@@ -1,65 +1,140 @@
 """Run in a fresh process by test_distribution.py: two logical CPU devices must be
-configured before TensorFlow initialises, which pytest's process has already done."""
+configured before TensorFlow initialises, which pytest's process has already done.
+
+`python -m tests.models.mirrored_check KIND BALANCER [OPTION]` prints one JSON report
+(`cases "KIND BALANCER [OPTION]" ...`: a dict of them):
+
+- KIND `loop` / `jacobian`: the update of one epoch under two replicas against one device on
+  the global batch (OPTION `reg`: L2 penalties; `overflow`: mixed precision and a label whose
+  float16 gradient overflows on one replica).
+- KIND `skip`: the same with `nonfinite="skip"` and one non-finite batch (OPTION `mixed`:
+  mixed precision with a loss scale optimizer).
+- KIND `representation`: the same with `gradient_mode="representation"` (OPTION `uneven`:
+  local batches of different sizes; `empty`: a local batch without examples).
+- KIND `auto`: the mode `gradient_mode="auto"` takes with several replicas, and the refusal of
+  `steps_per_execution` > 1.
+"""
 
 import json
 import sys
+import traceback
 
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
+from keras_mtl.balancers import Balancer, BalanceResult
 from tests.models.helpers import NormalizedEMA, build, data
 
 LOSS = {"task_1": "mse", "task_2": "mse"}
+DEVICES = ["/cpu:0", "/cpu:1"]
 
 
-def run(strategy, x, y, weight):
-    with strategy.scope():
-        # "reg": L2 penalties, whose gradient each replica must also divide.
-        reg = keras.regularizers.L2(0.05) if sys.argv[3:] == ["reg"] else None
-        model = build(regularizer=reg)
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.5),
-            loss=LOSS,
-            balancer=NormalizedEMA(0.3) if sys.argv[2] == "ema" else sys.argv[2],
-            gradient_mode=sys.argv[1],
-            metrics={"task_1": ["mae"], "task_2": ["mae"]},
-        )
-        # After compile: a balancer's own trainable variables (IMTL's) join the model's.
-        initial = [np.array(v) for v in model.trainable_variables]
+class Sanitized(Balancer):
+    """Equal weights; the direction drops the Jacobian's non-finite columns, so an overflow
+    in the shared rows does not reach the shared update."""
+
+    requires_jacobian = True
+
+    def compute(self, jacobian, losses, representation=None):
+        direction = ops.sum(jacobian, axis=0)
+        direction = ops.where(ops.isfinite(direction), direction, 0.0)
+        return BalanceResult(direction, ops.ones((self.num_tasks,)))
+
+
+def mirrored():
+    """A two-replica MirroredStrategy whose collective keys no earlier one in the process
+    used: TensorFlow's runtime keeps each collective instance's shape by key, and every new
+    strategy starts from the same keys (TensorFlow's own tests bump the base likewise)."""
+    tf.distribute.MirroredStrategy._collective_key_base += 100000
+    return tf.distribute.MirroredStrategy(DEVICES)
+
+
+BALANCERS = {"ema": lambda: NormalizedEMA(0.3), "sanitized": Sanitized}
+
+
+def run(strategy, x, y, weight, kind, balancer, option):
+    mixed = option in ("mixed", "overflow")
+    if mixed:
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        with strategy.scope():
+            # "reg": L2 penalties, whose gradient each replica must also divide.
+            reg = keras.regularizers.L2(0.05) if option == "reg" else None
+            model = build(regularizer=reg, representation=kind == "representation")
+            # Adam for the skipped steps: its step count and moments show an update
+            # that should not have been made.
+            optimizer = keras.optimizers.Adam(0.05) if kind == "skip" else keras.optimizers.SGD(0.5)
+            if mixed:
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=256.0)
+            model.compile(
+                optimizer=optimizer,
+                loss=LOSS,
+                balancer=BALANCERS.get(balancer, lambda: balancer)(),
+                gradient_mode="loop" if kind == "skip" else kind,
+                nonfinite="skip" if kind == "skip" else "raise",
+                metrics={"task_1": ["mae"], "task_2": ["mae"]},
+            )
+            # After compile: a balancer's own trainable variables (IMTL's) join the model's.
+            initial = [_numpy(v) for v in model.trainable_variables]
+    finally:
+        keras.config.set_dtype_policy("float32")
     history = model.fit(
         x, y, sample_weight=weight, batch_size=32, epochs=1, shuffle=False, verbose=0
     ).history
-    final = [np.array(v) for v in model.trainable_variables]
+    final = [_numpy(v) for v in model.trainable_variables]
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(final, initial, strict=True))
     logs = {k: float(v[-1]) for k, v in history.items()}
-    return final, [np.array(v) for v in model.balancer.variables], moved, logs
+    optimizer_state = [_numpy(v).astype("float64") for v in model.optimizer.variables]
+    return {
+        "vars": final,
+        "balancer": [_numpy(v) for v in model.balancer.variables],
+        "optimizer": optimizer_state,
+        "iterations": int(_numpy(model.optimizer.iterations)),
+        "skipped": float(_numpy(model._skipped_steps)),
+        "scale": float(_numpy(optimizer.dynamic_scale)) if mixed else None,
+        "moved": moved,
+        "logs": logs,
+    }
 
 
-def refusals(x, y):
-    """The messages of the modes refused with several replicas, in order."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    messages = []
-    for kwargs in ({"gradient_mode": "representation"}, {"nonfinite": "skip"}):
-        with strategy.scope():
-            model = build(representation=True)
-            model.compile(optimizer="sgd", loss=LOSS, balancer="mgda", **kwargs)
-        before = [np.array(v) for v in model.trainable_variables]
-        try:
-            model.fit(x, y, batch_size=32, epochs=1, verbose=0)
-            messages.append(None)
-        except ValueError as error:
-            messages.append(str(error))
-        after = [np.array(v) for v in model.trainable_variables]
-        # A refused step applies nothing.
-        assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
-    return messages
+def _numpy(variable):
+    return np.asarray(keras.ops.convert_to_numpy(variable))
+
+
+def compare(single, mirror):
+    def max_diff(a, b):
+        return max(
+            (float(np.max(np.abs(u - v), initial=0.0)) for u, v in zip(a, b, strict=True)),
+            default=0.0,
+        )
+
+    single_logs, mirror_logs = single["logs"], mirror["logs"]
+    return {
+        "log_keys": [sorted(single_logs), sorted(mirror_logs)],
+        # The epoch's logs, compiled metrics and balancer logs included.
+        "max_log_diff": max(abs(single_logs[k] - mirror_logs.get(k, np.inf)) for k in single_logs),
+        "logs": [single_logs, mirror_logs],
+        "max_var_diff": max_diff(single["vars"], mirror["vars"]),
+        "moved": single["moved"],
+        # Every balancer variable (e.g. DB-MTL's step, moving norms and moving
+        # gradients), not only the first.
+        "balancer_vars": [len(single["balancer"]), len(mirror["balancer"])],
+        "balancer_diff": max_diff(single["balancer"], mirror["balancer"]),
+        "balancer_finite": bool(all(np.all(np.isfinite(v)) for v in mirror["balancer"])),
+        "optimizer_vars": [len(single["optimizer"]), len(mirror["optimizer"])],
+        "optimizer_diff": max_diff(single["optimizer"], mirror["optimizer"]),
+        "iterations": [single["iterations"], mirror["iterations"]],
+        "skipped": [single["skipped"], mirror["skipped"]],
+        "scale": [single["scale"], mirror["scale"]],
+    }
 
 
 def auto_mode(x, y):
     """The mode that gradient_mode="auto" takes with several replicas for a balancer that
     prefers representation gradients, and whether fit runs with it."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored()
     with strategy.scope():
         model = build(representation=True)
         model.compile(optimizer="sgd", loss=LOSS, balancer="mgda_ub")
@@ -70,7 +145,7 @@ def auto_mode(x, y):
 def steps_per_execution_refusal(x, y):
     """compile's message for steps_per_execution=2 with two replicas, and whether plain Keras
     fails there too (the reason for the refusal: keras-team/keras#19246)."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored()
     with strategy.scope():
         model = build()
         try:
@@ -88,45 +163,55 @@ def steps_per_execution_refusal(x, y):
     return {"message": message, "plain_fails": plain_fails}
 
 
+def check(kind, balancer, option):
+    """The report comparing one device with two replicas for one case."""
+    # "uneven": a last batch of 5 split 3 / 2, "empty": of 1 split 1 / 0 (Keras builds the
+    # model on the first batch, which must split evenly).
+    x, y = data(n={"uneven": 69, "empty": 65}.get(option, 96 if kind == "skip" else 64))
+    # Unlabelled examples, unevenly spread over the replicas' halves of each batch.
+    n = len(x)
+    weight = {"task_1": np.ones(n, "float32"), "task_2": np.ones(n, "float32")}
+    weight["task_2"][[0, 1, 2, 3, 4, 40]] = 0.0
+    if option == "overflow":
+        # A label whose float16 gradient overflows at the loss scale, in the second replica's
+        # half of the first batch: only that replica's gradients of the task_1 tower overflow.
+        y = {k: v.copy() for k, v in y.items()}
+        y["task_1"][20] = 3e4
+    if kind == "skip":
+        # An infinite label (NaN would mean "missing") in the second replica's half of the
+        # second of three batches: only that replica sees a non-finite loss and gradient.
+        y = {k: v.copy() for k, v in y.items()}
+        y["task_1"][52] = np.inf
+    single = run(tf.distribute.OneDeviceStrategy("/cpu:0"), x, y, weight, kind, balancer, option)
+    mirror = run(mirrored(), x, y, weight, kind, balancer, option)
+    return compare(single, mirror)
+
+
 def main():
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
     )
-    x, y = data(n=64)
-    if sys.argv[1] == "refusals":
+    if sys.argv[1] == "cases":
+        # Several cases in one process (TensorFlow's start-up is a good part of a case's
+        # time), each "KIND BALANCER [OPTION]"; a failing case reports its traceback.
+        reports = {}
+        for case in sys.argv[2:]:
+            try:
+                reports[case] = check(*(case.split() + [None])[:3])
+            except Exception:  # reported to the test of that case
+                reports[case] = {"error": traceback.format_exc()[-3000:]}
+        print(json.dumps(reports))
+        return
+    if sys.argv[1] == "auto":
+        x, y = data(n=64)
         report = {
-            "messages": refusals(x, y),
             "auto_mode": auto_mode(x, y),
             "steps_per_execution": steps_per_execution_refusal(x, y),
         }
         print(json.dumps(report))
         return
-    # Unlabelled examples, unevenly spread over the replicas' halves of each batch.
-    weight = {"task_1": np.ones(64, "float32"), "task_2": np.ones(64, "float32")}
-    weight["task_2"][[0, 1, 2, 3, 4, 40]] = 0.0
-    devices = ["/cpu:0", "/cpu:1"]
-    single = run(tf.distribute.OneDeviceStrategy("/cpu:0"), x, y, weight)
-    single_vars, single_state, moved, single_logs = single
-    mirror_vars, mirror_state, _, mirror_logs = run(
-        tf.distribute.MirroredStrategy(devices), x, y, weight
-    )
-    report = {
-        "log_keys": [sorted(single_logs), sorted(mirror_logs)],
-        # The epoch's logs, compiled metrics and balancer logs included.
-        "max_log_diff": max(abs(single_logs[k] - mirror_logs.get(k, np.inf)) for k in single_logs),
-        "max_var_diff": max(
-            float(np.max(np.abs(a - b))) for a, b in zip(single_vars, mirror_vars, strict=True)
-        ),
-        "moved": moved,
-        # Every balancer variable (e.g. DB-MTL's step, moving norms and moving
-        # gradients), not only the first.
-        "balancer_vars": [len(single_state), len(mirror_state)],
-        "balancer_diff": max(
-            float(np.max(np.abs(a - b))) for a, b in zip(single_state, mirror_state, strict=True)
-        ),
-    }
-    print(json.dumps(report))
+    print(json.dumps(check(*(sys.argv[1:] + [None])[:3])))
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import pathlib
@@ -40,32 +41,136 @@ def test_mirrored_update_equals_single_device_update_on_global_batch(mode, balan
     assert report["max_log_diff"] < 1e-5, report
 
 
+# ------------------------------------------------------------- nonfinite="skip"
+# Three batches of 32, the second with an infinite label in the second replica's half: that
+# replica alone sees a non-finite loss and gradient, yet both must skip the step.
+SKIP_CASES = [("ema", None), ("db_mtl", None), ("ema", "mixed")]
+
+
+@pytest.mark.parametrize("balancer, option", SKIP_CASES)
+def test_a_step_skipped_under_two_replicas_equals_the_single_device_skip(balancer, option):
+    report = _cached_check("skip", balancer, *([option] if option else []))
+    # float16 computations under mixed precision round differently on one and two devices.
+    tolerance = 1e-3 if option == "mixed" else 1e-5
+    assert report["moved"] > 1e-2, report  # the two applied steps changed the weights
+    assert report["max_var_diff"] < tolerance, report
+    # Adam's step count and moments: the skipped step touched none of them on any replica.
+    assert report["iterations"] == [2, 2], report
+    single_count, mirror_count = report["optimizer_vars"]
+    assert single_count == mirror_count and report["optimizer_diff"] < tolerance / 5, report
+    # The balancer's state restored alike (DB-MTL: step, moving norms and gradients).
+    single_count, mirror_count = report["balancer_vars"]
+    assert single_count == mirror_count >= (3 if balancer == "db_mtl" else 1), report
+    assert report["balancer_finite"] and report["balancer_diff"] < tolerance / 5, report
+    assert report["skipped"] == [1.0, 1.0], report
+    single_logs, mirror_logs = report["logs"]
+    assert single_logs["skipped_steps"] == mirror_logs["skipped_steps"] == 1.0, report
+    # The skipped step adds nothing to the logged losses and weights on either replica.
+    for key in ("loss", "task_1_loss", "task_2_loss", "task_1_weight", "task_2_weight"):
+        assert mirror_logs[key] == pytest.approx(single_logs[key], rel=tolerance), key
+    if option == "mixed":
+        assert report["scale"] == [256.0, 256.0], report  # no overflow: the scale stays
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="MultiTaskModel.train_step adds `skipped_steps` to the step logs also with several "
+    "replicas, so Keras takes the epoch's logs from the last step, averaging the replicas' "
+    "partial metrics (task_2_mae: its labels are unevenly missing across the replicas)",
+)
+def test_skip_mode_epoch_metrics_under_two_replicas_equal_the_single_device_ones():
+    report = _cached_check("skip", "ema")
+    single_logs, mirror_logs = report["logs"]
+    for key, value in single_logs.items():
+        assert mirror_logs[key] == pytest.approx(value, rel=1e-5), key
+
+
+def test_an_overflow_that_one_replica_alone_sees_is_skipped_on_every_replica():
+    # Mixed precision: a huge label in the second replica's half overflows that replica's
+    # float16 gradients of the task_1 tower; the balancer zeroes the non-finite shared
+    # columns, so the first replica's gradients are all finite. The loss scale optimizer,
+    # which decides from the first replica's, must still skip the step and halve the scale,
+    # as on one device.
+    report = _cached_check("loop", "sanitized", "overflow")
+    assert report["scale"] == [128.0, 128.0], report
+    assert report["iterations"] == [1, 1], report
+    assert report["moved"] > 1e-2, report
+    assert report["max_var_diff"] < 1e-3, report
+    single_logs, mirror_logs = report["logs"]
+    for key, value in single_logs.items():
+        assert mirror_logs[key] == pytest.approx(value, rel=1e-5), key
+
+
+# ------------------------------------------------------ gradient_mode="representation"
+REP_CASES = [
+    ("mgda_ub", None),
+    # The last batch of 5 splits 3 / 2: each replica takes its rows of the global
+    # direction at an offset from the gathered local batch sizes.
+    ("db_mtl", "uneven"),
+    # GradDrop reads the gathered representation's feature shape statically, and draws its
+    # masks from a seeded generator whose state every replica advances alike.
+    ("graddrop", "uneven"),
+    # The last batch of 1 leaves the second replica without examples.
+    ("mgda_ub", "empty"),
+]
+
+
+@pytest.mark.parametrize("balancer, option", REP_CASES)
+def test_representation_mode_under_two_replicas_equals_the_single_device_update(balancer, option):
+    # The balancer sees the representation Jacobian of the global batch, gathered across
+    # the replicas; DB-MTL's representation branch keeps moving norms of its rows.
+    report = _cached_check("representation", balancer, *([option] if option else []))
+    assert report["moved"] > 1e-2, report
+    assert report["max_var_diff"] < 1e-5, report
+    assert report["iterations"] == [3 if option else 2] * 2, report
+    single_count, mirror_count = report["balancer_vars"]
+    assert single_count == mirror_count >= 1, report
+    assert report["balancer_diff"] < 1e-6, report
+    single_keys, mirror_keys = report["log_keys"]
+    assert single_keys == mirror_keys and "task_2_mae" in single_keys, report
+    assert report["max_log_diff"] < 1e-5, report
+
+
 @pytest.fixture(scope="module")
-def refusals():
-    """One fresh process for every refusal with several replicas."""
-    return _run_check("refusals")
+def auto_and_refusals():
+    """One fresh process for the mode "auto" takes and what stays refused with several
+    replicas."""
+    return _run_check("auto")
 
 
-def test_modes_without_a_multi_replica_form_are_refused(refusals):
-    # Representation gradients are per example, and a skipped step would have
-    # to agree across replicas: both raise before any update.
-    first, second = refusals["messages"]
-    assert "gradient_mode='representation' is not supported" in first
-    assert "nonfinite='skip' is not supported with several replicas" in second
+def test_auto_mode_takes_representation_gradients_under_a_strategy_too(auto_and_refusals):
+    # As on one device: MGDA-UB prefers them and the model has a SharedRepresentation.
+    assert auto_and_refusals["auto_mode"] == ["representation", True]
 
 
-def test_auto_mode_takes_the_loop_where_representation_mode_is_refused(refusals):
-    assert refusals["auto_mode"] == ["loop", True]
-
-
-def test_steps_per_execution_with_several_replicas_is_refused_at_compile(refusals):
-    report = refusals["steps_per_execution"]
+def test_steps_per_execution_with_several_replicas_is_refused_at_compile(auto_and_refusals):
+    report = auto_and_refusals["steps_per_execution"]
     assert "`steps_per_execution` > 1 is not supported" in report["message"]
     assert "steps_per_execution=2 with 2 replicas" in report["message"]
     # Why: plain Keras fails on it. A Keras release that fixes this must not break CI, but
     # should be seen: lift the refusal then.
     if not report["plain_fails"]:
         warnings.warn("Keras now runs steps_per_execution > 1 with several replicas", stacklevel=1)
+
+
+CASES = [
+    *(f"skip {balancer} {option or ''}".strip() for balancer, option in SKIP_CASES),
+    "loop sanitized overflow",
+    *(f"representation {balancer} {option or ''}".strip() for balancer, option in REP_CASES),
+]
+
+
+@functools.cache
+def _cases():
+    # One process for every case below: TensorFlow's start-up is a good part of each.
+    return _run_check("cases", *CASES)
+
+
+def _cached_check(*args):
+    """The report of one case of `CASES`."""
+    report = _cases()[" ".join(args)]
+    assert "error" not in report, report["error"]
+    return report
 
 
 def _run_check(*args):
