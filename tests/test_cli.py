@@ -1,4 +1,6 @@
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -244,3 +246,20 @@ def test_bench_defaults_are_bench_config_defaults_and_quick_fills_a_tiny_run(mon
         256,
         True,
     )
+
+
+def test_the_installed_keras_mtl_command_answers_help():
+    # The console script that README's first command runs (`pip install . && keras-mtl demo`),
+    # installed next to this interpreter by `pip install`.
+    script = shutil.which("keras-mtl", path=str(pathlib.Path(sys.executable).parent))
+    assert script, "the keras-mtl console script is not installed next to the interpreter"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(
+        [script, "demo", "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith("usage: keras-mtl demo")
+    for option in ("--balancers", "--epochs", "--samples", "--seed"):
+        assert option in done.stdout
+    done = subprocess.run([script, "nope"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "invalid choice: 'nope'" in done.stderr

@@ -1,5 +1,6 @@
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -302,3 +303,33 @@ def test_bad_config_dicts_are_value_errors_that_name_the_balancers(config, messa
         balancers.get(config)
     with pytest.raises(ValueError, match=message):
         balancers.deserialize(config)
+
+
+def test_loss_weighting_and_gradient_methods_declare_what_they_need():
+    # The engine reads `requires_jacobian` to take one backward pass or per-task gradients.
+    assert EqualWeighting.requires_jacobian is False
+    assert StaticWeighting.requires_jacobian is False
+    assert balancers.Balancer.requires_jacobian is False
+    for name in ("pcgrad", "mgda", "db_mtl"):
+        assert balancers.get(name).requires_jacobian is True, name
+    # Loss-only methods give weights without a Jacobian.
+    np.testing.assert_array_equal(EqualWeighting().aggregate(None, [3.0, 0.5]).weights, [1, 1])
+
+
+def test_stateful_balancers_create_keras_variables_on_first_use():
+    # No state before the first call (the number of tasks is not known); after it, Keras
+    # variables that the call has written, which a model saves with its weights.
+    b = balancers.get("famo")
+    assert not b.built and b.variables == []
+    losses = np.array([1.0, 2.0])
+    b.aggregate(None, losses)
+    assert b.built and b.num_tasks == 2 and b.variables
+    assert all(isinstance(v, keras.Variable) for v in b.variables)
+    state = {v.path: np.array(v) for v in b.variables}
+    assert any(np.any(v != 0) for v in state.values())  # written by the call (step counts)
+    b.aggregate(None, 0.5 * losses)  # the second call updates the same variables
+    assert [v.path for v in b.variables] == list(state)
+    assert any(not np.array_equal(state[v.path], np.array(v)) for v in b.variables)
+    # `get_config` / `from_config` make an unbuilt copy with the same arguments.
+    copy = type(b).from_config(b.get_config())
+    assert not copy.built and copy.get_config() == b.get_config()

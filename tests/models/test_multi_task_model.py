@@ -261,20 +261,28 @@ def _relative_square(y_true, y_pred):
     return tf.reduce_mean(tf.square(y_pred - y_true) / y_true, axis=-1)
 
 
-@pytest.mark.parametrize(("balancer", "weights"), [("ew", [1.0, 1.0]), (Capture(), [0.3, 0.7])])
-def test_unlabelled_examples_put_no_nan_into_the_gradient(balancer, weights):
+@pytest.mark.parametrize(
+    ("balancer", "weights", "mode"),
+    [
+        ("ew", [1.0, 1.0], "auto"),
+        (Capture(), [0.3, 0.7], "loop"),
+        (Capture(), [0.3, 0.7], "jacobian"),
+        (Capture(), [0.3, 0.7], "representation"),
+    ],
+)
+def test_unlabelled_examples_put_no_nan_into_the_gradient(balancer, weights, mode):
     x, y = data(n=8)
     y = {name: v + 5.0 for name, v in y.items()}
     labelled_1 = np.array([1, 0, 1, 1, 0, 1, 1, 1], bool)
     sw_2 = np.array([1, 1, 1, np.nan, 1, 0, -1, 1], "float32")
     labelled_2 = sw_2 > 0
     y_nan = {"task_1": np.where(labelled_1[:, None], y["task_1"], np.nan), "task_2": y["task_2"]}
-    model = build()
+    model = build(representation=mode == "representation")
     model.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss={"task_1": _relative_square, "task_2": "mse"},
         balancer=balancer,
-        gradient_mode="loop",
+        gradient_mode=mode,
     )
     before = [np.array(v) for v in model.trainable_variables]
     with tf.GradientTape() as tape:

@@ -38,12 +38,26 @@ def test_import_keras_mtl_is_all_that_load_model_needs_in_a_fresh_process(tmp_pa
         "assert type(m.balancer).__name__ == 'DBMTL', type(m.balancer)\n"
         f"out = m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0)\n"
         f"np.savez({str(tmp_path / 'out.npz')!r}, **out)\n"
+        # The balancer's state and the optimizer's step count come back too.
+        "state = {v.path: np.asarray(v) for v in m.balancer.variables}\n"
+        "state['optimizer_iterations'] = np.asarray(m.optimizer.iterations)\n"
+        f"np.savez({str(tmp_path / 'state.npz')!r}, **state)\n"
     )
     run_in_a_fresh_process(script)
     served = np.load(tmp_path / "out.npz")
     expected = model.predict(x, verbose=0)
     for name in TASKS:
         np.testing.assert_allclose(served[name], expected[name], rtol=1e-6)
+    state = dict(np.load(tmp_path / "state.npz"))
+    assert int(state.pop("optimizer_iterations")) == int(model.optimizer.iterations) == 4
+    saved = {v.path: np.asarray(v) for v in model.balancer.variables}
+    # DB-MTL keeps a step count, moving loss norms and moving gradients: all of them.
+    assert sorted(state) == sorted(saved) and len(saved) >= 3
+    for path, value in saved.items():
+        np.testing.assert_array_equal(state[path], value, err_msg=path)
+    # Trained state, not the initial zeros: four steps were counted.
+    assert [float(v) for p, v in saved.items() if p.endswith("/step")] == [4.0]
+    assert all(np.any(v != 0) for v in saved.values())
 
 
 def test_a_compiled_model_loads_uncompiled_and_keeps_its_state(tmp_path):
