@@ -375,20 +375,9 @@ class GradientEngine:
         trunk_grads = tape.gradient(rep, model_vars)
         trunk = [i for i, g in enumerate(trunk_grads) if g is not None]
         if not trunk:
-            # With several replicas, also when the tensor is another replica's: the layer
-            # records it in one attribute for all of them, and a collective after it (in
-            # a tower) lets another replica's forward pass overwrite it.
             raise ValueError(
                 "gradient_mode='representation' needs trainable variables before the "
                 "SharedRepresentation layer; the model has none."
-                + (
-                    " With several replicas this is also the message when a layer after the "
-                    "SharedRepresentation communicates across replicas (e.g. "
-                    "BatchNormalization(synchronized=True)), which representation mode does "
-                    "not support; use gradient_mode='loop'."
-                    if step.replicas > 1
-                    else ""
-                )
             )
         self.shared_variable_paths = [model_vars[i].path for i in trunk]
         others = [i for i in range(len(model_vars)) if i not in set(trunk)]

@@ -1,5 +1,7 @@
 """Identity layer that marks the shared representation of a multi-task model."""
 
+import threading
+
 import keras
 from keras import ops
 
@@ -36,9 +38,28 @@ class SharedRepresentation(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.supports_masking = True
-        # Set by the gradient engine while it records the forward pass.
-        self._recording = False
-        self._recorded = None
+        # Set by the gradient engine while it records the forward pass. Per
+        # thread: tf.distribute runs each replica's step in its own thread,
+        # and a collective in a tower (synchronized batch normalisation) lets
+        # another replica's forward pass run between a replica's call and
+        # its read of the recorded tensor.
+        self._thread_state = threading.local()
+
+    @property
+    def _recording(self) -> bool:
+        return getattr(self._thread_state, "recording", False)
+
+    @_recording.setter
+    def _recording(self, value: bool) -> None:
+        self._thread_state.recording = value
+
+    @property
+    def _recorded(self):
+        return getattr(self._thread_state, "recorded", None)
+
+    @_recorded.setter
+    def _recorded(self, value) -> None:
+        self._thread_state.recorded = value
 
     def call(self, inputs):
         outputs = ops.copy(inputs)

@@ -10,7 +10,8 @@ configured before TensorFlow initialises, which pytest's process has already don
 - KIND `skip`: the same with `nonfinite="skip"` and one non-finite batch (OPTION `mixed`:
   mixed precision with a loss scale optimizer).
 - KIND `representation`: the same with `gradient_mode="representation"` (OPTION `uneven`:
-  local batches of different sizes; `empty`: a local batch without examples).
+  local batches of different sizes; `empty`: a local batch without examples; `syncbn`:
+  synchronized batch normalisation in the towers).
 - KIND `auto`: the mode `gradient_mode="auto"` takes with several replicas, and the refusal of
   `steps_per_execution` > 1.
 """
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+import keras_mtl
 from keras_mtl.balancers import Balancer, BalanceResult
 from tests.models.helpers import NormalizedEMA, build, data
 
@@ -62,7 +64,10 @@ def run(strategy, x, y, weight, kind, balancer, option):
         with strategy.scope():
             # "reg": L2 penalties, whose gradient each replica must also divide.
             reg = keras.regularizers.L2(0.05) if option == "reg" else None
-            model = build(regularizer=reg, representation=kind == "representation")
+            if option == "syncbn":
+                model = build_with_synchronized_towers()
+            else:
+                model = build(regularizer=reg, representation=kind == "representation")
             # Adam for the skipped steps: its step count and moments show an update
             # that should not have been made.
             optimizer = keras.optimizers.Adam(0.05) if kind == "skip" else keras.optimizers.SGD(0.5)
@@ -97,6 +102,22 @@ def run(strategy, x, y, weight, kind, balancer, option):
         "moved": moved,
         "logs": logs,
     }
+
+
+def build_with_synchronized_towers():
+    """`build(representation=True)` with synchronized batch normalisation in each tower: its
+    all-reduce lets the other replica's forward pass run between a replica's call of the
+    SharedRepresentation layer and the engine's read of the tensor it recorded."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((6,))
+    h = keras_mtl.layers.SharedBottom(units=(8,), name="trunk")(inputs)
+    h = keras_mtl.layers.SharedRepresentation(name="rep")(h)
+    outputs = {}
+    for name in LOSS:
+        t = keras.layers.Dense(4, activation="tanh", name=f"{name}_hidden")(h)
+        t = keras.layers.BatchNormalization(synchronized=True, name=f"{name}_norm")(t)
+        outputs[name] = keras.layers.Dense(1, name=name)(t)
+    return keras_mtl.MultiTaskModel(inputs=inputs, outputs=outputs)
 
 
 def _numpy(variable):
