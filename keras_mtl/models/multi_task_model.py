@@ -36,13 +36,18 @@ class MultiTaskModel(keras.Model):
     the balancer gave the task, averaged over the steps where it had labels)
     and the compiled metrics. `evaluate` (and `val_loss`) weights the losses
     with the last training weights of each task (before any training: 1, or a
-    `StaticWeighting`'s fixed weights, as Keras's `loss_weights`). Where the
-    weights follow the inverse of the losses or gradients, `loss` does not
-    fall as the tasks improve (DB-MTL and log-loss: `w_t = 1 / L_t`, so
-    `loss` stays near T; Nash-MTL: it grows as the gradients shrink): have
-    `EarlyStopping` or `ModelCheckpoint` monitor a `val_<task>_loss` or a
-    metric instead, with `mode="min"` or `"max"` (as for any per-output name
-    in Keras, `mode="auto"` cannot tell the direction and raises).
+    `StaticWeighting`'s fixed weights, as Keras's `loss_weights`), and logs
+    them as `<task>_weight`. A task without any label in an epoch (or in
+    `evaluate`'s data) logs `<task>_weight` 0, in `fit` and `evaluate`
+    alike, as its `<task>_loss` is 0: it added nothing to the objective. It
+    keeps its last weight, which later steps and `evaluate` use once it has
+    labels. Where the weights follow the inverse of the losses or gradients,
+    `loss` does not fall as the tasks improve (DB-MTL and log-loss:
+    `w_t = 1 / L_t`, so `loss` stays near T; Nash-MTL: it grows as the
+    gradients shrink): have `EarlyStopping` or `ModelCheckpoint` monitor a
+    `val_<task>_loss` or a metric instead, with `mode="min"` or `"max"` (as
+    for any per-output name in Keras, `mode="auto"` cannot tell the direction
+    and raises).
 
     Missing labels: give `sample_weight={task: w}` with 0 for examples that
     have no label for the task (any weight that is not positive, NaN
@@ -209,10 +214,22 @@ class MultiTaskModel(keras.Model):
                     f"or one loss for every task. Received: loss={loss!r}"
                 )
             losses = {name: loss for name in task_names}
-        loss_fns = [_loss_fn(name, losses[name]) for name in task_names]
+        # Resolved once: a config dict would otherwise give a new loss object
+        # at each resolution, and the checks of the step read the resolved
+        # loss (its `ignore_class`), not the identifier.
+        resolved = [_resolve_loss(name, losses[name]) for name in task_names]
+        loss_fns = [_loss_fn(fn) for fn in resolved]
         by_weight = [
-            _reduction(name, losses[name]) == "mean_with_sample_weight" for name in task_names
+            _reduction(name, losses[name], fn) == "mean_with_sample_weight"
+            for name, fn in zip(task_names, resolved, strict=True)
         ]
+        # A config dict is saved as the loss it describes: the short form that
+        # `keras.losses.get` takes (`{"class_name": "Huber"}`, no module) is
+        # not found again by `load_model`.
+        losses = {
+            name: fn if isinstance(losses[name], dict) else losses[name]
+            for name, fn in zip(task_names, resolved, strict=True)
+        }
         metrics = self._check_task_dict("metrics", metrics, task_names, required=False)
         _check_metrics(metrics)
         shared_names = None
@@ -252,6 +269,7 @@ class MultiTaskModel(keras.Model):
             self.balancer = balancer
             self.task_names = task_names
             self._losses_config = losses
+            self._resolved_losses = resolved
             self._loss_fns = loss_fns
             self._weighted_means = by_weight
             self._auto_scale_loss = auto_scale_loss
@@ -404,10 +422,12 @@ class MultiTaskModel(keras.Model):
         elif sample_weight is not None:
             self._check_task_dict("sample_weight", sample_weight, names, required=False)
         sums, counts, y_clean, masks = [], [], {}, {}
-        for name, fn, by_weight in zip(names, self._loss_fns, self._weighted_means, strict=True):
+        for name, loss, fn, by_weight in zip(
+            names, self._resolved_losses, self._loss_fns, self._weighted_means, strict=True
+        ):
             pred = ops.cast(y_pred[name], "float32")
             target = ops.convert_to_tensor(y[name])
-            if _is_keras_loss(self._losses_config[name]):
+            if _is_keras_loss(loss):
                 _check_label_width(name, target.shape, pred.shape)
             batch = ops.shape(pred)[0]
             valid = None  # (batch,) bool; None when every example is labelled
@@ -434,7 +454,7 @@ class MultiTaskModel(keras.Model):
             # missing integer labels: the loss is 0 there and Keras averages
             # over the other positions; here they leave the example's mean,
             # and an example without any labelled position is unlabelled.
-            ignored = getattr(self._losses_config[name], "ignore_class", None)
+            ignored = getattr(loss, "ignore_class", None)
             positions = None
             if ignored is not None:
                 positions = ops.not_equal(target, ops.cast(ignored, target.dtype))
@@ -556,8 +576,8 @@ class MultiTaskModel(keras.Model):
             # cannot pass a variable out of the step (`convert_to_tensor`
             # returns a backend variable as it is; a copy is a tensor).
             logs.update({k: ops.copy(v) for k, v in self.balancer.logs().items()})
-        if self._engine.nonfinite == "skip":
-            logs["skipped_steps"] = ops.copy(self._skipped_steps)
+            if self._engine.nonfinite == "skip":
+                logs["skipped_steps"] = ops.copy(self._skipped_steps)
         return logs
 
     def test_step(self, data):
@@ -616,18 +636,30 @@ class MultiTaskModel(keras.Model):
         if self.built:
             with self.distribute_strategy.scope():
                 self._engine.prepare(self)
-        callbacks = list(callbacks or [])
         # First, so that the user's callbacks see what it adds to the logs.
-        callbacks.insert(0, _BalancerEpochHook(self))
-        return super().fit(
-            x,
-            y,
-            batch_size=batch_size,
-            epochs=epochs,
-            verbose=verbose,
-            callbacks=callbacks,
-            **kwargs,
-        )
+        hook = _BalancerEpochHook(self)
+        given = callbacks if isinstance(callbacks, keras.callbacks.CallbackList) else None
+        if given is not None:
+            # Keras uses a `CallbackList` as it is (it adds no History or
+            # progress bar to it): the hook joins it for this call only.
+            hook.set_model(self)
+            given.callbacks.insert(0, hook)
+        else:
+            # As Keras reads `callbacks`: a list, a tuple or a single callback.
+            callbacks = [hook, *(keras.tree.flatten(callbacks) if callbacks else [])]
+        try:
+            return super().fit(
+                x,
+                y,
+                batch_size=batch_size,
+                epochs=epochs,
+                verbose=verbose,
+                callbacks=callbacks,
+                **kwargs,
+            )
+        finally:
+            if given is not None:
+                given.callbacks.remove(hook)
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
         """`keras.Model.train_on_batch`, with the checks of `fit`.
@@ -804,7 +836,9 @@ class _LossMeans(keras.metrics.Metric):
 
 class _TaskWeightMeans(keras.metrics.Metric):
     """`<task>_weight`: the task's weight averaged over the steps where it had
-    labels (0 if it had none).
+    labels; 0 if it had none, like its `<task>_loss` (the weights a balancer
+    gives a task without labels are not applied, and may be meaningless:
+    DB-MTL's `1 / L_t` at `L_t = 0`).
 
     One metric for all tasks: T scalar `Mean` trackers cost T times the ops
     per step, which is measurable next to a small model's step.
@@ -829,7 +863,8 @@ class _TaskWeightMeans(keras.metrics.Metric):
 
 class _BalancerEpochHook(keras.callbacks.Callback):
     """Tells the balancer when an epoch begins (for per-epoch methods such as
-    DWA) and, with several replicas, adds its logs to the epoch's."""
+    DWA) and, with several replicas, adds its logs and `skipped_steps` to the
+    epoch's."""
 
     def __init__(self, model):
         super().__init__()
@@ -844,6 +879,8 @@ class _BalancerEpochHook(keras.callbacks.Callback):
             logs.update(
                 {k: float(ops.convert_to_numpy(v)) for k, v in model.balancer.logs().items()}
             )
+            if model._engine.nonfinite == "skip":
+                logs["skipped_steps"] = float(ops.convert_to_numpy(model._skipped_steps))
 
 
 def _resolve_loss(task: str, identifier):
@@ -871,9 +908,9 @@ def _resolve_loss(task: str, identifier):
     return fn
 
 
-def _loss_fn(task: str, identifier):
-    """Returns a function giving per-example (unreduced) losses."""
-    fn = _resolve_loss(task, identifier)
+def _loss_fn(fn):
+    """A function giving the per-example (unreduced) losses of the resolved
+    loss `fn` (see `_resolve_loss`)."""
     if isinstance(fn, keras.losses.Loss):
         loss = fn
 
@@ -903,9 +940,10 @@ def _loss_fn(task: str, identifier):
     return aligned
 
 
-def _reduction(task: str, identifier) -> str:
-    """The reduction of a task's loss, checked: each task's loss is a mean."""
-    reduction = getattr(_resolve_loss(task, identifier), "reduction", None)
+def _reduction(task: str, identifier, fn) -> str:
+    """The reduction of a task's resolved loss `fn`, checked: each task's loss
+    is a mean. `identifier` is what the user passed, for the message."""
+    reduction = getattr(fn, "reduction", None)
     if reduction == "sum":
         raise ValueError(
             f"Received a loss with reduction='sum' for task '{task}', expected a mean "
@@ -918,15 +956,9 @@ def _reduction(task: str, identifier) -> str:
     return reduction or "sum_over_batch_size"
 
 
-def _is_keras_loss(identifier) -> bool:
-    """Whether `identifier` names or is one of Keras's own losses."""
-    if isinstance(identifier, str):
-        return True
-    owner = (
-        identifier
-        if callable(identifier) and not isinstance(identifier, keras.losses.Loss)
-        else type(identifier)
-    )
+def _is_keras_loss(fn) -> bool:
+    """Whether the resolved loss `fn` (see `_resolve_loss`) is one of Keras's own."""
+    owner = fn if callable(fn) and not isinstance(fn, keras.losses.Loss) else type(fn)
     return getattr(owner, "__module__", "").startswith("keras.")
 
 

@@ -72,13 +72,9 @@ def test_a_step_skipped_under_two_replicas_equals_the_single_device_skip(balance
         assert report["scale"] == [256.0, 256.0], report  # no overflow: the scale stays
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MultiTaskModel.train_step adds `skipped_steps` to the step logs also with several "
-    "replicas, so Keras takes the epoch's logs from the last step, averaging the replicas' "
-    "partial metrics (task_2_mae: its labels are unevenly missing across the replicas)",
-)
 def test_skip_mode_epoch_metrics_under_two_replicas_equal_the_single_device_ones():
+    # Keys added to a step's logs make Keras take the epoch's logs from the last step,
+    # averaging the replicas' partial metrics: `skipped_steps` joins them at the epoch's end.
     report = _cached_check("skip", "ema")
     single_logs, mirror_logs = report["logs"]
     for key, value in single_logs.items():
