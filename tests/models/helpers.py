@@ -39,6 +39,25 @@ def traced_train_step(model, x, y):
     return tf.function(model.train_step).get_concrete_function(batch).graph
 
 
+def brute_force_grads(model, x, y, weights):
+    """Gradients of `sum_t w_t L_t` (MSE; tasks of weight 0 left out, so their labels may be
+    missing) plus the layers' regularisation losses, over `model.trainable_variables`; zeros
+    where unreached."""
+    with tf.GradientTape() as tape:
+        pred = model(x, training=True)
+        loss = sum(
+            w * tf.reduce_mean(tf.square(pred[t] - y[t]))
+            for w, t in zip(weights, TASKS, strict=True)
+            if w
+        )
+        loss += sum(model.losses)
+    grads = tape.gradient(loss, model.trainable_variables)
+    return [
+        np.zeros(v.shape) if g is None else np.asarray(g)
+        for g, v in zip(grads, model.trainable_variables, strict=True)
+    ]
+
+
 def build(d=6, seed=1, representation=False, model_cls=None, regularizer=None):
     """A two-task shared-bottom MLP; `model_cls=keras.Model` for plain Keras.
 

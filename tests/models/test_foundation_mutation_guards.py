@@ -21,7 +21,7 @@ import tensorflow as tf
 import keras_mtl
 from keras_mtl import balancers
 from keras_mtl.gradients import GradientEngine
-from tests.models.helpers import TASKS, Capture, NormalizedEMA, build, data
+from tests.models.helpers import TASKS, Capture, NormalizedEMA, brute_force_grads, build, data
 
 LOSS = {"task_1": "mse", "task_2": "mse"}
 
@@ -130,22 +130,6 @@ def test_auto_mode_picks_a_valid_mode_for_every_registered_balancer():
         assert not np.allclose(before[0], np.array(model.trainable_variables[0]))
 
 
-def _brute_force(model, x, y, weights):
-    """Gradients of `sum_t w_t L_t` over `model.trainable_variables`, zeros where unreached."""
-    with tf.GradientTape() as tape:
-        pred = model(x, training=True)
-        loss = sum(
-            w * tf.reduce_mean(tf.square(pred[t] - y[t]))
-            for w, t in zip(weights, TASKS, strict=True)
-            if w
-        )
-    grads = tape.gradient(loss, model.trainable_variables)
-    return [
-        np.zeros(v.shape) if g is None else np.asarray(g)
-        for g, v in zip(grads, model.trainable_variables, strict=True)
-    ]
-
-
 @pytest.mark.parametrize("marking", ["nan_labels", "zero_sample_weights"])
 @pytest.mark.parametrize("mode", ["loop", "jacobian", "representation"])
 def test_a_task_without_labels_in_the_batch_gives_the_balancer_zeros_and_keeps_its_tower(
@@ -170,7 +154,7 @@ def test_a_task_without_labels_in_the_batch_gives_the_balancer_zeros_and_keeps_i
     assert len(tower) == 4
     before = [np.array(v) for v in model.trainable_variables]
     # Only task_1 contributes, with its weight 0.3.
-    expected = _brute_force(model, x, y, [0.3, 0.0])
+    expected = brute_force_grads(model, x, y, [0.3, 0.0])
     Capture.last = None
     history = model.fit(x, labels, batch_size=16, shuffle=False, verbose=0, **kwargs).history
     jac, losses = Capture.last

@@ -8,6 +8,7 @@ from tests.models.helpers import (
     TASKS,
     Capture,
     NormalizedEMA,
+    brute_force_grads,
     build,
     data,
     run_in_a_fresh_process,
@@ -35,18 +36,6 @@ def test_ew_equals_plain_keras_with_summed_losses():
     assert h_ours.history["task_1_weight"] == [1.0]
 
 
-def _brute_force_grads(model, x, y, weights):
-    """Gradients of `sum_t w_t L_t` plus the layers' regularisation losses."""
-    with tf.GradientTape() as tape:
-        pred = model(x, training=True)
-        loss = sum(
-            w * tf.reduce_mean(tf.square(pred[t] - y[t]))
-            for w, t in zip(weights, TASKS, strict=True)
-        )
-        loss += sum(model.losses)
-    return tape.gradient(loss, model.trainable_variables)
-
-
 @pytest.mark.parametrize("mode", ["loop", "jacobian", "representation"])
 def test_every_gradient_mode_matches_brute_force(mode):
     x, y = data(n=32)
@@ -59,7 +48,7 @@ def test_every_gradient_mode_matches_brute_force(mode):
         run_eagerly=True,
     )
     before = [np.array(v) for v in model.trainable_variables]
-    expected = _brute_force_grads(model, x, y, [0.3, 0.7])
+    expected = brute_force_grads(model, x, y, [0.3, 0.7])
     model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
     after = [np.array(v) for v in model.trainable_variables]
     for b, a, g in zip(before, after, expected, strict=True):
@@ -100,7 +89,7 @@ def test_loss_only_balancer_takes_one_weighted_backward():
         balancer=keras_mtl.balancers.StaticWeighting({"task_1": 0.3, "task_2": 0.7}),
     )
     before = [np.array(v) for v in model.trainable_variables]
-    expected = _brute_force_grads(model, x, y, [0.3, 0.7])
+    expected = brute_force_grads(model, x, y, [0.3, 0.7])
     history = model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     for b, v, g in zip(before, model.trainable_variables, expected, strict=True):
         np.testing.assert_allclose(b - np.array(v), np.asarray(g), atol=1e-5)
@@ -484,7 +473,7 @@ def test_subclassed_model_trains():
     # One step with fixed weights equals the brute-force step.
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss=LOSS, balancer=Capture())
     before = [np.array(v) for v in model.trainable_variables]
-    expected = _brute_force_grads(model, x, y, [0.3, 0.7])
+    expected = brute_force_grads(model, x, y, [0.3, 0.7])
     model.fit(x, y, batch_size=64, epochs=1, verbose=0)
     for b, v, g in zip(before, model.trainable_variables, expected, strict=True):
         np.testing.assert_allclose(b - np.array(v), np.asarray(g), atol=1e-5)
@@ -533,7 +522,7 @@ def test_mixed_precision_step_is_unscaled(mode):
     x, y = data(n=32)
     representation = mode == "representation"
     reference = build(representation=representation)
-    expected = _brute_force_grads(reference, x, y, [0.3, 0.7])
+    expected = brute_force_grads(reference, x, y, [0.3, 0.7])
     keras.config.set_dtype_policy("mixed_float16")
     try:
         model = build(representation=representation)
@@ -822,7 +811,7 @@ def _fit_checking_the_last_trunk_layer_jacobian(balancer, **compile_kwargs):
     )
     x, y = data(n=16)
     before = [np.array(v) for v in model.trainable_variables]
-    expected = _brute_force_grads(model, x, y, [0.3, 0.7])
+    expected = brute_force_grads(model, x, y, [0.3, 0.7])
     last = [v for v in model.trainable_variables if v.path.startswith("trunk/dense_1/")]
     rows = []
     for name in TASKS:
