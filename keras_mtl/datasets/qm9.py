@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
 import warnings
+import zipfile
 
 import numpy as np
 
@@ -257,15 +260,30 @@ def _mark_used(cache: str) -> None:
 
 
 def _prune_caches(folder: str, keep: int) -> None:
-    """Removes all but the `keep` most recently used parse caches in `folder`."""
-    caches = [
-        os.path.join(folder, name)
-        for name in os.listdir(folder)
-        if name.startswith("qm9_parsed_v") and name.endswith(".npz") and ".tmp." not in name
-    ]
-    caches.sort(key=os.path.getmtime, reverse=True)
-    for stale in caches[keep:]:
-        os.remove(stale)
+    """Removes all but the `keep` most recently used parse caches in `folder`.
+
+    Best effort: another process may prune the same folder meanwhile (a cache
+    it removed is passed over), and a cache that cannot be removed now is
+    left for a later call.
+    """
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    caches = []
+    for name in names:
+        if name.startswith("qm9_parsed_v") and name.endswith(".npz") and ".tmp." not in name:
+            path = os.path.join(folder, name)
+            try:
+                caches.append((os.path.getmtime(path), path))
+            except OSError:  # removed since the listing
+                continue
+    caches.sort(reverse=True)
+    for _, stale in caches[keep:]:
+        try:
+            os.remove(stale)
+        except OSError:
+            continue
 
 
 def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict[str, np.ndarray]:
@@ -326,7 +344,10 @@ def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict
             data["adjacency"] = np.unpackbits(data.pop("adjacency_bits"), axis=-1)[..., :MAX_ATOMS]
             _mark_used(cache)
             return data
-        except (OSError, ValueError, KeyError) as e:
+        except FileNotFoundError:
+            pass  # pruned by another process since `isfile`: parsed anew
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            # A truncated or corrupt file: `EOFError` when empty, `BadZipFile`.
             warnings.warn(f"Ignoring the unreadable QM9 cache {cache}: {e}", stacklevel=2)
     mol_id, raw = _parse_targets(paths["qm9_targets.csv.gz"])
     geo_id, types, positions = _parse_geometry(paths["qm9_geometry.csv.gz"])
@@ -343,14 +364,26 @@ def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict
         **{c: v[order] for c, v in raw.items()},
     }
     if use_cache:
+        # One temporary file per writer: processes (or threads) that parse
+        # the same tables at once would otherwise write into one file, and
+        # one would install it while another is still writing it.
+        tmp = f"{cache}.{os.getpid()}-{threading.get_ident()}.tmp.npz"
         try:
             os.makedirs(os.path.dirname(cache), exist_ok=True)
-            tmp = cache + ".tmp.npz"
-            np.savez(tmp, adjacency_bits=np.packbits(adjacency, axis=-1), **data)
-            os.replace(tmp, cache)
-            _prune_caches(os.path.dirname(cache), keep=_CACHES_KEPT)
+            try:
+                np.savez(tmp, adjacency_bits=np.packbits(adjacency, axis=-1), **data)
+                os.replace(tmp, cache)
+            except BaseException:
+                # The partial file of a full disk or an interrupt would stay:
+                # pruning passes over `.tmp.` files, which another process
+                # may be writing.
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
         except OSError as e:
             warnings.warn(f"Could not write the QM9 cache {cache}: {e}", stacklevel=2)
+        else:
+            _prune_caches(os.path.dirname(cache), keep=_CACHES_KEPT)
     data["adjacency"] = adjacency
     return data
 

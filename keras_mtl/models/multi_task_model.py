@@ -223,13 +223,6 @@ class MultiTaskModel(keras.Model):
             _reduction(name, losses[name], fn) == "mean_with_sample_weight"
             for name, fn in zip(task_names, resolved, strict=True)
         ]
-        # A config dict is saved as the loss it describes: the short form that
-        # `keras.losses.get` takes (`{"class_name": "Huber"}`, no module) is
-        # not found again by `load_model`.
-        losses = {
-            name: fn if isinstance(losses[name], dict) else losses[name]
-            for name, fn in zip(task_names, resolved, strict=True)
-        }
         metrics = self._check_task_dict("metrics", metrics, task_names, required=False)
         _check_metrics(metrics)
         shared_names = None
@@ -268,6 +261,7 @@ class MultiTaskModel(keras.Model):
                 del self.balancer
             self.balancer = balancer
             self.task_names = task_names
+            # As given, a config dict too (see `compile_from_config`).
             self._losses_config = losses
             self._resolved_losses = resolved
             self._loss_fns = loss_fns
@@ -755,11 +749,16 @@ class MultiTaskModel(keras.Model):
         config = dict(config)
         deserialize = keras.saving.deserialize_keras_object
         config["optimizer"] = deserialize(config["optimizer"])
-        config["loss"] = {t: deserialize(v) for t, v in config["loss"].items()}
+        losses = config["loss"]
+        config["loss"] = {t: _deserialize_loss(v) for t, v in losses.items()}
         config["balancer"] = balancers_module.deserialize(config["balancer"])
         if config.get("metrics") is not None:
             config["metrics"] = {t: deserialize(v) for t, v in config["metrics"].items()}
         self.compile(**config)
+        # A loss given as a config dict is saved again as it was given: the
+        # object it makes may not give it back (Keras's `Huber.get_config`
+        # drops `delta`).
+        self._losses_config.update({t: v for t, v in losses.items() if isinstance(v, dict)})
         if self.built:
             # Create the optimizer variables so that their saved values load.
             self.optimizer.build(self.trainable_variables)
@@ -906,6 +905,22 @@ def _resolve_loss(task: str, identifier):
             f"keras.losses.Loss. Received: loss={{'{task}': {identifier!r}}}"
         )
     return fn
+
+
+def _deserialize_loss(config):
+    """A task's loss from the compile config: saved as given, a config dict
+    may be the short form that `keras.losses.get` takes (`{"class_name":
+    "Huber", "config": {...}}`, no module), which only Keras's loss module
+    finds."""
+    try:
+        return keras.saving.deserialize_keras_object(config)
+    except TypeError:  # "Could not locate class ..."
+        if not isinstance(config, dict):
+            raise
+        loss = keras.losses.deserialize(config)
+        if isinstance(loss, str):  # not a loss of Keras's either: the first error says why
+            raise
+        return loss
 
 
 def _loss_fn(fn):

@@ -2,6 +2,8 @@ import csv
 import gzip
 import io
 import os
+import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -333,3 +335,151 @@ def test_stale_parse_caches_are_pruned_and_the_last_used_ones_kept(tmp_path):
     # Four caches were written; the least recently used one, `second`, is gone.
     assert kept == sorted(os.path.basename(p) for p in [first, *others])
     assert os.path.basename(second) not in kept
+
+
+def _stale_caches(folder, count):
+    """`count` parse caches of other tables, the oldest first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"qm9_parsed_v1_1_2_{i:012d}.npz" for i in range(count)]
+    for i, path in enumerate(paths):
+        path.write_bytes(b"")
+        os.utime(path, (i + 1, i + 1))
+    return paths
+
+
+def test_pruning_passes_over_caches_another_process_removes_meanwhile(tmp_path, monkeypatch):
+    # Two processes writing caches to one folder prune it at the same time:
+    # a cache listed by one may be gone before it reads its time or removes
+    # it. That ended the pruning with "Could not write the QM9 cache" (an
+    # error under `-W error`) although the cache was written.
+    _write_tables(tmp_path)
+    paths = {f.name: str(tmp_path / f.name) for f in qm9.FILES}
+    folder = tmp_path / "cache" / "qm9"
+    stale = _stale_caches(folder, 4)
+    listdir, getmtime = os.listdir, os.path.getmtime
+
+    def listed(path):  # and one more, removed by the other process right away
+        names = listdir(path)
+        return [*names, "qm9_parsed_v1_1_2_removed.npz"] if path == str(folder) else names
+
+    def read_then_removed(path):  # the oldest one is removed after its time is read
+        time = getmtime(path)
+        if path == str(stale[0]):
+            os.remove(path)
+        return time
+
+    monkeypatch.setattr(os, "listdir", listed)
+    monkeypatch.setattr(os.path, "getmtime", read_then_removed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = qm9.parse(paths, cache_dir=tmp_path / "cache")
+    monkeypatch.undo()
+    assert data["mol_id"].tolist() == [1, 3, 5]
+    written = os.path.basename(qm9._cache_path(tmp_path / "cache", paths))
+    assert sorted(os.listdir(folder)) == sorted([written, stale[3].name, stale[2].name])
+
+
+def test_a_cache_pruned_by_another_process_before_it_is_read_is_parsed_anew(tmp_path, monkeypatch):
+    # Found by `isfile`, removed before `np.load`: a cache miss, not an
+    # "unreadable" cache.
+    _write_tables(tmp_path)
+    paths = {f.name: str(tmp_path / f.name) for f in qm9.FILES}
+    expected = qm9.parse(paths, cache_dir=tmp_path / "cache")
+    cache = qm9._cache_path(tmp_path / "cache", paths)
+    load = np.load
+
+    def removed_first(path, **kwargs):
+        os.remove(path)
+        return load(path, **kwargs)
+
+    monkeypatch.setattr(qm9.np, "load", removed_first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = qm9.parse(paths, cache_dir=tmp_path / "cache")
+    monkeypatch.undo()
+    np.testing.assert_array_equal(data["descriptors"], expected["descriptors"])
+    assert os.path.isfile(cache)  # written again
+
+    # A cache that cannot be marked used (a read-only one) is still read.
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "utime", refused)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = qm9.parse(paths, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(data["descriptors"], expected["descriptors"])
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_failed_cache_write_leaves_no_partial_file(tmp_path, monkeypatch, failure):
+    # Pruning passes over `.tmp.` files (another process may be writing
+    # one): the partial file of a full disk or an interrupt stayed for good.
+    _write_tables(tmp_path)
+    paths = {f.name: str(tmp_path / f.name) for f in qm9.FILES}
+    savez = np.savez
+
+    def fails_halfway(file, **arrays):
+        savez(file, **dict(list(arrays.items())[:2]))
+        raise failure
+
+    monkeypatch.setattr(qm9.np, "savez", fails_halfway)
+    if isinstance(failure, OSError):
+        with pytest.warns(UserWarning, match="Could not write the QM9 cache"):
+            data = qm9.parse(paths, cache_dir=tmp_path / "cache")
+        assert data["mol_id"].tolist() == [1, 3, 5]
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            qm9.parse(paths, cache_dir=tmp_path / "cache")
+    assert os.listdir(tmp_path / "cache" / "qm9") == []
+
+
+@pytest.mark.parametrize("kept", [0, 0.5], ids=["empty", "half"])
+def test_a_truncated_cache_is_ignored_with_a_warning(tmp_path, kept):
+    # `np.load` raises `EOFError` or `zipfile.BadZipFile` there, which `parse`
+    # let through.
+    _write_tables(tmp_path)
+    paths = {f.name: str(tmp_path / f.name) for f in qm9.FILES}
+    expected = qm9.parse(paths, cache_dir=tmp_path / "cache")
+    cache = qm9._cache_path(tmp_path / "cache", paths)
+    with open(cache, "rb") as f:
+        raw = f.read()
+    with open(cache, "wb") as f:
+        f.write(raw[: int(len(raw) * kept)])
+    with pytest.warns(UserWarning, match="Ignoring the unreadable QM9 cache"):
+        data = qm9.parse(paths, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(data["descriptors"], expected["descriptors"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qm9.parse(paths, cache_dir=tmp_path / "cache")  # written anew
+
+
+def test_two_writers_of_one_cache_do_not_share_a_temporary_file(tmp_path, monkeypatch):
+    # Both wrote `<cache>.tmp.npz`: one installed the file while the other
+    # was still writing it (read as a truncated zip), or found it gone
+    # ("Could not write the QM9 cache"). Here the other writer (a thread)
+    # writes and installs its cache between this one's write and install.
+    _write_tables(tmp_path)
+    paths = {f.name: str(tmp_path / f.name) for f in qm9.FILES}
+    cache_dir = tmp_path / "cache"
+    savez, errors = np.savez, []
+
+    def other_writer():
+        try:
+            qm9.parse(paths, cache_dir=cache_dir)
+        except Exception as e:  # raised in the test's thread below
+            errors.append(e)
+
+    def savez_then_the_other_writer(file, **arrays):
+        savez(file, **arrays)
+        if threading.current_thread() is threading.main_thread():
+            thread = threading.Thread(target=other_writer)
+            thread.start()
+            thread.join()
+
+    monkeypatch.setattr(qm9.np, "savez", savez_then_the_other_writer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qm9.parse(paths, cache_dir=cache_dir)
+    assert errors == []
+    assert os.listdir(cache_dir / "qm9") == [os.path.basename(qm9._cache_path(cache_dir, paths))]
