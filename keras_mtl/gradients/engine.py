@@ -223,13 +223,14 @@ class GradientEngine:
 
         with tf.GradientTape(persistent=mode != "weighted") as tape:
             if rep_layer is not None:
+                rep_layer._recorded = None
                 rep_layer._recording = True
             try:
                 y_pred = model(x, training=True)
             finally:
                 if rep_layer is not None:
                     rep_layer._recording = False
-            rep = rep_layer._recorded if rep_layer is not None else None
+            rep = None if rep_layer is None else _take_recorded(rep_layer)
             # Read after the forward pass: a subclassed model builds on its first call.
             variables = list(model.trainable_variables)
             balancer_ids = {id(v) for v in balancer.trainable_variables}
@@ -427,10 +428,18 @@ class GradientEngine:
         # what the balancer wrote into its state from the overflowing
         # Jacobian would stay and spoil every later step (DB-MTL's moving
         # averages, GradNorm's weights).
+        # Keras's loss scale optimizer misses an overflow in a sparse
+        # gradient (an embedding's) in a row that the batch looks up again:
+        # its test scatters the values into a dense tensor, which keeps only
+        # the last of a repeated index's rows. With several replicas it also
+        # decides from the first replica's gradients alone. In both cases the
+        # engine tests every gradient and puts its decision where the
+        # optimizer cannot miss it (`_poison`).
+        sparse = any(isinstance(g, tf.IndexedSlices) for g in applied_grads)
         no_overflow = None
-        if scaled_loss and (state or replicas > 1):
+        if scaled_loss and (state or replicas > 1 or sparse):
             no_overflow = _agree(ctx, _all_finite(applied_grads), replicas)
-            if replicas > 1:
+            if replicas > 1 or sparse:
                 applied_grads = _poison(applied_grads, no_overflow)
         if self.nonfinite == "raise" and not scaled_loss:
             # The loss scale optimizer skips overflowing steps by itself.
@@ -758,8 +767,11 @@ def _poison(grads, keep):
     Under a strategy with merge calls, the loss scale optimizer decides to
     skip from the first replica's gradients alone, but the task-specific
     ones are each replica's own share: an overflow that another replica
-    alone sees would be summed into the update. Added to the smallest dense
-    gradient, where it costs least.
+    alone sees would be summed into the update. And it misses an overflow
+    in a sparse gradient's row whose index repeats (see `_apply`). Added to
+    the smallest dense gradient with elements, where it costs least, or else
+    to every value of a sparse one, which a test that keeps one row per
+    index still sees.
     """
     if not grads:
         return grads
@@ -767,7 +779,8 @@ def _poison(grads, keep):
     def cost(g):
         sparse = isinstance(g, tf.IndexedSlices)
         size = (g.values if sparse else g).shape.num_elements()
-        return (sparse, float("inf") if size is None else size)
+        # A gradient without elements would carry nothing.
+        return (sparse, size == 0, float("inf") if size is None else size)
 
     i = min(range(len(grads)), key=lambda k: cost(grads[k]))
     g = grads[i]
@@ -779,6 +792,26 @@ def _poison(grads, keep):
     else:
         grads[i] = values + nan
     return grads
+
+
+def _take_recorded(layer):
+    """The tensor `layer` (a `SharedRepresentation`) recorded in this
+    thread's forward pass; the layer keeps no reference to it (nor to its
+    graph) afterwards.
+
+    Raises:
+        ValueError: when the layer did not run in the forward pass.
+    """
+    recorded = layer._recorded
+    layer._recorded = None
+    if recorded is None:
+        raise ValueError(
+            "gradient_mode='representation' needs the model's forward pass to apply its "
+            f"SharedRepresentation layer, but the SharedRepresentation layer '{layer.name}' did "
+            "not run in the training step's forward pass (a subclassed model's `call` must apply "
+            "it, in the thread that runs the step)."
+        )
+    return recorded
 
 
 def _gather_examples(ctx, jacobian, representation):

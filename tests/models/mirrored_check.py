@@ -6,14 +6,16 @@ configured before TensorFlow initialises, which pytest's process has already don
 
 - KIND `loop` / `jacobian`: the update of one epoch under two replicas against one device on
   the global batch (OPTION `reg`: L2 penalties; `overflow`: mixed precision and a label whose
-  float16 gradient overflows on one replica).
+  float16 gradient overflows on one replica; `embedding`: the same in a model whose only
+  gradient is an embedding's, sparse, with the overflowing rows' ids looked up again).
 - KIND `skip`: the same with `nonfinite="skip"` and one non-finite batch (OPTION `mixed`:
-  mixed precision with a loss scale optimizer).
+  mixed precision with a loss scale optimizer; `representation`: in representation mode).
 - KIND `representation`: the same with `gradient_mode="representation"` (OPTION `uneven`:
   local batches of different sizes; `empty`: a local batch without examples; `syncbn`:
-  synchronized batch normalisation in the towers).
-- KIND `auto`: the mode `gradient_mode="auto"` takes with several replicas, and the refusal of
-  `steps_per_execution` > 1.
+  synchronized batch normalisation in the towers; `sequence`: a representation of rank 3,
+  (batch, time, features), with local batches of different sizes).
+- KIND `auto`: the mode `gradient_mode="auto"` takes with several replicas, the refusal of
+  `steps_per_execution` > 1, and the logs of `train_on_batch`.
 """
 
 import json
@@ -57,7 +59,8 @@ BALANCERS = {"ema": lambda: NormalizedEMA(0.3), "sanitized": Sanitized}
 
 
 def run(strategy, x, y, weight, kind, balancer, option):
-    mixed = option in ("mixed", "overflow")
+    mixed = option in ("mixed", "overflow", "embedding")
+    skip_mode = "representation" if option == "representation" else "loop"
     if mixed:
         keras.config.set_dtype_policy("mixed_float16")
     try:
@@ -66,8 +69,15 @@ def run(strategy, x, y, weight, kind, balancer, option):
             reg = keras.regularizers.L2(0.05) if option == "reg" else None
             if option == "syncbn":
                 model = build_with_synchronized_towers()
+            elif option == "sequence":
+                model = build_sequence_model()
+            elif option == "embedding":
+                model = embedding_model()
             else:
-                model = build(regularizer=reg, representation=kind == "representation")
+                model = build(
+                    regularizer=reg,
+                    representation=kind == "representation" or option == "representation",
+                )
             # Adam for the skipped steps: its step count and moments show an update
             # that should not have been made.
             optimizer = keras.optimizers.Adam(0.05) if kind == "skip" else keras.optimizers.SGD(0.5)
@@ -77,7 +87,7 @@ def run(strategy, x, y, weight, kind, balancer, option):
                 optimizer=optimizer,
                 loss=LOSS,
                 balancer=BALANCERS.get(balancer, lambda: balancer)(),
-                gradient_mode="loop" if kind == "skip" else kind,
+                gradient_mode=skip_mode if kind == "skip" else kind,
                 nonfinite="skip" if kind == "skip" else "raise",
                 metrics={"task_1": ["mae"], "task_2": ["mae"]},
             )
@@ -118,6 +128,36 @@ def build_with_synchronized_towers():
         t = keras.layers.BatchNormalization(synchronized=True, name=f"{name}_norm")(t)
         outputs[name] = keras.layers.Dense(1, name=name)(t)
     return keras_mtl.MultiTaskModel(inputs=inputs, outputs=outputs)
+
+
+def build_sequence_model():
+    """`build(representation=True)` on sequences: the trunk and the representation are
+    (batch, 3, 8); each tower pools over time."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((3, 2))
+    h = keras.layers.Dense(8, activation="tanh", name="trunk")(inputs)
+    h = keras_mtl.layers.SharedRepresentation(name="rep")(h)
+    outputs = {}
+    for name in LOSS:
+        t = keras.layers.Dense(4, activation="tanh", name=f"{name}_hidden")(h)
+        outputs[name] = keras.layers.Dense(1, name=name)(keras.layers.GlobalAveragePooling1D()(t))
+    return keras_mtl.MultiTaskModel(inputs=inputs, outputs=outputs)
+
+
+def embedding_model():
+    """Two tasks read columns of one embedding directly (as in matrix factorisation): the
+    only gradient is an `IndexedSlices`, with one row per lookup."""
+    keras.utils.set_random_seed(1)
+    ids = keras.Input((3,), dtype="int32")
+    table = keras.layers.Embedding(10, 2, name="table")(ids)
+    column = {"task_1": slice(0, 1), "task_2": slice(1, 2)}
+    outputs = {
+        name: keras.layers.Lambda(
+            lambda t, c=column[name]: keras.ops.mean(t[..., c], axis=1), name=name
+        )(table)
+        for name in LOSS
+    }
+    return keras_mtl.MultiTaskModel(inputs=ids, outputs=outputs)
 
 
 def _numpy(variable):
@@ -163,6 +203,20 @@ def auto_mode(x, y):
     return [model._engine.resolve_mode(model), bool(np.isfinite(history["loss"][0]))]
 
 
+def train_on_batch_logs(x, y):
+    """The keys of `train_on_batch`'s dict and the length of its list, on one device and
+    with two replicas, for a balancer with logs and `nonfinite="skip"`."""
+    found = []
+    for strategy in (tf.distribute.OneDeviceStrategy("/cpu:0"), mirrored()):
+        with strategy.scope():
+            model = build()
+            model.compile(optimizer="sgd", loss=LOSS, balancer="nash_mtl", nonfinite="skip")
+        logs = model.train_on_batch(x[:32], {k: v[:32] for k, v in y.items()}, return_dict=True)
+        flat = model.train_on_batch(x[:32], {k: v[:32] for k, v in y.items()})
+        found.append([sorted(logs), len(flat)])
+    return found
+
+
 def steps_per_execution_refusal(x, y):
     """compile's message for steps_per_execution=2 with two replicas, and whether plain Keras
     fails there too (the reason for the refusal: keras-team/keras#19246)."""
@@ -188,16 +242,25 @@ def check(kind, balancer, option):
     """The report comparing one device with two replicas for one case."""
     # "uneven": a last batch of 5 split 3 / 2, "empty": of 1 split 1 / 0 (Keras builds the
     # model on the first batch, which must split evenly).
-    x, y = data(n={"uneven": 69, "empty": 65}.get(option, 96 if kind == "skip" else 64))
+    x, y = data(
+        n={"uneven": 69, "empty": 65, "sequence": 69}.get(option, 96 if kind == "skip" else 64)
+    )
     # Unlabelled examples, unevenly spread over the replicas' halves of each batch.
     n = len(x)
     weight = {"task_1": np.ones(n, "float32"), "task_2": np.ones(n, "float32")}
     weight["task_2"][[0, 1, 2, 3, 4, 40]] = 0.0
-    if option == "overflow":
+    if option == "sequence":
+        x = x.reshape(len(x), 3, 2)
+    if option in ("overflow", "embedding"):
         # A label whose float16 gradient overflows at the loss scale, in the second replica's
         # half of the first batch: only that replica's gradients of the task_1 tower overflow.
         y = {k: v.copy() for k, v in y.items()}
         y["task_1"][20] = 3e4
+    if option == "embedding":
+        # Ids from 0 to 9; the overflowing example's ids are looked up again later in the
+        # batch, where Keras's loss scale optimizer keeps only the last row of an index.
+        x = (np.arange(n * 3).reshape(n, 3) % 10).astype("int32")
+        x[20:24] = [1, 2, 3]
     if kind == "skip":
         # An infinite label (NaN would mean "missing") in the second replica's half of the
         # second of three batches: only that replica sees a non-finite loss and gradient.
@@ -229,6 +292,7 @@ def main():
         report = {
             "auto_mode": auto_mode(x, y),
             "steps_per_execution": steps_per_execution_refusal(x, y),
+            "train_on_batch": train_on_batch_logs(x, y),
         }
         print(json.dumps(report))
         return

@@ -44,7 +44,14 @@ def test_mirrored_update_equals_single_device_update_on_global_batch(mode, balan
 # ------------------------------------------------------------- nonfinite="skip"
 # Three batches of 32, the second with an infinite label in the second replica's half: that
 # replica alone sees a non-finite loss and gradient, yet both must skip the step.
-SKIP_CASES = [("ema", None), ("db_mtl", None), ("ema", "mixed")]
+SKIP_CASES = [
+    ("ema", None),
+    ("db_mtl", None),
+    ("ema", "mixed"),
+    # In representation mode: the infinite label's rows reach the other replica through the
+    # gathered Jacobian, and the skip is decided alike.
+    ("ema", "representation"),
+]
 
 
 @pytest.mark.parametrize("balancer, option", SKIP_CASES)
@@ -97,6 +104,18 @@ def test_an_overflow_that_one_replica_alone_sees_is_skipped_on_every_replica():
         assert mirror_logs[key] == pytest.approx(value, rel=1e-5), key
 
 
+def test_an_overflow_in_a_sparse_gradient_is_skipped_alike_on_one_device_and_two_replicas():
+    # The only gradient is an embedding's (IndexedSlices); the overflowing rows' ids are looked
+    # up again in the batch. Keras's loss scale optimizer misses such an overflow on one device
+    # (its test keeps the last row of a repeated index) and, with two replicas, sees only the
+    # first replica's gradients; the engine's own test must skip the step in both.
+    report = _cached_check("loop", "ew", "embedding")
+    assert report["scale"] == [128.0, 128.0], report
+    assert report["iterations"] == [1, 1], report
+    assert report["moved"] > 1e-2, report  # the second step is applied
+    assert report["max_var_diff"] < 1e-3, report  # finite, and equal
+
+
 # ------------------------------------------------------ gradient_mode="representation"
 REP_CASES = [
     ("mgda_ub", None),
@@ -111,6 +130,10 @@ REP_CASES = [
     # A collective in the towers runs the other replica's forward pass in between: each
     # replica must read the representation it recorded itself.
     ("mgda_ub", "syncbn"),
+    # A representation of rank 3, (batch, time, features), gathered along the example axis
+    # with local batches of different sizes (69 examples: a last batch of 5); GradDrop reads
+    # the gathered representation's feature shape (time x features).
+    ("graddrop", "sequence"),
 ]
 
 
@@ -121,7 +144,9 @@ def test_representation_mode_under_two_replicas_equals_the_single_device_update(
     report = _cached_check("representation", balancer, *([option] if option else []))
     assert report["moved"] > 1e-2, report
     assert report["max_var_diff"] < 1e-5, report
-    assert report["iterations"] == [3 if option in ("uneven", "empty") else 2] * 2, report
+    assert report["iterations"] == [3 if option in ("uneven", "empty", "sequence") else 2] * 2, (
+        report
+    )
     single_count, mirror_count = report["balancer_vars"]
     assert single_count == mirror_count >= 1, report
     assert report["balancer_diff"] < 1e-6, report
@@ -142,6 +167,14 @@ def test_auto_mode_takes_representation_gradients_under_a_strategy_too(auto_and_
     assert auto_and_refusals["auto_mode"] == ["representation", True]
 
 
+def test_train_on_batch_logs_the_balancer_and_skipped_steps_under_two_replicas(auto_and_refusals):
+    # The training step leaves them to the end of an epoch with several replicas;
+    # train_on_batch has no epoch, so it adds them itself.
+    single, mirror = auto_and_refusals["train_on_batch"]
+    assert "nash_mtl_solver_failures" in single[0] and "skipped_steps" in single[0], single
+    assert mirror == single
+
+
 def test_steps_per_execution_with_several_replicas_is_refused_at_compile(auto_and_refusals):
     report = auto_and_refusals["steps_per_execution"]
     assert "`steps_per_execution` > 1 is not supported" in report["message"]
@@ -155,6 +188,7 @@ def test_steps_per_execution_with_several_replicas_is_refused_at_compile(auto_an
 CASES = [
     *(f"skip {balancer} {option or ''}".strip() for balancer, option in SKIP_CASES),
     "loop sanitized overflow",
+    "loop ew embedding",
     *(f"representation {balancer} {option or ''}".strip() for balancer, option in REP_CASES),
 ]
 
