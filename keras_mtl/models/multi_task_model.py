@@ -667,12 +667,25 @@ class MultiTaskModel(keras.Model):
         self._check_compiled()
         _check_y_argument(y)
         _check_class_weight(class_weight)
-        return super().train_on_batch(
+        logs = super().train_on_batch(
             x,
             y,
             sample_weight=self._complete_sample_weight(x, sample_weight),
-            return_dict=return_dict,
+            return_dict=True,
         )
+        # With several replicas the step leaves these to the end of an epoch.
+        logs.update(self._replica_step_logs())
+        return logs if return_dict else self._flatten_metrics_in_order(logs)
+
+    def _replica_step_logs(self) -> dict:
+        """With several replicas, the balancer's logs and `skipped_steps`,
+        which the training step leaves out (see `train_step`); else `{}`."""
+        if self.distribute_strategy.num_replicas_in_sync == 1:
+            return {}
+        logs = {k: float(ops.convert_to_numpy(v)) for k, v in self.balancer.logs().items()}
+        if self._engine.nonfinite == "skip":
+            logs["skipped_steps"] = float(ops.convert_to_numpy(self._skipped_steps))
+        return logs
 
     def evaluate(
         self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, **kwargs
@@ -874,12 +887,8 @@ class _BalancerEpochHook(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         model = self._mtl_model
-        if logs is not None and model.distribute_strategy.num_replicas_in_sync > 1:
-            logs.update(
-                {k: float(ops.convert_to_numpy(v)) for k, v in model.balancer.logs().items()}
-            )
-            if model._engine.nonfinite == "skip":
-                logs["skipped_steps"] = float(ops.convert_to_numpy(model._skipped_steps))
+        if logs is not None:
+            logs.update(model._replica_step_logs())
 
 
 def _resolve_loss(task: str, identifier):
