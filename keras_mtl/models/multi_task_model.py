@@ -569,9 +569,7 @@ class MultiTaskModel(keras.Model):
             # Tensors, not variables: eagerly (`run_eagerly=True`) Keras
             # cannot pass a variable out of the step (`convert_to_tensor`
             # returns a backend variable as it is; a copy is a tensor).
-            logs.update({k: ops.copy(v) for k, v in self.balancer.logs().items()})
-            if self._engine.nonfinite == "skip":
-                logs["skipped_steps"] = ops.copy(self._skipped_steps)
+            logs.update({k: ops.copy(v) for k, v in self._state_logs().items()})
         return logs
 
     def test_step(self, data):
@@ -677,15 +675,20 @@ class MultiTaskModel(keras.Model):
         logs.update(self._replica_step_logs())
         return logs if return_dict else self._flatten_metrics_in_order(logs)
 
+    def _state_logs(self) -> dict:
+        """The logs read from state: the balancer's, and `skipped_steps` with
+        `nonfinite="skip"`."""
+        logs = dict(self.balancer.logs())
+        if self._engine.nonfinite == "skip":
+            logs["skipped_steps"] = self._skipped_steps
+        return logs
+
     def _replica_step_logs(self) -> dict:
-        """With several replicas, the balancer's logs and `skipped_steps`,
-        which the training step leaves out (see `train_step`); else `{}`."""
+        """With several replicas, `_state_logs` as numbers: the training step
+        leaves them out (see `train_step`); else `{}`."""
         if self.distribute_strategy.num_replicas_in_sync == 1:
             return {}
-        logs = {k: float(ops.convert_to_numpy(v)) for k, v in self.balancer.logs().items()}
-        if self._engine.nonfinite == "skip":
-            logs["skipped_steps"] = float(ops.convert_to_numpy(self._skipped_steps))
-        return logs
+        return {k: float(ops.convert_to_numpy(v)) for k, v in self._state_logs().items()}
 
     def evaluate(
         self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, **kwargs
