@@ -145,21 +145,25 @@ def test_layers_argument_selects_the_reported_layers():
 
 
 @pytest.mark.parametrize(
-    "layer",
+    "make_layer",
     [
-        MMoE(num_tasks=2, num_experts=3, expert_units=(3,)),
-        CGC(num_tasks=2, num_shared_experts=1, num_task_experts=2, expert_units=(3,)),
-        PLE(num_tasks=2, num_levels=2, num_task_experts=2, expert_units=(3,)),
+        lambda: MMoE(num_tasks=2, num_experts=3, expert_units=(3,)),
+        lambda: CGC(num_tasks=2, num_shared_experts=1, num_task_experts=2, expert_units=(3,)),
+        lambda: PLE(num_tasks=2, num_levels=2, num_task_experts=2, expert_units=(3,)),
     ],
     ids=["mmoe", "cgc", "ple"],
 )
-def test_padded_positions_are_left_out(layer):
+def test_padded_positions_are_left_out(make_layer):
+    # Built after the seed is set: initializers draw their seeds when the layer is made,
+    # so a layer made at collection would depend on which tests were collected before.
     keras.utils.set_random_seed(3)
+    layer = make_layer()
     inputs = keras.Input((5, 4))
     h = layer(keras.layers.Masking(0.0)(inputs))
     pooled = [keras.layers.GlobalAveragePooling1D()(t) for t in h]
     model = keras.Model(inputs, [keras.layers.Dense(1)(p) for p in pooled])
-    x = np.random.default_rng(4).normal(size=(6, 5, 4)).astype("float32")
+    # Large inputs make the real positions' gates far from the uniform gate of a zero input.
+    x = 10 * np.random.default_rng(4).normal(size=(6, 5, 4)).astype("float32")
     lengths = np.array([5, 1, 2, 3, 4, 2])
     x[np.arange(5)[None, :] >= lengths[:, None]] = 0.0  # padding at the end
     monitor = GateMonitor(x, batch_size=4, task_names=["a", "b"])
@@ -172,7 +176,7 @@ def test_padded_positions_are_left_out(layer):
         np.testing.assert_allclose(stats[task]["weights"], mean, rtol=1e-5)
         np.testing.assert_allclose(stats[task]["entropy"], entropy, rtol=1e-5)
         # The padded positions' gates differ, so counting them would move the mean.
-        assert np.abs(weights.reshape(-1, weights.shape[-1]).mean(0) - mean).max() > 1e-3
+        assert np.abs(weights.reshape(-1, weights.shape[-1]).mean(0) - mean).max() > 5e-3
     empty = GateMonitor(np.zeros((2, 5, 4), "float32"), task_names=["a", "b"])
     empty.set_model(model)
     with pytest.raises(ValueError, match="no unpadded position"):
