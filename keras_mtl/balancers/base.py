@@ -204,6 +204,19 @@ class Balancer(keras.layers.Layer):
         """
         del epoch
 
+    def on_epoch_end(self, epoch: int) -> None:
+        """Told by `MultiTaskModel.fit` that epoch `epoch` (0-based) ended.
+
+        Runs eagerly, before the user's callbacks (so a checkpoint written at
+        the end of the epoch holds what this records). An epoch that began
+        but never ended was interrupted; Keras restarts it from its first
+        step on resume (`BackupAndRestore`).
+
+        Args:
+            epoch: the 0-based epoch index, as Keras callbacks see it.
+        """
+        del epoch
+
     def build(self, num_tasks: int) -> None:
         """Creates the state for `num_tasks` tasks.
 

@@ -30,15 +30,28 @@ class DWA(Balancer):
 
     The balancer keeps its own epoch bookkeeping in state variables (the sums
     of the losses seen in the running epoch, the step count, the means of the
-    last two completed epochs), so that saving the model and resuming with
-    `fit(initial_epoch=...)` continues the same trajectory. An epoch ends:
+    last two completed epochs, whether the running epoch ended), so that
+    saving the model and resuming with `fit(initial_epoch=...)` or
+    `keras.callbacks.BackupAndRestore` continues the same trajectory.
+    `MultiTaskModel.fit` calls `on_epoch_begin` before every epoch and
+    `on_epoch_end` after it. When `on_epoch_begin` is called after at least
+    one step, the running epoch:
 
-    - when `on_epoch_begin` is called after at least one step
-      (`MultiTaskModel.fit` calls it before every epoch), or
-    - after `steps_per_epoch` steps, if that option is set (for standalone
-      use, or a training loop that does not call `on_epoch_begin`).
+    - is closed (its means become the last completed epoch's) if it ended
+      (`on_epoch_end` was called; a `fit(epochs=1)` called again starts a new
+      epoch 0 and so closes the previous one), if it was not begun by
+      `on_epoch_begin` (steps of `train_on_batch`), or if the epoch that
+      begins has a higher index (a training loop that only reports the
+      beginnings of epochs);
+    - is discarded (its loss sums and step counts reset) if it began but
+      never ended and the epoch that begins has the same or a lower index:
+      it was interrupted, and is replayed from its first step (Keras's
+      `BackupAndRestore` resumes from a mid-epoch backup by restarting that
+      epoch; a `fit` interrupted by `KeyboardInterrupt` is called again).
 
-    Without either, every step belongs to the first epoch and the weights
+    With `steps_per_epoch` set (standalone use, or a training loop that calls
+    neither hook), an epoch also ends after that many steps. Without hooks or
+    `steps_per_epoch`, every step belongs to the first epoch and the weights
     stay equal.
 
     Args:
@@ -52,8 +65,7 @@ class DWA(Balancer):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keras_mtl.balancers import DWA
+    >>>     >>> from keras_mtl.balancers import DWA
     >>> b = DWA(steps_per_epoch=1)
     >>> for losses in ([1.0, 1.0], [0.5, 1.0]):
     ...     _ = b.aggregate(None, np.array(losses))
@@ -89,6 +101,9 @@ class DWA(Balancer):
         self.previous_mean_losses = self.add_state("previous_mean_losses", (num_tasks,))
         # Steps of the running epoch in which each task had labels.
         self.epoch_loss_counts = self.add_state("epoch_loss_counts", (num_tasks,))
+        # 0 while an epoch begun by `on_epoch_begin` has not ended; 1 once it
+        # ended, or before any began.
+        self.epoch_ended = self.add_state("epoch_ended", (), initializer="ones")
 
     def _rolled(self, roll):
         """State after closing the running epoch where `roll` is true."""
@@ -112,16 +127,44 @@ class DWA(Balancer):
         for key, value in values.items():
             getattr(self, key).assign(value)
 
+    def _discarded(self, discard):
+        """State after dropping the running epoch's steps where `discard` is true."""
+        return {
+            key: ops.where(discard, ops.zeros_like(value), value)
+            for key, value in (
+                ("epoch_loss_sums", ops.convert_to_tensor(self.epoch_loss_sums)),
+                ("epoch_loss_counts", ops.convert_to_tensor(self.epoch_loss_counts)),
+                ("epoch_steps", ops.convert_to_tensor(self.epoch_steps)),
+            )
+        }
+
     def on_epoch_begin(self, epoch: int) -> None:
-        """Closes the running epoch if it saw any step, and records `epoch`.
+        """Closes or discards the running epoch, and records that `epoch` began.
+
+        The running epoch is discarded if it began, never ended and `epoch`
+        is not after it (it is replayed), else closed if it saw any step;
+        see the class docstring.
 
         Args:
             epoch: the 0-based index of the epoch that begins.
         """
         if not self.built:
             return
+        replayed = ops.logical_and(self.epoch_ended <= 0.0, float(epoch) <= self.epoch)
+        self._assign(self._discarded(replayed))
         self._assign(self._rolled(self.epoch_steps > 0.0))
         self.epoch.assign(float(epoch))
+        self.epoch_ended.assign(0.0)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Records that the running epoch ended: the next `on_epoch_begin` closes it.
+
+        Args:
+            epoch: the 0-based index of the epoch that ended.
+        """
+        del epoch
+        if self.built:
+            self.epoch_ended.assign(1.0)
 
     def compute(self, jacobian, losses, representation=None):
         if self.steps_per_epoch is not None:

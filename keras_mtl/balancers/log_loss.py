@@ -63,6 +63,10 @@ class _LossTransform(Balancer):
         if self.inner is not None:
             self.inner.on_epoch_begin(epoch)
 
+    def on_epoch_end(self, epoch: int) -> None:
+        if self.inner is not None:
+            self.inner.on_epoch_end(epoch)
+
     def logs(self) -> dict:
         return {} if self.inner is None else self.inner.logs()
 

@@ -86,6 +86,7 @@ def test_repeated_epoch_index_and_empty_epochs():
     b.on_epoch_begin(0)  # no step yet: nothing to close
     assert float(b.completed_epochs) == 0.0
     b.aggregate(None, [1.0, 1.0])
+    b.on_epoch_end(0)
     b.on_epoch_begin(0)  # a second `fit` starting again at epoch 0 closes the first
     assert float(b.completed_epochs) == 1.0
     np.testing.assert_array_equal(np.array(b.last_mean_losses), [1.0, 1.0])
