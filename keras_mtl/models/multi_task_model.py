@@ -133,9 +133,14 @@ class MultiTaskModel(keras.Model):
 
         Args:
             optimizer: a Keras optimizer or its name.
-            loss: a dict `{task_name: loss}` with one loss per task (names or
-                `keras.losses.Loss` instances), or a single loss used for
-                every task. Every output is a task: `None` is refused (for
+            loss: a dict `{task_name: loss}` with one loss per task (names,
+                functions, `keras.losses.Loss` instances or classes, or
+                config dicts, as Keras takes them), or a single loss used
+                for every task. `"crossentropy"` (or `"ce"`) is binary,
+                sparse categorical or categorical cross-entropy by the
+                shapes of the task's labels and predictions, as in Keras; a
+                class is instantiated with its defaults (and saved as that
+                instance). Every output is a task: `None` is refused (for
                 an output that is only predicted, such as an embedding, use
                 a second `keras.Model` on the same layers). Losses with `reduction="sum_over_batch_size"` (Keras's default) or
                 `"mean"` average over the labelled examples,
@@ -421,6 +426,12 @@ class MultiTaskModel(keras.Model):
         ):
             pred = ops.cast(y_pred[name], "float32")
             target = ops.convert_to_tensor(y[name])
+            if loss is _CROSSENTROPY:
+                # Decided where the shapes are known, as Keras decides in its
+                # first step; the function chosen computes the loss, and has
+                # no `reduction` or `ignore_class` (as `compile` assumed).
+                loss = _crossentropy_for(name, target.shape, pred.shape)
+                fn = _loss_fn(loss)
             if _is_keras_loss(loss):
                 _check_label_width(name, target.shape, pred.shape)
             batch = ops.shape(pred)[0]
@@ -747,9 +758,10 @@ class MultiTaskModel(keras.Model):
         if not self.compiled or self._engine is None:
             return None
         serialize = keras.saving.serialize_keras_object
+        resolved = dict(zip(self.task_names, self._resolved_losses, strict=True))
         return {
             "optimizer": serialize(self.optimizer),
-            "loss": {t: serialize(v) for t, v in self._losses_config.items()},
+            "loss": {t: _serialize_loss(v, resolved[t]) for t, v in self._losses_config.items()},
             "balancer": balancers_module.serialize(self.balancer),
             "metrics": None
             if self._metrics_config is None
@@ -877,8 +889,8 @@ class _TaskWeightMeans(keras.metrics.Metric):
 
 
 class _BalancerEpochHook(keras.callbacks.Callback):
-    """Tells the balancer when an epoch begins (for per-epoch methods such as
-    DWA) and, with several replicas, adds its logs and `skipped_steps` to the
+    """Tells the balancer when an epoch begins and ends (for per-epoch methods
+    such as DWA) and, with several replicas, adds its logs and `skipped_steps` to the
     epoch's."""
 
     def __init__(self, model):
@@ -890,14 +902,29 @@ class _BalancerEpochHook(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         model = self._mtl_model
+        model.balancer.on_epoch_end(epoch)
         if logs is not None:
             logs.update(model._replica_step_logs())
 
 
+class _Crossentropy:
+    """What `_resolve_loss` gives for the `"crossentropy"` / `"ce"` alias: the
+    step picks the loss from the shapes (`_crossentropy_for`)."""
+
+    def __repr__(self):
+        return "crossentropy"
+
+
+_CROSSENTROPY = _Crossentropy()
+
+
 def _resolve_loss(task: str, identifier):
-    """The `keras.losses.Loss` or function that `identifier` names."""
+    """The `keras.losses.Loss` or function that `identifier` names, or
+    `_CROSSENTROPY` for Keras's `"crossentropy"` / `"ce"` alias (any case)."""
     if isinstance(identifier, keras.losses.Loss):
         return identifier
+    if isinstance(identifier, str) and identifier.lower() in ("crossentropy", "ce"):
+        return _CROSSENTROPY
     if identifier is None:
         # Keras leaves such an output out of training; here every output is
         # a task (its name is the output's key).
@@ -908,15 +935,50 @@ def _resolve_loss(task: str, identifier):
             f"loss={{'{task}': None}}"
         )
     try:
+        # Instantiates a class, as Keras's `compile` does.
         fn = keras.losses.get(identifier)
     except (ValueError, TypeError):
         fn = None
-    if fn is None:
+    if not callable(fn):  # None for an unknown name; `int` would give 0
         raise ValueError(
-            f"Received an invalid loss for task '{task}', expected a loss name, function or "
-            f"keras.losses.Loss. Received: loss={{'{task}': {identifier!r}}}"
+            f"Received an invalid loss for task '{task}', expected a loss name (or "
+            "'crossentropy'), function, config dict, or keras.losses.Loss instance or class. "
+            f"Received: loss={{'{task}': {identifier!r}}}"
         )
     return fn
+
+
+def _crossentropy_for(task: str, labels, predictions):
+    """The loss that the `"crossentropy"` alias stands for, as Keras's `get_loss`
+    and `is_binary_or_sparse_categorical` (keras/src/trainers/compile_utils.py)
+    choose it from the shapes of the labels and predictions: binary for
+    predictions of last dimension 1, else sparse categorical for labels of a
+    lower rank than the predictions or of last dimension 1, else categorical."""
+    try:
+        label_rank, rank = len(labels), len(predictions)
+    except ValueError:  # a shape of unknown rank
+        raise ValueError(
+            f"The loss 'crossentropy' of task '{task}' is chosen from the shapes of its labels "
+            "and predictions, expected shapes of known rank. Received: labels of shape "
+            f"{labels} and predictions of shape {predictions}; name the loss instead"
+        ) from None
+    width = predictions[-1] if rank else None
+    if width == 1:
+        return keras.losses.binary_crossentropy
+    # Keras compares an unknown prediction width with `> 1` and fails; a label
+    # width of 1 then means class indices here.
+    if label_rank < rank or labels[-1] == 1 and (width is None or width > 1):
+        return keras.losses.sparse_categorical_crossentropy
+    return keras.losses.categorical_crossentropy
+
+
+def _serialize_loss(identifier, resolved):
+    """A task's loss for the compile config, as given; a class (which
+    `keras.losses.get` instantiates, and which Keras cannot save) as the
+    instance it made."""
+    if isinstance(identifier, type):
+        return keras.saving.serialize_keras_object(resolved)
+    return keras.saving.serialize_keras_object(identifier)
 
 
 def _deserialize_loss(config):
@@ -937,7 +999,10 @@ def _deserialize_loss(config):
 
 def _loss_fn(fn):
     """A function giving the per-example (unreduced) losses of the resolved
-    loss `fn` (see `_resolve_loss`)."""
+    loss `fn` (see `_resolve_loss`); `None` for `_CROSSENTROPY`, chosen in the
+    step."""
+    if fn is _CROSSENTROPY:
+        return None
     if isinstance(fn, keras.losses.Loss):
         loss = fn
 
