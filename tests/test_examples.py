@@ -17,6 +17,7 @@ import runpy
 import sys
 import tomllib
 
+import keras
 import numpy as np
 import pytest
 
@@ -51,7 +52,11 @@ def test_quickstart_trains_with_missing_labels(monkeypatch):
     from keras_mtl.datasets import synthetic
 
     fits = _record_calls(monkeypatch, "fit")
-    result = _load("quickstart").main(epochs=4, num_train=2000)
+    # The script leaves its weights and shuffling to the global seed: set it here, or they
+    # depend on the tests that ran before. After 4 epochs the test loss ranged from 0.44 to
+    # 0.9 times the label variance over 15 seeds (one above 0.8); after 8, from 0.25 to 0.46.
+    keras.utils.set_random_seed(0)
+    result = _load("quickstart").main(epochs=8, num_train=2000)
     _, (_, y_test) = synthetic.load_data(num_train=2000, num_test=1000, correlation=0.7)
     # Better than predicting the mean, whose error is the label variance.
     for task in ("task_1", "task_2"):

@@ -65,7 +65,8 @@ class DWA(Balancer):
 
     Example:
 
-    >>>     >>> from keras_mtl.balancers import DWA
+    >>> import numpy as np
+    >>> from keras_mtl.balancers import DWA
     >>> b = DWA(steps_per_epoch=1)
     >>> for losses in ([1.0, 1.0], [0.5, 1.0]):
     ...     _ = b.aggregate(None, np.array(losses))

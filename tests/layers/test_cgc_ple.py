@@ -134,16 +134,19 @@ def test_ple_bad_num_levels():
 
 
 @pytest.mark.parametrize(
-    "layer",
+    "make_layer",
     [
-        CGC(num_tasks=2, num_task_experts=2, expert_units=3, return_gate_weights=True),
-        PLE(
+        lambda: CGC(num_tasks=2, num_task_experts=2, expert_units=3, return_gate_weights=True),
+        lambda: PLE(
             num_tasks=2, num_levels=2, num_task_experts=2, expert_units=3, return_gate_weights=True
         ),
     ],
     ids=["cgc", "ple"],
 )
-def test_empty_batch_in_eager_calls(layer):
+def test_empty_batch_in_eager_calls(make_layer):
+    # Made in the test, not at collection: a layer made there draws its initializers'
+    # seeds from the global random state and bumps the layer name counters at import.
+    layer = make_layer()
     outputs, weights = layer(np.zeros((0, 5), "float32"))
     assert [tuple(t.shape) for t in outputs] == [(0, 3), (0, 3)]
     assert [tuple(w.shape) for w in weights] == [(0, 3), (0, 3)]

@@ -464,6 +464,7 @@ def test_subclassed_model_trains():
             return {t: self.heads[t](h) for t in TASKS}
 
     x, y = data(n=64)
+    keras.utils.set_random_seed(0)  # the layers' initial weights and fit's shuffling
     model = TwoTask()
     model.compile(optimizer=keras.optimizers.Adam(0.02), loss=LOSS, balancer=NormalizedEMA())
     history = model.fit(x, y, epochs=3, batch_size=16, verbose=0)
@@ -692,10 +693,10 @@ def test_balancer_variables_take_the_step_of_their_auxiliary_loss(balancer, mode
     # loss scaling (the optimizer unscales the auxiliary gradient too).
     x, y = data(n=32)
     optimizer = keras.optimizers.SGD(0.1)
-    if mixed:
-        keras.config.set_dtype_policy("mixed_float16")
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=1024)
-    try:
+    try:  # the global policy is restored even if a step below fails
+        if mixed:
+            keras.config.set_dtype_policy("mixed_float16")
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=1024)
         model = build()
     finally:
         keras.config.set_dtype_policy("float32")
