@@ -128,17 +128,6 @@ class DWA(Balancer):
         for key, value in values.items():
             getattr(self, key).assign(value)
 
-    def _discarded(self, discard):
-        """State after dropping the running epoch's steps where `discard` is true."""
-        return {
-            key: ops.where(discard, ops.zeros_like(value), value)
-            for key, value in (
-                ("epoch_loss_sums", ops.convert_to_tensor(self.epoch_loss_sums)),
-                ("epoch_loss_counts", ops.convert_to_tensor(self.epoch_loss_counts)),
-                ("epoch_steps", ops.convert_to_tensor(self.epoch_steps)),
-            )
-        }
-
     def on_epoch_begin(self, epoch: int) -> None:
         """Closes or discards the running epoch, and records that `epoch` began.
 
@@ -151,8 +140,12 @@ class DWA(Balancer):
         """
         if not self.built:
             return
-        replayed = ops.logical_and(self.epoch_ended <= 0.0, float(epoch) <= self.epoch)
-        self._assign(self._discarded(replayed))
+        ended, begun = (float(ops.convert_to_numpy(v)) for v in (self.epoch_ended, self.epoch))
+        if ended == 0.0 and epoch <= begun:
+            # Interrupted and replayed from its first step: its steps so far
+            # would count twice.
+            for state in (self.epoch_loss_sums, self.epoch_loss_counts, self.epoch_steps):
+                state.assign(ops.zeros_like(state))
         self._assign(self._rolled(self.epoch_steps > 0.0))
         self.epoch.assign(float(epoch))
         self.epoch_ended.assign(0.0)
