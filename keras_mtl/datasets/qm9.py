@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import threading
+import time
 import warnings
 import zipfile
 
@@ -78,6 +79,8 @@ _CACHE_VERSION = 1
 # Parse caches kept in the cache folder: each is named by its tables' sizes and
 # modification times, so a table edited or copied anew leaves the old one behind.
 _CACHES_KEPT = 3
+# A temporary cache file untouched this long belongs to a killed writer.
+_ABANDONED_AFTER_S = 24 * 3600
 
 
 def _parse_targets(path: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -262,6 +265,10 @@ def _mark_used(cache: str) -> None:
 def _prune_caches(folder: str, keep: int) -> None:
     """Removes all but the `keep` most recently used parse caches in `folder`.
 
+    Also removes the temporary files of writers that were killed before they
+    could clean up (untouched for `_ABANDONED_AFTER_S` seconds: a live writer
+    finishes its file within seconds).
+
     Best effort: another process may prune the same folder meanwhile (a cache
     it removed is passed over), and a cache that cannot be removed now is
     left for a later call.
@@ -270,18 +277,25 @@ def _prune_caches(folder: str, keep: int) -> None:
         names = os.listdir(folder)
     except OSError:
         return
-    caches = []
+    caches, stale = [], []
+    now = time.time()
     for name in names:
-        if name.startswith("qm9_parsed_v") and name.endswith(".npz") and ".tmp." not in name:
-            path = os.path.join(folder, name)
-            try:
-                caches.append((os.path.getmtime(path), path))
-            except OSError:  # removed since the listing
-                continue
-    caches.sort(reverse=True)
-    for _, stale in caches[keep:]:
+        if not (name.startswith("qm9_parsed_v") and name.endswith(".npz")):
+            continue
+        path = os.path.join(folder, name)
         try:
-            os.remove(stale)
+            mtime = os.path.getmtime(path)
+        except OSError:  # removed since the listing
+            continue
+        if ".tmp." not in name:
+            caches.append((mtime, path))
+        elif now - mtime > _ABANDONED_AFTER_S:
+            stale.append(path)
+    caches.sort(reverse=True)
+    stale += [path for _, path in caches[keep:]]
+    for path in stale:
+        try:
+            os.remove(path)
         except OSError:
             continue
 
@@ -374,9 +388,9 @@ def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict
                 np.savez(tmp, adjacency_bits=np.packbits(adjacency, axis=-1), **data)
                 os.replace(tmp, cache)
             except BaseException:
-                # The partial file of a full disk or an interrupt would stay:
-                # pruning passes over `.tmp.` files, which another process
-                # may be writing.
+                # The partial file of a full disk or an interrupt would stay
+                # for a day: pruning leaves fresh `.tmp.` files alone, as
+                # another process may be writing them.
                 with contextlib.suppress(OSError):
                     os.remove(tmp)
                 raise

@@ -3,6 +3,7 @@ import gzip
 import io
 import os
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -483,3 +484,21 @@ def test_two_writers_of_one_cache_do_not_share_a_temporary_file(tmp_path, monkey
         qm9.parse(paths, cache_dir=cache_dir)
     assert errors == []
     assert os.listdir(cache_dir / "qm9") == [os.path.basename(qm9._cache_path(cache_dir, paths))]
+
+
+def test_a_killed_writers_temporary_file_is_removed_once_abandoned(tmp_path):
+    # A writer killed with SIGKILL leaves its `.tmp.` file: the next pruning
+    # removes it once it is a day old, and leaves a fresh one (being written).
+    _write_tables(tmp_path)
+    paths = {f.name: str(tmp_path / f.name) for f in qm9.FILES}
+    folder = tmp_path / "cache" / "qm9"
+    folder.mkdir(parents=True)
+    abandoned = folder / "qm9_parsed_v1_1_2_000000000000.npz.77-1.tmp.npz"
+    fresh = folder / "qm9_parsed_v1_1_2_000000000000.npz.78-1.tmp.npz"
+    for path in (abandoned, fresh):
+        path.write_bytes(b"partial")
+    day_old = time.time() - qm9._ABANDONED_AFTER_S - 60
+    os.utime(abandoned, (day_old, day_old))
+    qm9.parse(paths, cache_dir=tmp_path / "cache")
+    written = os.path.basename(qm9._cache_path(tmp_path / "cache", paths))
+    assert sorted(os.listdir(folder)) == sorted([written, fresh.name])
