@@ -158,7 +158,7 @@ def load_problem(
     """
     if name not in LOADERS:
         raise ValueError(
-            f"Unknown dataset {name!r}; expected one of {sorted(LOADERS)}. Received: dataset={name!r}"
+            f"Unknown dataset {name!r}; expected one of {sorted(LOADERS)}. Received: name={name!r}"
         )
     tasks, train, val, test, trunk = LOADERS[name](data_dir)
     return Problem(

@@ -45,7 +45,10 @@ def score(metric: str, y_true, y_pred) -> float:
     nan
     """
     if metric not in METRICS:
-        raise ValueError(f"Unknown metric {metric!r}; expected one of {sorted(METRICS)}.")
+        raise ValueError(
+            f"Unknown metric {metric!r}; expected one of {sorted(METRICS)}. "
+            f"Received: metric={metric!r}"
+        )
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     if np.issubdtype(y_true.dtype, np.floating):

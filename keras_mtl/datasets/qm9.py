@@ -321,7 +321,8 @@ def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict
     Raises:
         ValueError: when a table is truncated or corrupt, lacks target
             columns, has an unexpected header or element, or the two tables
-            list different molecules.
+            list different molecules (their rows are matched by `mol_id`,
+            in whatever order each lists them).
 
     Example:
 
@@ -365,10 +366,17 @@ def parse(paths: dict[str, str], cache_dir=None, use_cache: bool = True) -> dict
             warnings.warn(f"Ignoring the unreadable QM9 cache {cache}: {e}", stacklevel=2)
     mol_id, raw = _parse_targets(paths["qm9_targets.csv.gz"])
     geo_id, types, positions = _parse_geometry(paths["qm9_geometry.csv.gz"])
-    if not np.array_equal(mol_id, geo_id):
-        raise ValueError("qm9_targets.csv.gz and qm9_geometry.csv.gz list different molecules.")
+    # Each table sorted by its own ids: rows are matched by `mol_id`, not by position.
     order = np.argsort(mol_id, kind="stable")
-    types, positions = types[order], positions[order]
+    geo_order = np.argsort(geo_id, kind="stable")
+    if not np.array_equal(mol_id[order], geo_id[geo_order]):
+        raise ValueError(
+            "qm9_targets.csv.gz and qm9_geometry.csv.gz list different molecules "
+            f"({len(mol_id)} and {len(geo_id)} rows); mol_id only in qm9_targets.csv.gz: "
+            f"{np.setdiff1d(mol_id, geo_id)[:10].tolist()}, only in qm9_geometry.csv.gz: "
+            f"{np.setdiff1d(geo_id, mol_id)[:10].tolist()}."
+        )
+    types, positions = types[geo_order], positions[geo_order]
     adjacency = bond_adjacency(types, positions)
     data = {
         "mol_id": mol_id[order],

@@ -93,7 +93,9 @@ def load_splits(
             raise ValueError(f"{f.name}: columns differ from {files[0].name}.")
     missing = [t for t in tasks if t not in names]
     if missing:
-        raise ValueError(f"{files[0].name}: missing label columns {missing}.")
+        raise ValueError(
+            f"{files[0].name}: missing label columns {missing}; its columns are {names}."
+        )
     sparse = [c for c in names if is_sparse(c)]
     dense = [c for c in names if is_dense(c)]
     col = {c: i for i, c in enumerate(names)}

@@ -51,7 +51,10 @@ def _as_nested(values: Any, argument: str) -> dict[str, dict[str | None, float]]
     for task, entry in items:
         if isinstance(entry, Mapping):
             if not entry:
-                raise ValueError(f"`{argument}[{task!r}]` has no metrics.")
+                raise ValueError(
+                    f"`{argument}[{task!r}]` has no metrics; expected a number or a dict with at "
+                    f"least one {{metric: value}} entry. Received: {argument}[{task!r}]={entry!r}"
+                )
             metrics = {}
             for metric, value in entry.items():
                 if not _is_number(value):
