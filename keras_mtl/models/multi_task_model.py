@@ -166,7 +166,9 @@ class MultiTaskModel(keras.Model):
                 multi-step loop fails (plain `keras.Model` too).
             jit_compile: as in `keras.Model.compile`; `"auto"` leaves XLA off
                 for balancers that cannot run under it (`supports_jit=False`,
-                e.g. cvxpy solvers), `True` is refused for them.
+                e.g. cvxpy solvers), `True` is refused for them, and under a
+                distribution strategy whose replicas are CPU devices, where
+                TensorFlow's XLA fails (plain `keras.Model` too).
             auto_scale_loss: as in `keras.Model.compile`.
             loss_weights: not supported (refused when given): the balancer
                 sets the task weights; fixed weights are
@@ -180,7 +182,7 @@ class MultiTaskModel(keras.Model):
                 loss with `reduction="sum"`, `loss_weights` or
                 `weighted_metrics`, for `steps_per_execution > 1` with
                 several replicas, or for `jit_compile=True` with a balancer
-                that cannot run under XLA.
+                that cannot run under XLA or with several CPU replicas.
         """
         if loss_weights is not None:
             raise ValueError(
@@ -203,6 +205,21 @@ class MultiTaskModel(keras.Model):
                 "several replicas: Keras 3's multi-step loop fails there (plain keras.Model "
                 "included). Pass steps_per_execution=1. Received: "
                 f"steps_per_execution={steps_per_execution} with {replicas} replicas"
+            )
+        # Keras turns XLA off itself when running eagerly.
+        cpus = []
+        if jit_compile is True and not run_eagerly and replicas > 1:
+            cpus = _cpu_replica_devices(self.distribute_strategy)
+        if cpus:
+            # XLA's step then reads a replica's variables on another CPU device
+            # and fails ("Trying to access resource ... located in device CPU:1
+            # from device CPU:0"), plain keras.Model included. GPUs may work.
+            raise ValueError(
+                "`jit_compile=True` is not supported under a tf.distribute strategy whose "
+                "replicas are CPU devices: TensorFlow's XLA fails there, reading a replica's "
+                "variables from another CPU (plain keras.Model included). Pass "
+                'jit_compile=False or "auto". Received: jit_compile=True with the replicas on '
+                f"{cpus}"
             )
         task_names = self._resolve_task_names(loss)
         if isinstance(loss, dict):
@@ -398,14 +415,15 @@ class MultiTaskModel(keras.Model):
 
         Raises:
             ValueError: for missing or unknown tasks in `y`, `y_pred` or
-                `sample_weight`, or sample weights of the wrong shape.
+                `sample_weight`, sample weights of the wrong shape, or labels
+                of unknown rank for a Keras loss.
         """
         names = self.task_names
         y = self._targets("y", y, names)
         if not isinstance(y_pred, dict):
             raise ValueError(
-                "Expected the model to return a dict {task_name: tensor}. Received: "
-                f"{type(y_pred).__name__}"
+                f"Expected the model to return a dict {{task_name: tensor}} with the tasks "
+                f"{names}. Received: outputs of type {type(y_pred).__name__}"
             )
         missing = [t for t in names if t not in y_pred]
         unknown = [k for k in y_pred if k not in names]
@@ -482,8 +500,10 @@ class MultiTaskModel(keras.Model):
                 values = ops.mean(ops.reshape(values, (ops.shape(values)[0], -1)), axis=1)
             elif len(values.shape) == 0:
                 raise ValueError(
-                    f"The loss of task '{name}' returned a scalar; expected per-example losses. "
-                    "Pass a loss name, a loss function or a keras.losses.Loss."
+                    f"Expected the loss of task '{name}' to return per-example losses, one "
+                    "value per example: the model averages them over the labelled examples. "
+                    "Pass a loss name, a loss function or a keras.losses.Loss. Received: "
+                    f"loss={{'{name}': {self._losses_config[name]!r}}}, which returned a scalar"
                 )
             if valid is None:
                 labelled = ops.ones((batch,), dtype="float32")
@@ -817,6 +837,16 @@ class FunctionalMultiTaskModel(MultiTaskModel, Functional):
     """
 
 
+def _cpu_replica_devices(strategy) -> list[str]:
+    """The devices of `strategy`'s replicas if every one is a CPU, else `[]`."""
+    import tensorflow as tf  # lazily: `gradients` is the package that imports it
+
+    devices = list(getattr(strategy.extended, "worker_devices", ()))
+    if devices and all(tf.DeviceSpec.from_string(d).device_type == "CPU" for d in devices):
+        return devices
+    return []
+
+
 def _functional_arguments(args, kwargs) -> bool:
     return len(args) == 2 or len(args) == 1 and "outputs" in kwargs or "inputs" in kwargs
 
@@ -1061,7 +1091,14 @@ def _check_label_width(task: str, labels, predictions) -> None:
     try:
         same_rank = len(labels) == len(predictions) > 0
     except ValueError:  # a shape of unknown rank
-        return
+        # Every Keras loss takes the ranks (to squeeze or expand the labels)
+        # and would fail without naming the task, as plain Keras does.
+        raise ValueError(
+            f"Expected the labels and predictions of task '{task}' to have shapes of known "
+            f"rank: Keras's losses need them. Received: y['{task}'] with shape "
+            f"{labels} and predictions of shape {predictions}; give the labels a static "
+            "rank (e.g. `tf.data` with `output_signature` shapes such as (None, 1))"
+        ) from None
     if not same_rank:
         return
     width, expected = labels[-1], predictions[-1]
