@@ -424,10 +424,23 @@ class Balancer(keras.layers.Layer):
         config.pop("trainable", None)
         return config
 
+    def __call__(self, *args, **kwargs):
+        # Not Layer.__call__: it would first build the balancer from the
+        # arguments' shapes and fail on `num_tasks=None` before `call` could
+        # say what to do instead.
+        raise NotImplementedError(_call_message(self, args, kwargs))
+
     def call(self, *args, **kwargs):
-        raise NotImplementedError(
-            "Call `aggregate(jacobian, losses)` on a balancer, not the balancer itself."
-        )
+        raise NotImplementedError(_call_message(self, args, kwargs))
+
+
+def _call_message(balancer, args, kwargs) -> str:
+    name = type(balancer).__name__
+    return (
+        f"A balancer is not called like a layer: call `{name}.aggregate(jacobian, losses)`. "
+        f"Received: a call of `{name}` with {len(args)} positional and {len(kwargs)} keyword "
+        "arguments"
+    )
 
 
 def _nonfinite_preview(value, limit: int = 5) -> str:
@@ -493,10 +506,17 @@ def register_balancer(*aliases: str):
     """
 
     def decorator(cls):
-        cls = keras.saving.register_keras_serializable(package="keras_mtl")(cls)
+        # Every alias is checked before any is registered: a refused
+        # registration leaves no alias behind.
         for alias in aliases:
             if alias in _ALIASES and _ALIASES[alias] is not cls:
-                raise ValueError(f"Balancer alias {alias!r} is already taken by {_ALIASES[alias]}")
+                raise ValueError(
+                    f"Received an invalid value for `aliases` of `{cls.__name__}`, expected "
+                    f"names no other balancer uses: {alias!r} is already taken by "
+                    f"`{_ALIASES[alias].__name__}`. Received: aliases={aliases!r}"
+                )
+        cls = keras.saving.register_keras_serializable(package="keras_mtl")(cls)
+        for alias in aliases:
             _ALIASES[alias] = cls
         return cls
 
@@ -615,6 +635,7 @@ def deserialize(config: dict) -> Balancer:
         ) from error
     if not isinstance(obj, Balancer):
         raise ValueError(
-            f"Expected a config dict describing a keras_mtl balancer. Received: config={config!r}"
+            "Expected a config dict describing a keras_mtl balancer. Received: "
+            f"config={config!r}, which describes a `{type(obj).__name__}`, not a Balancer"
         )
     return obj

@@ -131,14 +131,18 @@ class DBMTL(Balancer):
         if self.moving_gradients is None:
             if num_params is None:
                 raise ValueError(
-                    "DBMTL needs a Jacobian with a static number of columns. Received: "
-                    f"jacobian with shape {tuple(jacobian.shape)}"
+                    "DBMTL creates its moving averages from the number of Jacobian columns, "
+                    "expected a Jacobian whose number of columns is known when traced. "
+                    f"Received: jacobian with shape {tuple(jacobian.shape)}"
                 )
             self._create_moving_gradients(int(num_params))
         elif num_params != self.num_params:
+            # Also for a width unknown when traced: a width of 1 would
+            # broadcast against the averages.
             raise ValueError(
-                f"This DBMTL keeps moving averages of {self.num_params} parameters. Received: "
-                f"jacobian with shape {tuple(jacobian.shape)}"
+                f"This DBMTL keeps moving averages of {self.num_params} parameters, expected a "
+                f"Jacobian of shape ({self.num_tasks}, {self.num_params}). Received: jacobian "
+                f"with shape {tuple(jacobian.shape)}"
             )
         # One scale per row, so J is read once: m <- b m + (1 - b) J / (L + eps).
         moving = rate * self.moving_gradients + ((1.0 - rate) * inv)[:, None] * jacobian

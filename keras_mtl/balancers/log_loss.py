@@ -74,7 +74,7 @@ class _LossTransform(Balancer):
         del losses
 
     def _transform(self, losses):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement `_transform`.")
 
     def _transformed(self, losses):
         transformed, scales = self._transform(losses)

@@ -113,7 +113,8 @@ class NashMTL(Balancer):
         alpha = ops.where(ok, alpha / ops.where(ok, root, 1.0), previous)
         failed = 1.0 - ops.cast(ok, "float32")
         if self.solver == "cvxpy":
-            # The official problem: G / n in the objective, n in the constraint.
+            # The official sequence for G / n and n, run on sqrt(n) alpha
+            # (see nash_weights_cvxpy).
             def host(g, a, n, s):
                 # n s^2 in float64: it can exceed float32's range.
                 n = float(n) * float(s) ** 2

@@ -1056,24 +1056,59 @@ def cagrad_weights_cvxpy(gram, c: float) -> tuple[np.ndarray, bool]:
     return (np.asarray(w.value) if ok else b), ok
 
 
+def _nash_start(gram: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """A start `a > 0` with `G a > 0` for the Nash sequence, or `start` when
+    none is found (no direction improves every task).
+
+    The linearisation needs `1 / a` and `1 / (G a)`. The min-norm weights `w`
+    have `G w >= w^T G w > 0` whenever a solution exists (as in
+    `nash_weights`); mixed with a little of the uniform weights they are
+    positive and keep `G a > 0`.
+    """
+    w, ok = min_norm_weights_cvxpy(gram)
+    m2 = float(w @ gram @ w)
+    if not ok or not m2 > 0:
+        return start
+    uniform = np.full(len(w), 1.0 / len(w))
+    # G a >= (1 - t) m2 - t max(-G u) = m2 / 2 for this t.
+    t = 0.5 * m2 / (m2 + max(0.0, -float(np.min(gram @ uniform))))
+    mixed = (1.0 - t) * w + t * uniform
+    return mixed if np.all(gram @ mixed > 0) else start
+
+
 def nash_weights_cvxpy(
     gram, init=None, num_iters: int = 20, normalization: float = 1.0
 ) -> tuple[np.ndarray, bool]:
     """Nash-MTL's sequence of convex problems (Navon et al. 2022, official code).
 
-    Each step minimises `sum(G a) + phi'(a_prev)^T (a - a_prev) / n` subject
-    to `log(a_i n) + log((G a)_i) >= 0`, with `phi` linearised at the previous
-    solution, and stops when `|G a - 1/a| < 1e-3` or the iterate stalls.
-    CLARABEL replaces ECOS (not bundled with recent cvxpy).
+    The official code solves for `a` with `a_i n (G a)_i = 1`, `n` its
+    normalisation factor: each step minimises
+    `sum(G a) + phi'(a_prev)^T (a - a_prev) / n` subject to
+    `log(a_i n) + log((G a)_i) >= 0`, with `phi` linearised at the previous
+    solution. Here the sequence is run for `b = sqrt(n) a` as the official
+    code runs it with `n = 1` (so `b_i (G b)_i = 1`), and `b / sqrt(n)` is
+    returned: the same solution (the sequence's fixed point), but reached
+    through iterates of order 1 for a Gramian normalised to norm 1, where
+    the official ones (of order `1 / sqrt(n)`) left the solver inaccurate or
+    failing far from `n = 1` (gradient norms of 1e10 gave weights 98 % off,
+    1e-10 a failure). The warm start is rescaled along its ray as in
+    `nash_weights`, and replaced by (nearly) the min-norm weights when the
+    linearisation is undefined there (a weight or a product `(G a)_i` not
+    positive), which a task whose gradient conflicts with the others' made
+    a failure. The sequence stops when `|G b - 1/b| < 1e-3` or the iterate
+    stalls. CLARABEL replaces ECOS (not bundled with recent cvxpy).
 
     Args:
-        gram: `(T, T)` NumPy Gramian, normalised as the caller wants.
+        gram: `(T, T)` NumPy Gramian, normalised as the caller wants (the
+            iterates are of order 1 when its norm is about 1).
         init: previous solution (ones by default).
         num_iters: maximum number of convex problems.
-        normalization: the official code's normalisation factor.
+        normalization: the official code's normalisation factor `n`.
 
     Returns:
-        `(alpha, ok)`; on failure `alpha` is the previous solution.
+        `(alpha, ok)`; `ok` is `False` when no problem was solved (no
+        direction improves every task, or every cvxpy solver failed), and
+        `alpha` is then the (rescaled) start.
 
     Example:
 
@@ -1093,7 +1128,15 @@ def nash_weights_cvxpy(
 
     gram = np.asarray(gram, dtype=np.float64)
     num = gram.shape[0]
-    alpha_t = np.ones(num) if init is None else np.asarray(init, dtype=np.float64)
+    root = float(np.sqrt(normalization))
+    # b = sqrt(n) a: the official iterates a are of order 1 / sqrt(n).
+    alpha_t = np.ones(num) if init is None else np.asarray(init, dtype=np.float64) * root
+    if not (np.all(alpha_t > 0) and np.all(gram @ alpha_t > 0)):
+        alpha_t = _nash_start(gram, alpha_t)
+    # The best multiple of the start (a warm start from another scale).
+    curvature = float(alpha_t @ gram @ alpha_t)
+    if np.isfinite(curvature) and curvature > 0:
+        alpha_t = alpha_t * np.sqrt(num / curvature)
     alpha = cp.Variable(num, nonneg=True)
     g_param = cp.Parameter((num, num))
     g_alpha = g_param @ alpha
@@ -1101,8 +1144,8 @@ def nash_weights_cvxpy(
     # parameters, which keeps the problem DPP (re-solved cheaply).
     phi_grad = cp.Parameter(num)
     offset = cp.Parameter()
-    objective = cp.sum(g_alpha) + (phi_grad @ alpha - offset) / normalization
-    constraints = [-cp.log(alpha * normalization) - cp.log(g_alpha) <= 0]
+    objective = cp.sum(g_alpha) + phi_grad @ alpha - offset
+    constraints = [-cp.log(alpha) - cp.log(g_alpha) <= 0]
     problem = cp.Problem(cp.Minimize(objective), constraints)
     g_param.value = gram
     ok_any = False
@@ -1123,7 +1166,7 @@ def nash_weights_cvxpy(
         alpha_t = new
         if stalled:
             break
-    return alpha_t, ok_any
+    return alpha_t / root, ok_any
 
 
 def nash_weights_exact_cvxpy(gram) -> tuple[np.ndarray, bool]:

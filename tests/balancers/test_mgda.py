@@ -106,7 +106,7 @@ def test_cvxpy_failure_falls_back_to_the_graph_solver_and_is_counted(monkeypatch
     # A failed host solve must leave the in-graph weights and add one to the
     # logged failure count per failed step (the count is what tells a user
     # that `solver="cvxpy"` is not doing its job).
-    def failing(gram):
+    def failing(gram, *args, **kwargs):
         return np.full(gram.shape[0], np.nan), True
 
     monkeypatch.setattr(solvers, "min_norm_weights_cvxpy", failing)

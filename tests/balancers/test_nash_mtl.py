@@ -48,7 +48,7 @@ def test_weights_match_the_official_step_at_any_gradient_scale(scale):
     # With the default max_norm=1 the shared update has norm 1 at every scale.
     d_clipped, _ = checks.run(NashMTL(), jac)
     np.testing.assert_allclose(np.linalg.norm(d_clipped), 1.0, rtol=1e-5)
-    # The cvxpy path runs the official problem (with its normalisation factor).
+    # The cvxpy path runs the official sequence of problems (for sqrt(n) times its iterates).
     _, alpha_seq = checks.run(NashMTL(max_norm=0.0, solver="cvxpy"), jac, graph=True)
     np.testing.assert_allclose(alpha_seq, expected, rtol=1e-3)
 
