@@ -121,8 +121,16 @@ class GradientEngine:
             wanted = set()
             for layer in resolve_shared_layers(model, self.shared_layers):
                 if not layer.trainable_variables:
+                    frozen = ""
+                    if layer.weights:
+                        frozen = (
+                            " (its variables are non-trainable)"
+                            if layer.trainable
+                            else " (it is frozen: trainable=False)"
+                        )
                     raise ValueError(
-                        f"Layer '{layer.name}' in `shared_layers` has no trainable variables. "
+                        "Expected every layer in `shared_layers` to have trainable variables; "
+                        f"layer '{layer.name}' has none{frozen}. "
                         f"Received: shared_layers={[getattr(s, 'name', s) for s in self.shared_layers]}"
                     )
                 wanted.update(id(v) for v in layer.trainable_variables)
@@ -376,9 +384,27 @@ class GradientEngine:
         trunk_grads = tape.gradient(rep, model_vars)
         trunk = [i for i, g in enumerate(trunk_grads) if g is not None]
         if not trunk:
+            frozen = _frozen_layers(step.model)
+            received = f"gradient_mode={self.mode!r}"
+            if self.mode == "auto":
+                received += (
+                    ", which takes representation gradients for "
+                    f"`{type(step.model.balancer).__name__}`"
+                )
             raise ValueError(
-                "gradient_mode='representation' needs trainable variables before the "
-                "SharedRepresentation layer; the model has none."
+                "Representation gradients need trainable variables before the "
+                f"SharedRepresentation layer '{representation_layer(step.model, True).name}' "
+                "(the shared trunk that the balanced gradient is backpropagated through), but "
+                "none of the model's trainable variables feeds it."
+                + (
+                    f" The model's frozen layers (trainable=False), whose variables take no "
+                    f"gradient: {frozen}."
+                    if frozen
+                    else ""
+                )
+                + " Expected the layer after a trainable shared trunk, or "
+                "gradient_mode='loop' (per-task gradients of the shared variables). "
+                f"Received: {received}"
             )
         self.shared_variable_paths = [model_vars[i].path for i in trunk]
         others = [i for i in range(len(model_vars)) if i not in set(trunk)]
@@ -636,7 +662,10 @@ def layer_path(model, layer) -> str:
 
     names = names_down_to(model)
     if names is None:
-        raise ValueError(f"Layer {layer.name!r} is not a layer of the model.")
+        raise ValueError(
+            "Expected `layer` to be a layer of the model (nested layers included). Received: "
+            f"layer={layer.name!r} (a {type(layer).__name__}), which is not a layer of the model"
+        )
     return "/".join(names)
 
 
@@ -702,8 +731,9 @@ def representation_layer(model, required: bool):
     ]
     if len(found) > 1:
         raise ValueError(
-            "gradient_mode='representation' needs exactly one SharedRepresentation layer. "
-            f"Received a model with {len(found)}: {[layer.name for layer in found]}"
+            "Representation gradients (gradient_mode='representation', or 'auto' for a "
+            "balancer that prefers them) need exactly one SharedRepresentation layer. "
+            f"Received: a model with {len(found)}: {[layer.name for layer in found]}"
         )
     if not found and required:
         raise ValueError(

@@ -9,7 +9,8 @@ configured before TensorFlow initialises, which pytest's process has already don
   float16 gradient overflows on one replica; `embedding`: the same in a model whose only
   gradient is an embedding's, sparse, with the overflowing rows' ids looked up again).
 - KIND `skip`: the same with `nonfinite="skip"` and one non-finite batch (OPTION `mixed`:
-  mixed precision with a loss scale optimizer; `representation`: in representation mode).
+  mixed precision with a loss scale optimizer; `representation`: in representation mode;
+  `gate`: finite losses, but a NaN task-specific gradient on one replica alone).
 - KIND `representation`: the same with `gradient_mode="representation"` (OPTION `uneven`:
   local batches of different sizes; `empty`: a local batch without examples; `syncbn`:
   synchronized batch normalisation in the towers; `sequence`: a representation of rank 3,
@@ -73,6 +74,8 @@ def run(strategy, x, y, weight, kind, balancer, option):
                 model = build_sequence_model()
             elif option == "embedding":
                 model = embedding_model()
+            elif option == "gate":
+                model = gated_model()
             else:
                 model = build(
                     regularizer=reg,
@@ -141,6 +144,31 @@ def build_sequence_model():
     for name in LOSS:
         t = keras.layers.Dense(4, activation="tanh", name=f"{name}_hidden")(h)
         outputs[name] = keras.layers.Dense(1, name=name)(keras.layers.GlobalAveragePooling1D()(t))
+    return keras_mtl.MultiTaskModel(inputs=inputs, outputs=outputs)
+
+
+class SqrtGate(keras.layers.Layer):
+    """`h * sqrt(g * s)`, `s` the first input feature: finite, but the gradient of `g` is
+    NaN on an example with `s = 0`."""
+
+    def build(self, input_shape):
+        self.g = self.add_weight(shape=(), initializer="ones", name="g")
+
+    def call(self, h, s):
+        return h * ops.sqrt(self.g * s)
+
+
+def gated_model():
+    """`build()` with a `SqrtGate` in task_1's tower: a task-specific gradient, which each
+    replica holds its own share of, can be NaN on one replica while every loss is finite."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((6,))
+    h = keras_mtl.layers.SharedBottom(units=(8,), name="trunk")(inputs)
+    gated = SqrtGate(name="gate")(h, inputs[:, :1])
+    outputs = {
+        "task_1": keras.layers.Dense(1, name="task_1")(gated),
+        "task_2": keras.layers.Dense(1, name="task_2")(h),
+    }
     return keras_mtl.MultiTaskModel(inputs=inputs, outputs=outputs)
 
 
@@ -261,7 +289,13 @@ def check(kind, balancer, option):
         # batch, where Keras's loss scale optimizer keeps only the last row of an index.
         x = (np.arange(n * 3).reshape(n, 3) % 10).astype("int32")
         x[20:24] = [1, 2, 3]
-    if kind == "skip":
+    if option == "gate":
+        # The gate's input is positive but 0 on one example in the second replica's half of
+        # the second batch: only that replica's gradient of the gate is NaN.
+        x = x.copy()
+        x[:, 0] = np.abs(x[:, 0]) + 0.5
+        x[52, 0] = 0.0
+    elif kind == "skip":
         # An infinite label (NaN would mean "missing") in the second replica's half of the
         # second of three batches: only that replica sees a non-finite loss and gradient.
         y = {k: v.copy() for k, v in y.items()}

@@ -43,7 +43,8 @@ def test_mirrored_update_equals_single_device_update_on_global_batch(mode, balan
 
 # ------------------------------------------------------------- nonfinite="skip"
 # Three batches of 32, the second with an infinite label in the second replica's half: that
-# replica alone sees a non-finite loss and gradient, yet both must skip the step.
+# replica alone sees a non-finite loss and gradient, yet both must skip the step ("gate": a
+# non-finite gradient under finite losses instead).
 SKIP_CASES = [
     ("ema", None),
     ("db_mtl", None),
@@ -51,6 +52,10 @@ SKIP_CASES = [
     # In representation mode: the infinite label's rows reach the other replica through the
     # gathered Jacobian, and the skip is decided alike.
     ("ema", "representation"),
+    # Every loss finite, but one replica's task-specific gradient NaN: the replicas must
+    # agree to skip (without that, the other replica applies its update, and the NaN share
+    # is summed into the weights).
+    ("ema", "gate"),
 ]
 
 
