@@ -8,6 +8,7 @@ import tensorflow as tf
 
 import keras_mtl
 from keras_mtl import balancers
+from tests.models.helpers import json_report
 
 TASKS = ("task_1", "task_2")
 LOSS = {"task_1": "mse", "task_2": "mse"}
@@ -286,24 +287,7 @@ def _mirrored_report(name):
 
 @pytest.mark.parametrize("name", ["uw", "dwa"])
 def test_mirrored_strategy_matches_a_single_device(name):
-    import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    root = pathlib.Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.balancers.test_loss_methods_fit", name],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = json_report("-m", "tests.balancers.test_loss_methods_fit", name)
     assert report["model"] < 1e-5 and report["balancer"] < 1e-5, report
     assert report["weights"] < 1e-5 and report["moved"] > 1e-3, report
 

@@ -1,5 +1,8 @@
 """Small models, data and test balancers shared by the model and engine tests."""
 
+import json
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -31,6 +34,19 @@ def run_in_a_fresh_process(script: str) -> None:
         check=True,
         env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
     )
+
+
+def json_report(*args: str) -> dict:
+    """Runs `python *args` in a new process from the repository root (for TensorFlow settings
+    such as logical devices, which must come before it starts) and returns the JSON object
+    its last output line holds."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def traced_train_step(model, x, y):

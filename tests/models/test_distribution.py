@@ -1,14 +1,9 @@
 import functools
-import json
-import os
-import pathlib
-import subprocess
-import sys
 import warnings
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.models.helpers import json_report
 
 
 @pytest.mark.parametrize(
@@ -214,14 +209,4 @@ def _cached_check(*args):
 
 
 def _run_check(*args):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.models.mirrored_check", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json_report("-m", "tests.models.mirrored_check", *args)

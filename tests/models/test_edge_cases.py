@@ -1,12 +1,7 @@
 """`MultiTaskModel` edge cases: clear errors for what users get wrong, and behaviour on less
 common inputs."""
 
-import json
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -15,9 +10,8 @@ import tensorflow as tf
 from keras import ops
 
 import keras_mtl
-from tests.models.helpers import NormalizedEMA, build, data
+from tests.models.helpers import NormalizedEMA, build, data, json_report
 
-ROOT = Path(__file__).resolve().parents[2]
 LOSS = {"task_1": "mse", "task_2": "mse"}
 
 
@@ -303,17 +297,7 @@ print(json.dumps(report))
 
 def test_jit_compile_under_several_cpu_replicas_is_refused_at_compile():
     # Two logical CPUs must be configured before TensorFlow starts: a fresh process.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, "-c", _JIT_UNDER_CPU_REPLICAS],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = json_report("-c", _JIT_UNDER_CPU_REPLICAS)
     refusal = report.get("refusal", "")
     assert "`jit_compile=True` is not supported" in refusal, report
     assert 'Pass jit_compile=False or "auto"' in refusal, refusal
