@@ -700,6 +700,32 @@ def _frozen_layers(model) -> list[str]:
     return found
 
 
+def cpu_replica_devices(strategy) -> list[str]:
+    """The devices of `strategy`'s replicas if every one is a CPU, else `[]`.
+
+    XLA fails on several CPU replicas (a replica's variables read from
+    another CPU device), so `MultiTaskModel.compile` refuses
+    `jit_compile=True` there.
+
+    Args:
+        strategy: a `tf.distribute.Strategy`.
+
+    Returns:
+        The replicas' device strings, or `[]` when any is not a CPU.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from keras_mtl.gradients.engine import cpu_replica_devices
+    >>> cpu_replica_devices(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    ['/job:localhost/replica:0/task:0/device:CPU:0']
+    """
+    devices = list(getattr(strategy.extended, "worker_devices", ()))
+    if devices and all(tf.DeviceSpec.from_string(d).device_type == "CPU" for d in devices):
+        return devices
+    return []
+
+
 def representation_layer(model, required: bool):
     """The model's single `SharedRepresentation` layer (or `None`).
 

@@ -14,7 +14,12 @@ from keras.src.models.functional import Functional
 
 from keras_mtl import balancers as balancers_module
 from keras_mtl.balancers.base import model_step
-from keras_mtl.gradients.engine import GradientEngine, layer_path, resolve_shared_layers
+from keras_mtl.gradients.engine import (
+    GradientEngine,
+    cpu_replica_devices,
+    layer_path,
+    resolve_shared_layers,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_mtl")
@@ -207,9 +212,8 @@ class MultiTaskModel(keras.Model):
                 f"steps_per_execution={steps_per_execution} with {replicas} replicas"
             )
         # Keras turns XLA off itself when running eagerly.
-        cpus = []
-        if jit_compile is True and not run_eagerly and replicas > 1:
-            cpus = _cpu_replica_devices(self.distribute_strategy)
+        xla = jit_compile is True and not run_eagerly and replicas > 1
+        cpus = cpu_replica_devices(self.distribute_strategy) if xla else []
         if cpus:
             # XLA's step then reads a replica's variables on another CPU device
             # and fails ("Trying to access resource ... located in device CPU:1
@@ -835,16 +839,6 @@ class FunctionalMultiTaskModel(MultiTaskModel, Functional):
     >>> {t: np.asarray(y).tolist() for t, y in model(np.array([[1.0, 2.0]], "float32")).items()}
     {'a': [[3.0]], 'b': [[0.0]]}
     """
-
-
-def _cpu_replica_devices(strategy) -> list[str]:
-    """The devices of `strategy`'s replicas if every one is a CPU, else `[]`."""
-    import tensorflow as tf  # lazily: `gradients` is the package that imports it
-
-    devices = list(getattr(strategy.extended, "worker_devices", ()))
-    if devices and all(tf.DeviceSpec.from_string(d).device_type == "CPU" for d in devices):
-        return devices
-    return []
 
 
 def _functional_arguments(args, kwargs) -> bool:

@@ -408,16 +408,21 @@ def test_cvxpy_solve_fails_when_no_solver_reaches_an_optimum(monkeypatch):
         solvers._solve(problem)
 
 
-def test_min_norm_cvxpy_accepts_an_inaccurate_optimum(monkeypatch):
-    # Orthogonal gradients of norms 1 and 2: w = [0.8, 0.2] (w ∝ 1 / |g|^2).
+def _report_status(monkeypatch, status):
+    """Every cvxpy solve runs as usual, then reports `status`."""
     real = cp.Problem.solve
 
-    def inaccurate(self, *args, **kwargs):
+    def solve(self, *args, **kwargs):
         out = real(self, *args, **kwargs)
-        self._status = cp.OPTIMAL_INACCURATE
+        self._status = status
         return out
 
-    monkeypatch.setattr(cp.Problem, "solve", inaccurate)
+    monkeypatch.setattr(cp.Problem, "solve", solve)
+
+
+def test_min_norm_cvxpy_accepts_an_inaccurate_optimum(monkeypatch):
+    # Orthogonal gradients of norms 1 and 2: w = [0.8, 0.2] (w ∝ 1 / |g|^2).
+    _report_status(monkeypatch, cp.OPTIMAL_INACCURATE)
     weights, ok = solvers.min_norm_weights_cvxpy(np.diag([1.0, 4.0]))
     assert ok
     np.testing.assert_allclose(weights, [0.8, 0.2], atol=1e-6)
@@ -427,14 +432,7 @@ def test_mgda_cvxpy_failure_falls_back_to_the_in_graph_min_norm_point(monkeypatc
     # No cvxpy solver reaches an optimum: the reference weights are uniform
     # and flagged, and MGDA returns the in-graph min-norm point of the
     # reference Jacobian, [0.6, 0.4] with direction [0, 1, 1], and counts it.
-    real = cp.Problem.solve
-
-    def infeasible(self, *args, **kwargs):
-        out = real(self, *args, **kwargs)
-        self._status = cp.INFEASIBLE_INACCURATE
-        return out
-
-    monkeypatch.setattr(cp.Problem, "solve", infeasible)
+    _report_status(monkeypatch, cp.INFEASIBLE_INACCURATE)
     weights, ok = solvers.min_norm_weights_cvxpy(np.diag([1.0, 4.0]))
     assert not ok
     np.testing.assert_array_equal(weights, [0.5, 0.5])
