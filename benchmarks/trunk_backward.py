@@ -6,8 +6,9 @@ Usage:
     python benchmarks/trunk_backward.py --quick         # a smoke run in seconds
 
 The "loop" gradient mode spends most of its step in the trunk's T backward passes (one per task's
-gradient of the trunk output). This script times that part alone, in one process, interleaved
-rounds, on the trunk of benchmarks/step_time.py (500 -> 3 x 512 ReLU, batch 256):
+gradient of the trunk output). This script times that part alone (with the trunk's forward pass),
+in one process, interleaved rounds, on the trunk of benchmarks/step_time.py (500 -> 3 x 512 ReLU,
+batch 256):
 
     loop            T `tape.gradient(h, trunk, output_gradients=c_t)` calls, as the loop mode makes
     vectorized      one `tf.vectorized_map` over the T cotangents (pfor), as the jacobian mode makes
@@ -66,11 +67,11 @@ class Trunk:
         self.stacked_matmul = tf.function(self._stacked_matmul)
 
     def multiply_adds(self) -> int:
-        """Multiply-adds of the T backward passes: kernel gradients, and input gradients but
-        the first layer's (its input is data)."""
+        """Multiply-adds of what each way runs: one forward pass, and T backward passes of
+        kernel gradients and input gradients (but the first layer's: its input is data)."""
         kernels = sum(int(np.prod(k.shape)) for k in self.kernels)
         inputs = kernels - int(np.prod(self.kernels[0].shape))
-        return self.num_tasks * self.batch * (kernels + inputs)
+        return self.batch * (kernels + self.num_tasks * (kernels + inputs))
 
     def _forward(self):
         h, acts = self.x, [self.x]

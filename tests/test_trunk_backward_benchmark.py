@@ -35,9 +35,10 @@ def test_some_units_are_inactive_so_the_relu_masks_matter():
 
 
 def test_multiply_adds_by_hand():
-    # Kernels 4x3, 3x3, 3x3: kernel gradients 30 per row, input gradients 18 (not of the data).
+    # Kernels 4x3, 3x3, 3x3: per row, forward 30; each backward pass, kernel gradients 30 and
+    # input gradients 18 (not of the data).
     trunk = trunk_backward.Trunk(num_tasks=2, batch=2, width=3, input_dim=4)
-    assert trunk.multiply_adds() == 2 * 2 * (30 + 18)
+    assert trunk.multiply_adds() == 2 * 30 + 2 * 2 * (30 + 18)
 
 
 def test_quick_run_prints_every_row(capsys):
