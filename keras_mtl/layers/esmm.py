@@ -44,7 +44,10 @@ class ESMM(keras.layers.Layer):
             towers.
         activation: activation of the hidden layers.
         dropout: dropout rate in `[0, 1)` after each hidden layer.
-        return_cvr: whether to add `"cvr"` (pCVR) to the outputs.
+        return_cvr: whether to add `"cvr"` (pCVR) to the outputs. pCVR has
+            no label, and every output of a `MultiTaskModel` is a task: train
+            a `MultiTaskModel` on the `"ctr"` and `"ctcvr"` outputs and read
+            pCVR from a `keras.Model` on all three (second example).
         kernel_initializer: initializer of the kernels.
         kernel_regularizer: regularizer of the kernels.
         **kwargs: other `keras.layers.Layer` arguments.
@@ -71,6 +74,23 @@ class ESMM(keras.layers.Layer):
     (['ctcvr', 'ctr'], (None, 1))
     >>> keras_mtl.layers.ESMM.labels([1, 0, 1], [1, 0, 0])["ctcvr"].ravel().tolist()
     [1.0, 0.0, 0.0]
+
+    Training on the two labelled outputs and serving pCVR too:
+
+    >>> import numpy as np
+    >>> out = keras_mtl.layers.ESMM(tower_units=(8,), return_cvr=True)(x)
+    >>> train = keras_mtl.MultiTaskModel(x, {"ctr": out["ctr"], "ctcvr": out["ctcvr"]})
+    >>> train.compile(optimizer="sgd", loss="binary_crossentropy")
+    >>> features = np.random.default_rng(0).random((16, 12)).astype("float32")
+    >>> labels = keras_mtl.layers.ESMM.labels(features[:, 0] > 0.5, features[:, 1] > 0.5)
+    >>> _ = train.fit(features, labels, epochs=1, verbose=0)
+    >>> serve = keras.Model(x, out)  # the same layers, so the trained weights
+    >>> p = serve.predict(features[:4], verbose=0)
+    >>> trained = train.predict(features[:4], verbose=0)
+    >>> sorted(p), bool(np.allclose(p["ctcvr"], p["ctr"] * p["cvr"], atol=1e-6))
+    (['ctcvr', 'ctr', 'cvr'], True)
+    >>> bool(np.allclose(p["ctcvr"], trained["ctcvr"]))
+    True
 
     References:
         Ma et al., "Entire Space Multi-Task Model: An Effective Approach for
