@@ -37,14 +37,6 @@ LOSSES = np.array([2.0, 0.0, 3.0], np.float32)  # task 1 has no labels in the ba
 # ------------------------------------------------------------------ base.py
 
 
-def test_a_subclass_without_compute_says_so():
-    class NoCompute(Balancer):
-        pass
-
-    with pytest.raises(NotImplementedError, match="NoCompute must implement `compute`"):
-        NoCompute().aggregate(None, [1.0, 2.0])
-
-
 def test_calling_a_balancer_like_a_layer_points_to_aggregate():
     # Built or not: Keras's __call__ used to build it from the arguments'
     # shapes first and fail with "num_tasks=None".
@@ -98,20 +90,18 @@ def test_a_config_of_another_keras_object_is_refused():
 # ------------------------------------------------- abstract hooks of subclasses
 
 
-def test_a_gramian_balancer_without_gramian_weights_says_so():
-    class NoWeights(GramianBalancer):
-        pass
-
-    with pytest.raises(NotImplementedError, match="NoWeights must implement `gramian_weights`"):
-        NoWeights().aggregate(checks.REFERENCE_J, np.ones(2))
-
-
-def test_a_loss_transform_without_transform_says_so():
-    class NoTransform(_LossTransform):
-        pass
-
-    with pytest.raises(NotImplementedError, match="NoTransform must implement `_transform`"):
-        NoTransform().aggregate(None, [1.0, 2.0])
+@pytest.mark.parametrize(
+    "parent, hook, jacobian",
+    [
+        (Balancer, "compute", None),
+        (GramianBalancer, "gramian_weights", checks.REFERENCE_J),
+        (_LossTransform, "_transform", None),
+    ],
+)
+def test_a_subclass_without_its_hook_says_so(parent, hook, jacobian):
+    incomplete = type("Incomplete", (parent,), {})
+    with pytest.raises(NotImplementedError, match=f"Incomplete must implement `{hook}`"):
+        incomplete().aggregate(jacobian, np.array([1.0, 2.0], np.float32))
 
 
 # ------------------------------------------------------------------- DB-MTL
