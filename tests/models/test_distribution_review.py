@@ -109,6 +109,8 @@ class SkipsTheRepresentation(keras_mtl.MultiTaskModel):
         return {t: head(h) for t, head in zip(LOSS, self.heads, strict=True)}
 
 
+# Keras warns, as for any model, that the layer its `call` never applies stays unbuilt.
+@pytest.mark.filterwarnings("ignore:`build\\(\\)` was called on layer:UserWarning")
 def test_a_representation_layer_that_does_not_run_is_named():
     model = SkipsTheRepresentation()
     model.compile(optimizer="sgd", loss=LOSS, balancer="mgda_ub", gradient_mode="representation")
